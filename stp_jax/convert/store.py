@@ -1,0 +1,77 @@
+"""Converted-checkpoint folders: Orbax params + the model config as JSON.
+
+Layout of a folder written by ``stp-convert`` (or ``save_pretrained``)::
+
+    DIR/config.json       DiTConfig (to_dict), with "model": "SpaceTimeDiT"
+    DIR/conversion.json   where the weights came from (source, layout, mode, torch dtypes)
+    DIR/params/           Orbax StandardCheckpointer tree of the unboxed params
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from stp_jax.convert.core import ConversionError
+from stp_jax.models.dit import DiTConfig, SpaceTimeDiT
+
+MODEL_NAME = "SpaceTimeDiT"
+
+
+def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write params + config atomically: into DIR.partial, then renamed to DIR."""
+    out = Path(out_dir).absolute()
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps({"model": MODEL_NAME, **cfg.to_dict()}, indent=2))
+    if meta is not None:
+        (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "params", params)
+    ckptr.wait_until_finished()
+    tmp.rename(out)
+    return out
+
+
+def load_config(path) -> DiTConfig:
+    f = Path(path) / "config.json"
+    if not f.exists():
+        raise ConversionError(f"{path}: not a converted stp_jax checkpoint (no config.json); "
+                              "convert PyTorch weights first with stp-convert")
+    d = json.loads(f.read_text())
+    if d.pop("model", None) != MODEL_NAME:
+        raise ConversionError(f"{f}: not a {MODEL_NAME} config")
+    return DiTConfig.from_dict(d)
+
+
+def load_pretrained(path, *, shardings=None, dtype: str | None = None, **runtime):
+    """(model, params) from a converted folder.
+
+    ``shardings``: optional pytree of NamedShardings to restore straight onto a mesh.
+    ``dtype``: restore params in this dtype (default: as saved). ``runtime``: DiTConfig
+    fields that do not change the weights (attention, remat, dtype of compute...).
+    """
+    cfg = load_config(path)
+    if runtime:
+        cfg = cfg.replace(**runtime)
+    if dtype is not None:
+        cfg = cfg.replace(param_dtype=dtype)
+    from stp_jax.convert.dit import abstract_params
+
+    abstract = abstract_params(cfg)
+    if shardings is None:
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype)), abstract)
+    else:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype), sharding=s),
+                              abstract, shardings)
+    params = ocp.StandardCheckpointer().restore(Path(path).absolute() / "params", target)
+    return SpaceTimeDiT(cfg), params

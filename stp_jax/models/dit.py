@@ -1,0 +1,324 @@
+"""SpaceTimeDiT: the Wan2.1 video DiT with ReCamMaster / SpaceTimePilot conditioning.
+
+Letters (see layers.py): B batch, F latent frames (whole sequence; target+source halves
+in the conditioned modes), Fh = F/2 frames per half, T raw frames per half,
+H/W token rows/cols, L = F*H*W tokens, D model dim, N heads, K head dim, S text tokens,
+E text width, M FFN hidden, C latent channels, P flattened patch (pt*ph*pw*C), Q freq_dim.
+
+Latents are channels-last: x [B, F, H*ph, W*pw, C].
+
+Modes:
+  wan             plain text-to-video DiT.
+  recammaster     + per-block camera encoder and projector; the target camera [B, Fh, 12]
+                  conditions both halves (as ReCamMaster does).
+  spacetimepilot  + per-block animation-time embedding; target and source cameras and
+                  target and source raw frame indices, concatenated target first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from stp_jax.models import attention as attn_lib
+from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
+from stp_jax.models.layers import (
+    MLP, AffineLayerNorm, Dense, HeadRMSNorm, apply_rope, identity_init, layer_norm, modulate, rope_tables, sinusoid)
+
+MODES = ("wan", "recammaster", "spacetimepilot")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload_dots")
+CAM_DIM = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Everything that defines the network (and how it runs). JSON round-trippable."""
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    mode: str = "spacetimepilot"
+    time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
+    # ---- how it runs (not part of the weights)
+    dtype: str = "float32"  # activation/compute dtype
+    param_dtype: str = "float32"
+    attention: str = "auto"  # auto | xla | cudnn | splash
+    context_parallel: str = "none"  # none | ulysses | ring
+    splash_block: int = 512
+    remat: str = "none"  # none | full | dots | dots_no_batch | offload_dots
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is not one of {MODES}")
+        if self.dim % self.num_heads:
+            problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in attn_lib.BACKENDS:
+            problems.append(f"attention {self.attention!r} is not one of {attn_lib.BACKENDS}")
+        if self.context_parallel not in attn_lib.CONTEXT_PARALLEL:
+            problems.append(f"context_parallel {self.context_parallel!r} is not one of {attn_lib.CONTEXT_PARALLEL}")
+        if self.mode == "spacetimepilot" and self.dim % self.time_groups:
+            problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
+        if self.mode != "wan" and self.patch_size[0] != 1:
+            problems.append(f"camera/time conditioning needs temporal patch 1, got patch_size {self.patch_size}")
+        if len(self.patch_size) != 3:
+            problems.append(f"patch_size {self.patch_size} must have 3 entries (t, h, w)")
+        if problems:
+            raise ValueError("invalid DiTConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def replace(self, **kw) -> "DiTConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"DiTConfig got unknown fields {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, s: str) -> "DiTConfig":
+        return cls.from_dict(json.loads(s))
+
+
+PRESETS: dict[str, DiTConfig] = {
+    # Published sizes (REFERENCE.md §2).
+    "1.3b": DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "14b": DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    # Tests: every code path, seconds on CPU. head_dim 16 -> RoPE split (8, 4, 4).
+    "tiny": DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_channels=4, out_channels=4,
+                      text_dim=32, freq_dim=32, time_groups=8),
+}
+
+
+def preset(name: str, **overrides) -> DiTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown DiT preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def _remat_policy(name: str):
+    cp = jax.checkpoint_policies
+    return {
+        "full": cp.nothing_saveable,
+        "dots": cp.checkpoint_dots,
+        "dots_no_batch": cp.dots_with_no_batch_dims_saveable,
+        "offload_dots": cp.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    }[name]
+
+
+def _act(x, *names):
+    return nn.with_logical_constraint(x, names)
+
+
+class Attention(nn.Module):
+    """Wan attention: q/k/v projections, RMSNorm across heads on q and k, optional RoPE."""
+    cfg: DiTConfig
+    self_attention: bool = True
+
+    @nn.compact
+    def __call__(self, x, ctx, rope=None):  # x [B, L, D], ctx [B, S, D] -> [B, L, D]
+        c = self.cfg
+        n, k = c.num_heads, c.head_dim
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        proj = lambda name: Dense((n, k), ("embed", "heads", "kv"), name=name, **kw)  # noqa: E731
+        q = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_q")(proj("q")(x))  # [B, L, N, K]
+        kk = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(ctx))  # [B, S, N, K]
+        v = proj("v")(ctx)
+        if rope is not None:
+            q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+        q = _act(q, "activation_batch", "activation_length", "activation_heads", "activation_kv")
+        if self.self_attention:
+            out = attn_lib.attention(q, kk, v, backend=c.attention, context_parallel=c.context_parallel,
+                                     splash_block=c.splash_block)
+        else:  # text keys are short: plain XLA attention, tokens stay sharded
+            backend = "cudnn" if attn_lib.resolve_backend(c.attention, q.dtype) == "cudnn" else "xla"
+            out = attn_lib.attention(q, kk, v, backend=backend)
+        out = _act(out, "activation_batch", "activation_length", "activation_heads", "activation_kv")
+        return Dense((c.dim,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(out)  # [B, L, D]
+
+
+class Block(nn.Module):
+    """One Wan block plus the mode's conditioning (REFERENCE.md §1, forward of one block)."""
+    cfg: DiTConfig
+    grid: tuple[int, int, int]  # (F, H, W) token grid of the whole sequence
+
+    @nn.compact
+    def __call__(self, x, ctx, e0, rope, t_sin, cam):
+        # x [B, L, D]; ctx [B, S, D]; e0 [B, 6, D]; t_sin [2, B, T, Q] | None; cam [B, F, 12] | None
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        b, l, d = x.shape
+        f, hh, ww = self.grid
+        mod = self.param("modulation", nn.with_logical_partitioning(
+            lambda key, s, dt: jax.random.normal(key, s, dt) / d ** 0.5, ("modulation", "embed")), (6, d), pdtype)
+        e = mod.astype(jnp.float32)[None] + e0.astype(jnp.float32)  # [B, 6, D]
+        sh_msa, sc_msa, g_msa, sh_mlp, sc_mlp, g_mlp = (e[:, i:i + 1] for i in range(6))
+
+        h = modulate(layer_norm(x, c.eps), sh_msa, sc_msa)  # [B, L, D] f32
+        if c.mode != "wan":
+            cond = camera_encoder(d, dtype, pdtype)(cam)  # [B, F, D]
+            if c.mode == "spacetimepilot":
+                te = AnimationTimeEmbedding(d, c.time_groups, dtype, pdtype, name="time")
+                tt = te(t_sin.reshape(-1, *t_sin.shape[2:]))  # [2B, Fh, D]
+                tt = tt.reshape(2, b, *tt.shape[1:])
+                cond = cond + jnp.concatenate([tt[0], tt[1]], axis=1)  # target first: [B, F, D]
+            cond = _act(cond, "activation_batch", "activation_frames", "activation_embed")
+            h = (h.reshape(b, f, hh * ww, d) + cond[:, :, None, :].astype(jnp.float32)).reshape(b, l, d)
+        h = _act(h.astype(dtype), "activation_batch", "activation_length", "activation_embed")
+        y = Attention(c, True, name="self_attn")(h, h, rope)
+        if c.mode != "wan":
+            y = Dense((d,), ("embed", "mlp"), dtype=dtype, param_dtype=pdtype, kernel_init=identity_init,
+                      name="projector")(y)
+        x = (x.astype(jnp.float32) + y.astype(jnp.float32) * g_msa).astype(dtype)
+        x = _act(x, "activation_batch", "activation_length", "activation_embed")
+
+        hn = AffineLayerNorm(c.eps, pdtype, name="norm3")(x)
+        x = x + Attention(c, False, name="cross_attn")(hn, ctx).astype(dtype)
+
+        h = modulate(layer_norm(x, c.eps), sh_mlp, sc_mlp).astype(dtype)
+        y = MLP(c.ffn_dim, d, "gelu_tanh", ("embed", "mlp"), ("mlp", "embed"), dtype=dtype, param_dtype=pdtype,
+                hidden_constraint=("activation_batch", "activation_length", "activation_mlp"), name="ffn")(h)
+        x = (x.astype(jnp.float32) + y.astype(jnp.float32) * g_mlp).astype(dtype)
+        x = _act(x, "activation_batch", "activation_length", "activation_embed")
+        return x, None
+
+
+class SpaceTimeDiT(nn.Module):
+    cfg: DiTConfig
+
+    @nn.compact
+    def __call__(self, x, timestep, context, *, tgt_cam=None, src_cam=None, tgt_time=None, src_time=None):
+        """Predict the flow velocity.
+
+        x         [B, F, H*ph, W*pw, C] latents; in conditioned modes F = 2*Fh, target first.
+        timestep  [B] diffusion time on the 0..1000 scale.
+        context   [B, S, E] text-encoder states.
+        tgt_cam, src_cam    [B, Fh, 12] per-latent-frame camera-to-world (recammaster: tgt only).
+        tgt_time, src_time  [B, T] raw animation-frame indices, T = 1 + 4*(Fh-1) (spacetimepilot).
+        Returns [B, F, H*ph, W*pw, C_out].
+        """
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        kw = dict(dtype=dtype, param_dtype=pdtype)
+        b, ft, hp, wp, ch = x.shape
+        pt, ph, pw = c.patch_size
+        if ch != c.in_channels or ft % pt or hp % ph or wp % pw:
+            raise ValueError(f"latents of shape {x.shape} do not fit the model: expected [B, F, H, W, "
+                             f"{c.in_channels}] with F, H, W divisible by patch {c.patch_size}")
+        f, hh, ww = ft // pt, hp // ph, wp // pw
+        t_sin, cam = self._conditioning_inputs(b, f, tgt_cam, src_cam, tgt_time, src_time)
+
+        # patchify: [B, F, pt, H, ph, W, pw, C] -> [B, L, P] with P ordered (pt, ph, pw, C)
+        p = x.reshape(b, f, pt, hh, ph, ww, pw, ch).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        p = p.reshape(b, f * hh * ww, pt * ph * pw * ch)
+        h = Dense((c.dim,), ("patch", "embed"), name="patch_embedding", **kw)(p)  # [B, L, D]
+        h = _act(h, "activation_batch", "activation_length", "activation_embed")
+
+        t_emb = sinusoid(timestep.astype(jnp.float32), c.freq_dim)  # [B, Q]
+        e = MLP(c.dim, c.dim, "silu", ("freq", "mlp"), ("mlp", "embed"), param_dtype=pdtype,
+                name="time_embedding")(t_emb)  # [B, D] f32
+        e0 = Dense((6, c.dim), ("embed", "modulation", "mlp"), param_dtype=pdtype,
+                   name="time_projection")(jax.nn.silu(e))  # [B, 6, D]
+        ctx = MLP(c.dim, c.dim, "gelu_tanh", ("text_embed", "mlp"), ("mlp", "embed"), name="text_embedding",
+                  **kw)(context)
+        ctx = _act(ctx, "activation_batch", "activation_text", "activation_embed")  # [B, S, D]
+        rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta)  # 2 x [L, K/2]
+
+        block = Block
+        if c.remat != "none":
+            block = nn.remat(Block, policy=_remat_policy(c.remat), prevent_cse=False)
+        blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(nn.broadcast,) * 5, length=c.num_layers,
+                         metadata_params={nn.PARTITION_NAME: "layers"})
+        h, _ = blocks(c, (f, hh, ww), name="blocks")(h, ctx, e0, rope, t_sin, cam)
+
+        # head
+        hm = self.param("head_modulation", nn.with_logical_partitioning(
+            lambda key, s, dt: jax.random.normal(key, s, dt) / c.dim ** 0.5, ("modulation", "embed")), (2, c.dim), pdtype)
+        mod = hm.astype(jnp.float32)[None] + e[:, None, :]  # [B, 2, D]
+        h = modulate(layer_norm(h, c.eps), mod[:, 0:1], mod[:, 1:2]).astype(dtype)
+        out = Dense((pt * ph * pw * c.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros,
+                    name="head", **kw)(h)  # [B, L, P]
+        out = out.reshape(b, f, hh, ww, pt, ph, pw, c.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+        return out.reshape(b, ft, hp, wp, c.out_channels).astype(jnp.float32)
+
+    def _conditioning_inputs(self, b, f, tgt_cam, src_cam, tgt_time, src_time):
+        """Validate the mode's inputs; return (t_sin [2, B, T, Q] | None, cam [B, F, 12] | None)."""
+        c = self.cfg
+        if c.mode == "wan":
+            given = [n for n, v in (("tgt_cam", tgt_cam), ("src_cam", src_cam), ("tgt_time", tgt_time),
+                                    ("src_time", src_time)) if v is not None]
+            if given:
+                raise ValueError(f"mode 'wan' takes no camera/time inputs, got {given}")
+            return None, None
+        if f % 2:
+            raise ValueError(f"mode {c.mode!r} needs target and source halves: an even number of latent "
+                             f"frames, got {f}")
+        fh = f // 2
+
+        def check_cam(name, v):
+            if v is None:
+                raise ValueError(f"mode {c.mode!r} needs {name} of shape [B, {fh}, {CAM_DIM}]")
+            if tuple(v.shape) != (b, fh, CAM_DIM):
+                raise ValueError(f"{name} has shape {tuple(v.shape)}; expected [B, Fh, 12] = {(b, fh, CAM_DIM)}")
+            return v
+
+        check_cam("tgt_cam", tgt_cam)
+        if c.mode == "recammaster":
+            if src_cam is not None or tgt_time is not None or src_time is not None:
+                raise ValueError("mode 'recammaster' takes only tgt_cam (it conditions both halves)")
+            return None, jnp.concatenate([tgt_cam, tgt_cam], axis=1)
+        check_cam("src_cam", src_cam)
+        for name, v in (("tgt_time", tgt_time), ("src_time", src_time)):
+            if v is None or v.ndim != 2 or v.shape[0] != b or temporal_chunks(v.shape[1]) != fh:
+                raise ValueError(f"{name} must be [B, T] raw frame indices with T = {4 * (fh - 1) + 1} "
+                                 f"for {fh} latent frames per half; got "
+                                 f"{None if v is None else tuple(v.shape)}")
+        t_sin = sinusoid(jnp.stack([tgt_time, src_time]).astype(jnp.float32), c.freq_dim)  # [2, B, T, Q]
+        return t_sin, jnp.concatenate([tgt_cam, src_cam], axis=1)
+
+
+def dummy_inputs(cfg: DiTConfig, batch: int = 1, latent_frames: int = 2, height: int = 4, width: int = 4,
+                 text_len: int = 8) -> dict[str, jax.Array]:
+    """Zero inputs of the right shapes for ``init``/``eval_shape``. latent_frames is per half
+    in the conditioned modes; height/width are latent pixels."""
+    fh = latent_frames
+    f = fh if cfg.mode == "wan" else 2 * fh
+    t = 4 * (fh - 1) + 1
+    inputs = dict(x=jnp.zeros((batch, f, height, width, cfg.in_channels)), timestep=jnp.zeros((batch,)),
+                  context=jnp.zeros((batch, text_len, cfg.text_dim)))
+    if cfg.mode != "wan":
+        inputs["tgt_cam"] = jnp.zeros((batch, fh, CAM_DIM))
+    if cfg.mode == "spacetimepilot":
+        inputs["src_cam"] = jnp.zeros((batch, fh, CAM_DIM))
+        inputs["tgt_time"] = jnp.zeros((batch, t))
+        inputs["src_time"] = jnp.zeros((batch, t))
+    return inputs

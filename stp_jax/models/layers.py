@@ -1,0 +1,199 @@
+"""Building blocks shared by the DiT: sinusoids, 3D RoPE, norms, dense layers, AdaLN.
+
+Einsum letters used in this package's model files:
+  B batch        F latent frames     T raw frames     H/W token rows/cols
+  L tokens       D model dim         N heads          K head dim
+  S text tokens  C channels          E text-encoder width   M FFN hidden
+  P flattened patch vector (pt*ph*pw*C)   Q sinusoid width (freq_dim)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = jnp.dtype
+Initializer = nn.initializers.Initializer
+
+
+def sinusoid(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
+    """Wan's sinusoidal embedding: [cos | sin] of ``positions * base**(-i/half)``.
+
+    positions: [...] float (timesteps on the 0..1000 scale, or raw frame indices).
+    Returns [..., dim] float32.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoid width must be even, got {dim}")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(base) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = positions.astype(jnp.float32)[..., None] * freqs
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+# ---------------------------------------------------------------- 3D rotary embedding
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Real dims of head_dim given to (frame, height, width): 128 -> (44, 42, 42)."""
+    hw = 2 * (head_dim // 6)
+    t = head_dim - 2 * hw
+    if t <= 0 or t % 2 or head_dim % 2:
+        raise ValueError(f"head_dim {head_dim} cannot be split into even 3D RoPE parts")
+    return t, hw, hw
+
+
+def _axis_angles(n: int, dim: int, theta: float) -> np.ndarray:
+    """[n, dim/2] rotation angles for positions 0..n-1 (float64, host-side)."""
+    inv = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64)[: dim // 2] / dim)
+    return np.arange(n, dtype=np.float64)[:, None] * inv[None, :]
+
+
+def rope_tables(grid: Sequence[int], head_dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables [L, K/2] for a (F, H, W) token grid, L = F*H*W in raster order.
+
+    Per-axis angles are computed in float64 on the host (as the reference does) and only
+    broadcast on device, so no L-sized constant is embedded in the program.
+    """
+    f, h, w = grid
+    dt, dh, dw = rope_split(head_dim)
+    parts = []
+    for n, d, shape in ((f, dt, (f, 1, 1)), (h, dh, (1, h, 1)), (w, dw, (1, 1, w))):
+        ang = _axis_angles(n, d, theta)
+        cos = jnp.asarray(np.cos(ang), jnp.float32).reshape(*shape, d // 2)
+        sin = jnp.asarray(np.sin(ang), jnp.float32).reshape(*shape, d // 2)
+        parts.append((jnp.broadcast_to(cos, (f, h, w, d // 2)), jnp.broadcast_to(sin, (f, h, w, d // 2))))
+    cos = jnp.concatenate([p[0] for p in parts], axis=-1).reshape(f * h * w, head_dim // 2)
+    sin = jnp.concatenate([p[1] for p in parts], axis=-1).reshape(f * h * w, head_dim // 2)
+    return cos, sin
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, L, N, K] by [L, K/2] angles."""
+    dtype = x.dtype
+    xp = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    x0, x1 = xp[..., 0], xp[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
+    return out.reshape(x.shape).astype(dtype)
+
+
+# ---------------------------------------------------------------- norms
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without affine, computed in float32 (Wan's FP32LayerNorm)."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class AffineLayerNorm(nn.Module):
+    """LayerNorm with scale and bias (Wan's cross-attention norm), float32 math."""
+    eps: float = 1e-6
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,), self.param_dtype)
+        y = layer_norm(x, self.eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the full N*K width (across heads) of x [B, L, N, K]; scale stored [N, K]."""
+    eps: float = 1e-6
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, k = x.shape[-2:]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("heads", "kv")), (n, k), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        ms = jnp.mean(jnp.square(xf), axis=(-2, -1), keepdims=True)
+        y = xf * jax.lax.rsqrt(ms + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+# ---------------------------------------------------------------- dense layers
+
+
+class Dense(nn.Module):
+    """y = x @ kernel + bias with a kernel of any shape ``in_shape + out_shape``.
+
+    ``axes`` are the logical names of the kernel axes; the bias takes the output ones.
+    Compute in ``dtype`` (inputs and weights cast), parameters kept in ``param_dtype``.
+    """
+    out_shape: Sequence[int]
+    axes: Sequence[str | None]
+    n_in: int = 1  # how many trailing input axes are contracted
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = tuple(x.shape[-self.n_in:])
+        out_shape = tuple(self.out_shape)
+        if len(self.axes) != len(in_shape) + len(out_shape):
+            raise ValueError(f"{self.name}: {len(self.axes)} axis names for a kernel of rank "
+                             f"{len(in_shape) + len(out_shape)}")
+        kshape = in_shape + out_shape
+        fan_in, fan_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+
+        def kinit(key, shape, dtype):  # initialise as the equivalent 2D matrix
+            return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(kinit, tuple(self.axes)), kshape, self.param_dtype)
+        letters = "abcdefgh"
+        xin = letters[: self.n_in]
+        kout = letters[self.n_in: self.n_in + len(out_shape)]
+        y = jnp.einsum(f"...{xin},{xin}{kout}->...{kout}", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, tuple(self.axes[self.n_in:])),
+                              out_shape, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class MLP(nn.Module):
+    """Linear -> activation -> Linear (Wan's FFN, text and time embedders)."""
+    hidden: int
+    out: int
+    act: str  # "gelu_tanh" | "silu"
+    axes_in: tuple[str, str]
+    axes_out: tuple[str, str]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    out_init: Initializer = nn.initializers.xavier_uniform()
+    hidden_constraint: tuple | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        h = Dense((self.hidden,), self.axes_in, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+        h = jax.nn.gelu(h, approximate=True) if self.act == "gelu_tanh" else jax.nn.silu(h)
+        if self.hidden_constraint is not None:
+            h = nn.with_logical_constraint(h, self.hidden_constraint)
+        return Dense((self.out,), self.axes_out, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=self.out_init, name="fc2")(h)
+
+
+def modulate(x_norm: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """AdaLN: x * (1 + scale) + shift, float32 math. x [B, L, D]; shift/scale [B, 1, D]."""
+    return x_norm.astype(jnp.float32) * (1.0 + scale.astype(jnp.float32)) + shift.astype(jnp.float32)
+
+
+def identity_init(key, shape, dtype):
+    """Identity matrix initialiser for a square [D, D] kernel (ReCamMaster's projector)."""
+    del key
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"identity_init needs a square 2D shape, got {shape}")
+    return jnp.eye(shape[0], dtype=dtype)

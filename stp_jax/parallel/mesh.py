@@ -1,0 +1,118 @@
+"""Device meshes, the logical-axis table and sharding helpers.
+
+Every parameter and key activation in stp_jax carries *logical* axis names. This file
+holds the one table that maps them onto the four mesh axes:
+
+  data     pure data parallelism (parameters replicated)
+  fsdp     data parallelism with parameters/optimizer state sharded (ZeRO-3 style)
+  context  sequence (token) sharding of activations; attention uses ring or all-to-all
+  tensor   Megatron-style sharding of heads and MLP hidden units
+
+Configs can override single rules (``logical_rules_overrides``), as MaxText does.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # ---- parameters
+    ("layers", None),
+    ("embed", "fsdp"),  # model dim D, on the input side of weights
+    ("mlp", "tensor"),  # FFN hidden / square-matrix output side
+    ("heads", "tensor"),  # attention heads N
+    ("kv", None),  # head dim K
+    ("modulation", None),  # the 6 (or 2) AdaLN chunks
+    ("patch", None),  # flattened patch vectors (pt*ph*pw*C)
+    ("text_embed", None),  # text-encoder width E
+    ("freq", None),  # sinusoid width
+    ("cam", None),  # 12 camera numbers
+    ("conv_k", None),  # temporal conv taps
+    # ---- activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", "context"),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_frames", None),
+    ("activation_text", None),
+)
+
+
+def logical_rules(overrides: Mapping[str, Any] | None = None) -> tuple[tuple[str, Any], ...]:
+    """The default rule table with ``overrides`` (logical name -> mesh axes) applied."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {k for k, _ in LOGICAL_RULES}
+    if unknown:
+        raise ValueError(f"logical_rules_overrides names unknown logical axes {sorted(unknown)}; "
+                         f"known: {[k for k, _ in LOGICAL_RULES]}")
+    return tuple((k, overrides.get(k, v)) for k, v in LOGICAL_RULES)
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 4-axis (data, fsdp, context, tensor) mesh with Auto axis types.
+
+    ``shape`` is a mapping (missing axes = 1, one axis may be -1 = "the rest") or a
+    4-sequence. ``None`` puts every device on ``fsdp``.
+    """
+    devices = list(devices) if devices is not None else jax.devices()
+    n = len(devices)
+    if shape is None:
+        shape = {"fsdp": -1}
+    if not isinstance(shape, Mapping):
+        if len(shape) != 4:
+            raise ValueError(f"mesh shape {tuple(shape)} must have 4 entries {MESH_AXES}")
+        shape = dict(zip(MESH_AXES, shape))
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh axes {sorted(unknown)} are unknown; expected a subset of {MESH_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    if -1 in sizes:
+        rest = int(np.prod([s for s in sizes if s != -1]))
+        if n % rest:
+            raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} does not divide {n} devices")
+        sizes[sizes.index(-1)] = n // rest
+    if int(np.prod(sizes)) != n:
+        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
+                         f"devices but {n} are available")
+    auto = (jax.sharding.AxisType.Auto,) * 4
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_sharding(tree, mesh: Mesh, rules=None):
+    """NamedShardings for a pytree of logical PartitionSpecs (e.g. from nn.get_partition_spec)."""
+    rules = rules if rules is not None else logical_rules()
+    return nn.logical_to_mesh_sharding(tree, mesh, rules)
+
+
+def param_shardings(abstract_variables, mesh: Mesh, rules=None):
+    """Shardings for (boxed) abstract variables as returned by ``jax.eval_shape(model.init, ...)``."""
+    return logical_sharding(nn.get_partition_spec(abstract_variables), mesh, rules)
+
+
+def data_sharding(mesh: Mesh, ndim: int, rules=None) -> NamedSharding:
+    """Batch-sharded NamedSharding for an array whose axis 0 is the batch."""
+    rules = rules if rules is not None else logical_rules()
+    axes = nn.logical_to_mesh_axes(("activation_batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, P(*axes))
+
+
+def mesh_axis_size(mesh, axis) -> int:
+    """Size of a mesh axis name, a tuple of names, or None (=1)."""
+    if axis is None:
+        return 1
+    if isinstance(axis, str):
+        axis = (axis,)
+    return int(np.prod([dict(mesh.shape)[a] for a in axis]))

@@ -1,0 +1,14 @@
+# Sourced by tools/*.sh: create .venv from requirements.lock once, then activate it.
+# The lock pins exact versions for Python 3.11 (CPU jax, CPU torch 2.13.0).
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+stamp=.venv/.lock-$(sha1sum requirements.lock | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "[stp_jax] installing .venv from requirements.lock (first run only)..." >&2
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  rm -f .venv/.lock-*; touch "$stamp"
+fi
+source .venv/bin/activate
