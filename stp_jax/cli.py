@@ -37,6 +37,8 @@ def convert_main(argv=None):
     from stp_jax.convert.core import describe, save_safetensors
 
     t0 = time.time()
+    if Path(args.out).exists() and not args.overwrite:
+        _die(f"{args.out} already exists; choose another --out or pass --overwrite")
     try:
         if args.export:
             import orbax.checkpoint as ocp
@@ -46,8 +48,6 @@ def convert_main(argv=None):
             dtypes = json.loads(meta_f.read_text()).get("torch_dtypes") if meta_f.exists() else None
             params = ocp.StandardCheckpointer().restore(Path(args.src).absolute() / "params")
             sd = export_dit(params, cfg, args.layout, dtypes)
-            if Path(args.out).exists() and not args.overwrite:
-                _die(f"{args.out} already exists; pass --overwrite to replace it")
             save_safetensors(sd, args.out, {"format": "pt", "stp_jax_layout": args.layout})
             print(f"exported {len(sd)} tensors ({cfg.mode}, {args.layout} layout) to {args.out} "
                   f"in {time.time() - t0:.1f}s")

@@ -69,8 +69,8 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(num_heads: int, lq: int, lk: int, block: int, interpret: bool):
+    # Built per trace: the kernel holds mask-info arrays, which must not outlive a trace.
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
