@@ -22,15 +22,36 @@ def _qkv(b=2, lq=40, lk=40, n=4, k=16, seed=0):
     return [g.standard_normal(s).astype(np.float32) for s in ((b, lq, n, k), (b, lk, n, k), (b, lk, n, k))]
 
 
-@pytest.mark.parametrize("backend", ["xla", "splash"])
+@pytest.mark.parametrize("backend", ["xla", "splash", "blockwise"])
 def test_single_device_backends(backend):
-    q, k, v = _qkv(lq=40, lk=24)  # not multiples of the splash block: padded + masked
+    q, k, v = _qkv(lq=300, lk=24)  # not multiples of the block sizes: padded + masked/dropped
     out = jax.jit(lambda *a: attention(*a, backend=backend, splash_block=128))(q, k, v)
     np.testing.assert_allclose(np.asarray(out), _ref(q, k, v), atol=2e-5)
 
 
+@pytest.mark.parametrize("backend", ["splash", "blockwise"])
+def test_backend_gradients(backend):
+    q, k, v = _qkv(lq=300, lk=260, seed=3)
+
+    def loss(backend):
+        return lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, backend=backend, splash_block=128)))
+
+    got = jax.jit(jax.grad(loss(backend), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5)
+
+
+def test_blockwise_bf16_close_to_fp32():
+    q, k, v = _qkv(lq=512, lk=512)
+    out = attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), backend="blockwise")
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), _ref(q, k, v), atol=3e-2)
+
+
 def test_auto_and_errors():
-    assert resolve_backend("auto", jnp.float32) == "xla"  # CPU
+    assert resolve_backend("auto", jnp.float32) == "xla"  # CPU, short sequences
+    assert resolve_backend("auto", jnp.float32, 4096) == "blockwise"  # CPU, long sequences
     with pytest.raises(ValueError, match="unknown"):
         resolve_backend("flash", jnp.float32)
     with pytest.raises(ValueError, match="bf16"):
@@ -40,7 +61,7 @@ def test_auto_and_errors():
 
 
 @pytest.mark.parametrize("cp,backend", [("none", "xla"), ("ulysses", "xla"), ("ring", "xla"), ("ulysses", "splash"),
-                                        ("none", "splash")])
+                                        ("none", "splash"), ("ulysses", "blockwise")])
 def test_context_parallel_matches(cp, backend):
     mesh = make_mesh({"data": 1, "fsdp": 2, "context": 2, "tensor": 2})
     q, k, v = _qkv(b=2, lq=32, lk=32, n=4)

@@ -110,3 +110,20 @@ def test_published_sizes_init_abstractly_with_full_specs(name, mesh_shape):
         assert len(dit_rules(wan)) == 825
         assert 0.4e9 < n_params - wan_params < 0.6e9  # SpaceTimePilot adds ~0.5e9
     assert n_params > wan_params
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_give_identical_gradients(reference, remat):
+    cfg, params, inputs, want_out, want_grads = reference
+    model = SpaceTimeDiT(cfg.replace(remat=remat))
+    (loss, out), grads = jax.jit(_loss_fn(model))(params, inputs)
+    np.testing.assert_allclose(np.asarray(out), want_out, atol=1e-6, rtol=0)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6, rtol=0)
+
+
+def test_bf16_compute_tracks_fp32(reference):
+    cfg, params, inputs, want_out, _ = reference
+    out = jax.jit(lambda p, i: SpaceTimeDiT(cfg.replace(dtype="bfloat16")).apply({"params": p}, **i))(params, inputs)
+    rel = np.abs(np.asarray(out) - want_out).max() / np.abs(want_out).max()
+    assert out.dtype == jnp.float32 and 0 < rel < 5e-2, rel

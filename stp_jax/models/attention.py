@@ -8,7 +8,11 @@ Backends (per-device kernels):
   splash  the Pallas TPU splash-attention kernel; on other platforms it runs in Pallas
           interpret mode (slow; for tests). Token counts are padded to the block size
           and the padding is masked out with segment ids.
-  auto    splash on TPU, cudnn on GPU for 16-bit inputs, xla otherwise.
+  blockwise  exact flash-style attention in plain JAX: query blocks against all keys as
+          2-D matmuls, a custom VJP that recomputes scores from the saved log-sum-exp.
+          Memory O(L * block) instead of O(L^2); the fast choice on CPU for long sequences.
+  auto    splash on TPU, cudnn on GPU for 16-bit inputs, blockwise on CPU from 1024
+          query tokens, xla otherwise.
 
 Context parallelism over the ``context`` mesh axis (tokens sharded):
   none     the kernel sees the whole sequence (shard_map gathers it if it was sharded).
@@ -33,12 +37,13 @@ from jax.sharding import PartitionSpec as P
 
 from stp_jax.parallel import mesh as mesh_lib
 
-BACKENDS = ("auto", "xla", "cudnn", "splash")
+BACKENDS = ("auto", "xla", "cudnn", "splash", "blockwise")
+BLOCKWISE_MIN_TOKENS = 1024
 CONTEXT_PARALLEL = ("none", "ulysses", "ring")
 
 
-def resolve_backend(backend: str, dtype) -> str:
-    """The concrete kernel for ``backend`` on this platform and dtype."""
+def resolve_backend(backend: str, dtype, q_tokens: int = 0) -> str:
+    """The concrete kernel for ``backend`` on this platform, dtype and query length."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; expected one of {BACKENDS}")
     if backend != "auto":
@@ -48,6 +53,8 @@ def resolve_backend(backend: str, dtype) -> str:
         return "splash"
     if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
+    if platform == "cpu" and q_tokens >= BLOCKWISE_MIN_TOKENS:
+        return "blockwise"
     return "xla"
 
 
@@ -100,6 +107,71 @@ def _splash(q, k, v, *, block: int = 512, interpret: bool | None = None):
     return out[:, :, :lq].transpose(0, 2, 1, 3)
 
 
+# ---- blockwise (flash-style) attention on [H, nb, bq, K] query blocks, [H, Lk, K] keys
+
+
+def _blockwise_fwd_head(qb, k, v):
+    def blk(qq):  # [bq, K] (pre-scaled); scores and statistics in float32
+        s = jnp.matmul(qq, k.T, preferred_element_type=jnp.float32)  # [bq, Lk]
+        m = s.max(-1, keepdims=True)
+        p = jnp.exp(s - m)
+        l = p.sum(-1, keepdims=True)
+        o = jnp.matmul(p.astype(v.dtype), v, preferred_element_type=jnp.float32) / l
+        return o.astype(qq.dtype), (m + jnp.log(l))[:, 0]
+
+    return jax.lax.map(blk, qb)
+
+
+@jax.custom_vjp
+def _blockwise_core(qb, k, v):
+    return jax.lax.map(lambda a: _blockwise_fwd_head(*a), (qb, k, v))[0]
+
+
+def _blockwise_core_fwd(qb, k, v):
+    o, lse = jax.lax.map(lambda a: _blockwise_fwd_head(*a), (qb, k, v))
+    return o, (qb, k, v, o, lse)
+
+
+def _blockwise_core_bwd(res, do):
+    qb, k, v, o, lse = res
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), -1)  # [H, nb, bq]
+
+    def head(args):
+        qh, kh, vh, doh, lseh, dh = args
+
+        def step(carry, xs):
+            dk, dv = carry
+            qq, dd, ll, de = xs
+            f32 = dict(preferred_element_type=jnp.float32)
+            p = jnp.exp(jnp.matmul(qq, kh.T, **f32) - ll[:, None])  # [bq, Lk]
+            dv = dv + jnp.matmul(p.T.astype(dd.dtype), dd, **f32)
+            ds = p * (jnp.matmul(dd, vh.T, **f32) - de[:, None])
+            dk = dk + jnp.matmul(ds.T.astype(qq.dtype), qq, **f32)
+            return (dk, dv), jnp.matmul(ds.astype(kh.dtype), kh, **f32).astype(qq.dtype)
+
+        zeros = (jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32))
+        (dk, dv), dq = jax.lax.scan(step, zeros, (qh, doh, lseh, dh))
+        return dq, dk.astype(kh.dtype), dv.astype(vh.dtype)
+
+    return jax.lax.map(head, (qb, k, v, do, lse, delta))
+
+
+_blockwise_core.defvjp(_blockwise_core_fwd, _blockwise_core_bwd)
+
+
+def _blockwise(q, k, v, *, block: int = 256):
+    b, lq, n, kd = q.shape
+    lk = k.shape[1]
+    bq = min(block, lq)
+    nb = -(-lq // bq)
+    # [B, L, N, K] -> [B*N, nb, bq, K]; padded query rows are computed and dropped
+    qt = jnp.pad((q * (1.0 / math.sqrt(kd))).transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, nb * bq - lq), (0, 0)))
+    kt = k.transpose(0, 2, 1, 3).reshape(b * n, lk, kd)
+    vt = v.transpose(0, 2, 1, 3).reshape(b * n, lk, kd)
+    o = _blockwise_core(qt.reshape(b * n, nb, bq, kd), kt, vt)
+    return o.reshape(b, n, nb * bq, kd)[:, :, :lq].transpose(0, 2, 1, 3)
+
+
 def _local_kernel(backend: str, splash_block: int, interpret):
     if backend == "xla":
         return _xla
@@ -107,6 +179,8 @@ def _local_kernel(backend: str, splash_block: int, interpret):
         return _cudnn
     if backend == "splash":
         return functools.partial(_splash, block=splash_block, interpret=interpret)
+    if backend == "blockwise":
+        return _blockwise
     raise ValueError(f"attention backend {backend!r} is unknown")
 
 
@@ -167,7 +241,7 @@ def attention(q, k, v, *, backend: str = "auto", context_parallel: str = "none",
     """Softmax(q k^T / sqrt(K)) v, no mask. q [B, Lq, N, K]; k, v [B, Lk, N, K] -> [B, Lq, N, K]."""
     if context_parallel not in CONTEXT_PARALLEL:
         raise ValueError(f"context_parallel {context_parallel!r} is unknown; expected one of {CONTEXT_PARALLEL}")
-    kernel = _local_kernel(resolve_backend(backend, q.dtype), splash_block, interpret)
+    kernel = _local_kernel(resolve_backend(backend, q.dtype, q.shape[1]), splash_block, interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return kernel(q, k, v)

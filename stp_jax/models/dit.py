@@ -322,3 +322,26 @@ def dummy_inputs(cfg: DiTConfig, batch: int = 1, latent_frames: int = 2, height:
         inputs["tgt_time"] = jnp.zeros((batch, t))
         inputs["src_time"] = jnp.zeros((batch, t))
     return inputs
+
+
+def forward_flops(cfg: DiTConfig, tokens: int, text_len: int) -> float:
+    """Matmul FLOPs of one forward pass per sample (2 per multiply-add); backward ~ 2x this.
+
+    Counts the transformer blocks, patch embedding, head, and text/time embedders; the
+    camera/time conditioning adds O(frames * D^2) per block, included for completeness.
+    """
+    d, m, layers = cfg.dim, cfg.ffn_dim, cfg.num_layers
+    pt, ph, pw = cfg.patch_size
+    per_block = (
+        2 * tokens * d * d * 4  # self-attn q, k, v, o
+        + 2 * 2 * tokens * tokens * d  # self-attn scores + weighted sum
+        + 2 * tokens * d * d * 2 + 2 * text_len * d * d * 2  # cross-attn q, o ; k, v
+        + 2 * 2 * tokens * text_len * d  # cross-attn scores + sum
+        + 2 * tokens * d * m * 2  # FFN
+    )
+    if cfg.mode != "wan":
+        per_block += 2 * tokens * d * d  # projector
+    total = layers * per_block
+    total += 2 * tokens * d * pt * ph * pw * (cfg.in_channels + cfg.out_channels)  # patch embed + head
+    total += 2 * text_len * (cfg.text_dim * d + d * d)  # text embedding
+    return float(total)
