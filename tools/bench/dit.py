@@ -5,6 +5,7 @@ the same inputs; the Wan backbone is compared (diffusers has no camera/time modu
 our SpaceTimePilot mode is timed beside it.
 
   python tools/bench/dit.py                       # CPU: dim 512, 8 layers, 2048 tokens
+  python tools/bench/dit.py --fast-math           # ... with XLA:CPU fast math
   python tools/bench/dit.py --preset 1.3b --frames 21 --height 60 --width 104 --dtype bfloat16   # GPU
 
 MFU is reported against --peak-tflops (H100 bf16 dense measured here: ~790) when given.
@@ -40,8 +41,14 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--fast-math", action="store_true",
+                    help="XLA:CPU fast math (vectorised approximate exp/tanh); parity tests still pass with it")
     ap.add_argument("--out", default="bench_out/dit.json")
     args = ap.parse_args(argv)
+    if args.fast_math:  # must be set before JAX initialises its CPU backend
+        import os
+
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=true").strip()
 
     import jax
     import jax.numpy as jnp
@@ -88,7 +95,7 @@ def main(argv=None):
     tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.skip_torch:
-        ref = ref.to(dev, tdtype)
+        ref = ref.to(dev) if tdtype == torch.float32 else ref.to(dev, tdtype)
         tx, tt, tc = (torch.from_numpy(a).to(dev) for a in (x, t, ctx))
         tx, tc = tx.to(tdtype), tc.to(tdtype)
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
