@@ -1,0 +1,390 @@
+"""Camera poses: conventions, file readers, the published normalisation rules, presets.
+
+Convention everywhere in stp_jax: **OpenCV camera-to-world** 4x4 matrices (x right, y down,
+z forward), float64 on the host. A trajectory is an array [T, 4, 4], one pose per raw frame.
+The model takes per-latent-frame poses (frames 0, 4, 8, ...) as the top 3x4 block
+flattened row-major: [F', 12].
+
+Readers: ReCamMaster ``camera_extrinsics.json`` (Unreal, row vectors, centimetres),
+Blender camera-to-world, world-to-camera ``.npy`` (SpaceTimePilot source files), and our own
+JSON::
+
+    {"convention": "opencv_c2w", "poses": [[16 numbers, row-major 4x4], ...]}
+
+Presets are generated from parameters (angles in degrees, distances in scene units), start
+at the identity (or at ``start``, e.g. the last pose of a previous clip) and have T poses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+class CameraError(ValueError):
+    """A camera trajectory or file is not what was expected; the message says what."""
+
+
+ORTHO_TOL = 1e-3
+BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flip the camera's Y and Z axes
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_poses(poses, name: str = "trajectory", frames: int | None = None) -> np.ndarray:
+    """Check [T, 4, 4] camera-to-world poses; returns them as float64. Raises CameraError."""
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim != 3 or p.shape[1:] != (4, 4):
+        raise CameraError(f"{name}: expected poses of shape [T, 4, 4], got {tuple(p.shape)}")
+    if frames is not None and p.shape[0] != frames:
+        raise CameraError(f"{name}: expected {frames} poses (one per frame), got {p.shape[0]}")
+    if p.shape[0] == 0:
+        raise CameraError(f"{name}: the trajectory is empty")
+    bad = np.where(~np.isfinite(p).all(axis=(1, 2)))[0]
+    if bad.size:
+        raise CameraError(f"{name}: pose {bad[0]} contains NaN or Inf")
+    if not np.allclose(p[:, 3], [0, 0, 0, 1], atol=1e-6):
+        i = int(np.where(~np.isclose(p[:, 3], [0, 0, 0, 1], atol=1e-6).all(-1))[0][0])
+        raise CameraError(f"{name}: pose {i} has bottom row {p[i, 3].tolist()}, expected [0, 0, 0, 1]")
+    r = p[:, :3, :3]
+    err = np.abs(np.einsum("tji,tjk->tik", r, r) - np.eye(3)).max(axis=(1, 2))
+    det = np.linalg.det(r)
+    bad = np.where((err > ORTHO_TOL) | (det < 0))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise CameraError(f"{name}: pose {i} has a rotation that is not orthonormal with det +1 "
+                          f"(|R^T R - I| = {err[i]:.2g}, det = {det[i]:.3g}); scaled or mirrored poses are not allowed")
+    return p
+
+
+# ---------------------------------------------------------------- the published rules
+
+
+def relative_to_first(c2w: np.ndarray) -> np.ndarray:
+    """Target rule: every pose relative to the trajectory's own first frame, inv(c2w_0) @ c2w_i."""
+    c2w = np.asarray(c2w, np.float64)
+    return np.linalg.inv(c2w[0])[None] @ c2w
+
+
+def normalise_source(c2w: np.ndarray, eps: float = 1e-2) -> np.ndarray:
+    """Source rule as published: c2w_i @ inv(c2w_0) (right-multiplied, sic), then translations
+    divided by the largest absolute translation component when that exceeds ``eps``."""
+    c2w = np.asarray(c2w, np.float64)
+    rel = c2w @ np.linalg.inv(c2w[0])[None]
+    scale = np.abs(rel[:, :3, 3]).max()
+    if scale > eps:
+        rel = rel.copy()
+        rel[:, :3, 3] /= scale
+    return rel
+
+
+def latent_frames(num_frames: int) -> int:
+    if num_frames < 1 or (num_frames - 1) % 4:
+        raise CameraError(f"frame count must be 1 + 4k (1, 5, ..., 81), got {num_frames}")
+    return 1 + (num_frames - 1) // 4
+
+
+def subsample_latent(poses: np.ndarray) -> np.ndarray:
+    """Poses of raw frames 0, 4, 8, ... (one per latent frame) from [T, 4, 4], T = 1 + 4k."""
+    latent_frames(len(poses))
+    return np.asarray(poses)[::4]
+
+
+def pack12(poses: np.ndarray) -> np.ndarray:
+    """[F, 4, 4] -> [F, 12]: the top 3x4 rows flattened row-major (float32)."""
+    return np.asarray(poses)[:, :3, :4].reshape(len(poses), 12).astype(np.float32)
+
+
+def target_condition(c2w: np.ndarray, name: str = "target trajectory") -> np.ndarray:
+    """[T, 4, 4] target poses -> [F', 12] model input (relative to the first frame)."""
+    p = validate_poses(c2w, name)
+    return pack12(subsample_latent(relative_to_first(p)))
+
+
+def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "source trajectory") -> np.ndarray:
+    """[T, 4, 4] source poses (or None = static identity camera) -> [F', 12] model input."""
+    if c2w is None:
+        return pack12(np.tile(np.eye(4), (latent_frames(num_frames), 1, 1)))
+    p = validate_poses(c2w, name, frames=num_frames)
+    return pack12(subsample_latent(normalise_source(p)))
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _numbers(s: str, path, where) -> np.ndarray:
+    try:
+        vals = [float(x) for x in re.findall(r"[-+0-9.eE]+", s)]
+    except ValueError as e:
+        raise CameraError(f"{path}: {where}: cannot parse numbers from {s!r}") from e
+    if len(vals) != 16:
+        raise CameraError(f"{path}: {where}: expected 16 numbers '[a b c 0] [d e f 0] [g h i 0] [tx ty tz 1]', "
+                          f"got {len(vals)}")
+    return np.array(vals).reshape(4, 4)
+
+
+def unreal_to_opencv(m: np.ndarray) -> np.ndarray:
+    """One ReCamMaster/Unreal row-vector pose (cm) -> OpenCV camera axes, as published
+    (REFERENCE.md §1): transpose, columns [1, 2, 0, 3], negate column 1, translation / 100.
+
+    This converts the *camera* axes only: the world stays Unreal's left-handed one, so the
+    rotation has det -1. Relative poses (all the model sees) are unaffected by that;
+    ``read_recammaster_json`` also flips the world's up axis to give proper rotations.
+    """
+    c2w = np.asarray(m, np.float64).T.copy()
+    c2w = c2w[:, [1, 2, 0, 3]]
+    c2w[:3, 1] *= -1
+    c2w[:3, 3] /= 100.0
+    return c2w
+
+
+# Unreal world (x forward, y right, z up; left-handed) -> right-handed (z down). A flip applied
+# on the left cancels in inv(c2w_0) @ c2w_i, so relative poses equal the published rule's.
+UNREAL_WORLD_FLIP = np.diag([1.0, 1.0, -1.0, 1.0])
+
+
+def read_recammaster_json(path, camera: str = "cam01") -> np.ndarray:
+    """``camera_extrinsics.json`` -> [T, 4, 4] OpenCV c2w for one camera, frames in order."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CameraError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(data, dict) or not data:
+        raise CameraError(f"{path}: expected {{'frame0': {{'cam01': '[...] [...] [...] [...]'}}, ...}}")
+    frames = []
+    for key in data:
+        m = re.fullmatch(r"frame(\d+)", key)
+        if not m:
+            raise CameraError(f"{path}: unexpected top-level key {key!r}; expected 'frame<N>'")
+        frames.append((int(m[1]), key))
+    poses = []
+    for _, key in sorted(frames):
+        cams = data[key]
+        if not isinstance(cams, dict) or camera not in cams:
+            raise CameraError(f"{path}: {key} has no camera {camera!r} (has {sorted(cams) if isinstance(cams, dict) else cams})")
+        poses.append(UNREAL_WORLD_FLIP @ unreal_to_opencv(_numbers(cams[camera], path, f"{key}/{camera}")))
+    return validate_poses(np.stack(poses), f"{path} ({camera})")
+
+
+def recammaster_cameras(path) -> list[str]:
+    data = json.loads(Path(path).read_text())
+    first = data[min(data, key=lambda k: int(k[5:]))]
+    return sorted(first)
+
+
+def blender_to_opencv(c2w_blender: np.ndarray) -> np.ndarray:
+    """Blender camera-to-world (camera looks down -Z, Y up) -> OpenCV c2w."""
+    return np.asarray(c2w_blender, np.float64) @ BLENDER_TO_OPENCV
+
+
+def read_w2c_npy(path) -> np.ndarray:
+    """A (T, 4, 4) world-to-camera .npy (SpaceTimePilot source poses) -> c2w."""
+    try:
+        w2c = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CameraError(f"{path}: not a readable .npy array ({e})") from e
+    w2c = np.asarray(w2c, np.float64)
+    if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
+        raise CameraError(f"{path}: expected world-to-camera poses of shape (T, 4, 4), got {w2c.shape}")
+    try:
+        c2w = np.linalg.inv(w2c)
+    except np.linalg.LinAlgError as e:
+        raise CameraError(f"{path}: a world-to-camera matrix is singular") from e
+    return validate_poses(c2w, str(path))
+
+
+def read_trajectory_json(path) -> np.ndarray:
+    """Our documented JSON: {"convention": "opencv_c2w" | "blender_c2w" | "opencv_w2c", "poses": [...]}."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CameraError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(data, dict) or "poses" not in data:
+        raise CameraError(f"{path}: expected an object with 'poses' (a list of 4x4 or 16-number poses) and "
+                          f"'convention' (opencv_c2w, blender_c2w or opencv_w2c)")
+    conv = data.get("convention", "opencv_c2w")
+    try:
+        p = np.asarray(data["poses"], np.float64).reshape(-1, 4, 4)
+    except ValueError as e:
+        raise CameraError(f"{path}: 'poses' must be a list of 4x4 matrices or 16-number rows") from e
+    if conv == "opencv_c2w":
+        pass
+    elif conv == "blender_c2w":
+        p = blender_to_opencv(p)
+    elif conv == "opencv_w2c":
+        p = np.linalg.inv(p)
+    else:
+        raise CameraError(f"{path}: convention {conv!r} is unknown; expected opencv_c2w, blender_c2w or opencv_w2c")
+    return validate_poses(p, str(path))
+
+
+def write_trajectory_json(path, c2w: np.ndarray) -> None:
+    p = validate_poses(c2w)
+    Path(path).write_text(json.dumps({"convention": "opencv_c2w", "poses": p.reshape(len(p), 16).tolist()}))
+
+
+def load_trajectory(path, camera: str = "cam01") -> np.ndarray:
+    """Any supported trajectory file -> [T, 4, 4] OpenCV c2w."""
+    path = Path(path)
+    if not path.exists():
+        raise CameraError(f"{path}: camera file not found")
+    if path.suffix == ".npy":
+        return read_w2c_npy(path)
+    if path.suffix == ".json":
+        head = path.read_text()[:4096]
+        if re.search(r'"frame\d+"', head):
+            return read_recammaster_json(path, camera)
+        return read_trajectory_json(path)
+    raise CameraError(f"{path}: unknown camera file type; expected .json (ours or ReCamMaster) or .npy (world-to-camera)")
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _rot(axis: str, deg) -> np.ndarray:
+    """Rotations about the camera's own axes, batched over ``deg``: [..., 4, 4]."""
+    a = np.deg2rad(np.asarray(deg, np.float64))
+    c, s = np.cos(a), np.sin(a)
+    m = np.zeros(a.shape + (4, 4))
+    m[..., 3, 3] = 1
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    k = 3 - i - j
+    m[..., k, k] = 1
+    m[..., i, i], m[..., i, j], m[..., j, i], m[..., j, j] = c, -s, s, c
+    return m
+
+
+def _trans(v) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    m = np.tile(np.eye(4), v.shape[:-1] + (1, 1))
+    m[..., :3, 3] = v
+    return m
+
+
+def look_at(eye, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
+    """OpenCV c2w at ``eye`` looking at ``target`` (y down, so 'up' is -y)."""
+    eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(-up, z)  # right = down x forward (OpenCV is right-handed with y down)
+    if np.linalg.norm(x) < 1e-9:
+        raise CameraError("look_at: the view direction is parallel to 'up'")
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, eye
+    return m
+
+
+def orbit(num_frames: int, degrees: float = 90.0, distance: float = 1.0, elevation: float = 0.0) -> np.ndarray:
+    """Orbit around the point ``distance`` in front of the first camera, keeping it centred.
+
+    ``degrees`` > 0 moves the camera to its right (arc right), < 0 to its left; ``elevation``
+    (degrees) raises the camera gradually to that height angle over the clip.
+    """
+    centre = np.array([0.0, 0.0, distance])
+    frac = np.linspace(0.0, 1.0, num_frames)
+    poses = []
+    for f in frac:
+        r, e = np.deg2rad(degrees * f), np.deg2rad(elevation * f)
+        # position on a sphere around the centre (y is down, so rising is -y); f=0 -> origin
+        off = np.array([np.sin(r) * np.cos(e), -np.sin(e), -np.cos(r) * np.cos(e)]) * distance
+        poses.append(look_at(centre + off, centre))
+    return relative_to_first(np.stack(poses))
+
+
+PRESETS = {
+    # name: (description, builder(T, magnitude) -> relative poses [T, 4, 4])
+    "pan_right": ("rotate right about the camera's y axis", lambda t, m: _rot("y", np.linspace(0, m, t))),
+    "pan_left": ("rotate left about the camera's y axis", lambda t, m: _rot("y", np.linspace(0, -m, t))),
+    "tilt_up": ("rotate up about the camera's x axis", lambda t, m: _rot("x", np.linspace(0, m, t))),
+    "tilt_down": ("rotate down about the camera's x axis", lambda t, m: _rot("x", np.linspace(0, -m, t))),
+    "zoom_in": ("dolly forward along z", lambda t, m: _trans(np.outer(np.linspace(0, m / 100, t), [0, 0, 1]))),
+    "zoom_out": ("dolly backward along z", lambda t, m: _trans(np.outer(np.linspace(0, -m / 100, t), [0, 0, 1]))),
+    "translate_up": ("rise while tilting down to keep the subject",
+                     lambda t, m: _trans(np.outer(np.linspace(0, -m / 100, t), [0, 1, 0])) @ _rot("x", np.linspace(0, -m / 3, t))),
+    "translate_down": ("sink while tilting up to keep the subject",
+                       lambda t, m: _trans(np.outer(np.linspace(0, m / 100, t), [0, 1, 0])) @ _rot("x", np.linspace(0, m / 3, t))),
+    "arc_left": ("orbit left around the subject", lambda t, m: orbit(t, -m)),
+    "arc_right": ("orbit right around the subject", lambda t, m: orbit(t, m)),
+}
+# ReCamMaster's cam01..cam10, in its order (REFERENCE.md §1)
+RECAMMASTER_ORDER = ("pan_right", "pan_left", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "translate_up",
+                     "translate_down", "arc_left", "arc_right")
+DEFAULT_MAGNITUDE = 30.0  # degrees for rotations and arcs; hundredths of a scene unit for zoom/translate
+
+
+def preset(name: str, num_frames: int = 81, magnitude: float = DEFAULT_MAGNITUDE,
+           start: np.ndarray | None = None) -> np.ndarray:
+    """A named trajectory as [T, 4, 4] c2w. ``start``: continue from this pose (chained clips).
+
+    Names: the ReCamMaster ten (also as cam01..cam10), ``static``, and ``orbit<deg>`` /
+    ``orbit<deg>_el<deg>`` (e.g. orbit90, orbit-45_el20) for bullet-time orbits.
+    """
+    if m := re.fullmatch(r"cam(\d\d)", name):
+        i = int(m[1])
+        if not 1 <= i <= 10:
+            raise CameraError(f"camera preset {name!r}: ReCamMaster presets are cam01..cam10")
+        name = RECAMMASTER_ORDER[i - 1]
+    if name == "static":
+        rel = np.tile(np.eye(4), (num_frames, 1, 1))
+    elif m := re.fullmatch(r"orbit(-?\d+(?:\.\d+)?)(?:_el(-?\d+(?:\.\d+)?))?", name):
+        rel = orbit(num_frames, float(m[1]), elevation=float(m[2] or 0.0))
+    elif name in PRESETS:
+        rel = PRESETS[name][1](num_frames, magnitude)
+    else:
+        raise CameraError(f"unknown camera preset {name!r}; known: static, orbit<deg>[_el<deg>], cam01..cam10, "
+                          f"{', '.join(PRESETS)}")
+    out = rel if start is None else validate_poses(np.asarray(start)[None], "start pose")[0][None] @ rel
+    return validate_poses(out, f"preset {name}")
+
+
+def camera_from_arg(arg: str, num_frames: int) -> np.ndarray:
+    """A CLI --camera value: a preset name or a trajectory file path."""
+    if os.path.sep in arg or arg.endswith((".json", ".npy")):
+        p = load_trajectory(arg)
+        if len(p) != num_frames:
+            raise CameraError(f"{arg}: has {len(p)} poses but the clip has {num_frames} frames")
+        return p
+    return preset(arg, num_frames)
+
+
+# ---------------------------------------------------------------- plot
+
+
+def plot_trajectories(path, target: np.ndarray, source: np.ndarray | None = None, every: int = 8,
+                      scale: float = 0.15, title: str = "") -> None:
+    """Camera frusta of the target (and source) trajectory, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 6))
+    ax = fig.add_subplot(projection="3d")
+    corners = np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]], np.float64) * scale / 2
+    for poses, color, label in ((source, "tab:blue", "source"), (target, "tab:red", "target")):
+        if poses is None:
+            continue
+        poses = validate_poses(poses, label)
+        c = poses[:, :3, 3]
+        ax.plot(c[:, 0], c[:, 2], -c[:, 1], color=color, label=label)
+        for p in poses[::every]:
+            w = corners @ p[:3, :3].T + p[:3, 3]
+            for a in w:
+                ax.plot([p[0, 3], a[0]], [p[2, 3], a[2]], [-p[1, 3], -a[1]], color=color, lw=0.6)
+            loop = np.vstack([w, w[:1]])
+            ax.plot(loop[:, 0], loop[:, 2], -loop[:, 1], color=color, lw=0.8)
+    ax.set_xlabel("x (right)")
+    ax.set_ylabel("z (forward)")
+    ax.set_zlabel("up (-y)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
