@@ -23,6 +23,8 @@ setup(
         "av>=14",
         "tqdm>=4.66",
         "absl-py>=2.1",
+        "importlib_resources>=6",  # tensorflow-datasets needs it without TensorFlow
+        "matplotlib>=3.8",
     ],
     extras_require={
         "torch": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.55", "accelerate>=1.0"],
@@ -33,6 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "stp-convert=stp_jax.cli:convert_main",
+            "stp-render=stp_jax.cli:render_main",
         ],
     },
 )

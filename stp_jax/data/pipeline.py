@@ -1,0 +1,222 @@
+"""Grain input pipeline: (source clip, target clip, cameras, times) training pairs.
+
+Two sources, one pair sampler:
+  procedural  scene seeds; every (camera, time) cell is rendered on the fly by the JAX
+              Cam×Time renderer (no files, no downloads).
+  tfds        a ``camxtime_procedural`` TFDS dataset (ArrayRecord) holding pre-rendered
+              C x T grids; cells are looked up.
+
+Pair sampling (deterministic per record, from Grain's per-record RNG):
+  source  the grid diagonal: camera i at time i (cameras spread evenly when C != T);
+  target  a camera path that starts at the source's first camera (static, the source's
+          sweep, a faster sweep that then holds, half a sweep), times from a random time
+          warp (stp_jax.data.timewarp, published probabilities by default).
+Because the target starts where the source starts, "relative to its own first frame"
+(what the published model is given) is also relative to the source's first camera.
+
+Each example: source_frames / target_frames uint8 [T, H, W, 3]; source_cam / target_cam
+float32 [F', 12]; source_time / target_time int32 [T]; seed int64.
+Batches are numpy dicts per process; ``to_global`` assembles them into sharded jax.Arrays.
+The loader's iterator state is a small JSON-able dict (``get_state``/``set_state``),
+saved with the model checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from stp_jax.controls import camera as cam_lib
+from stp_jax.controls.timing import check_frames
+from stp_jax.data import camxtime as cx
+from stp_jax.data import timewarp
+
+TEST_SEED_OFFSET = 1_000_000_000  # held-out scenes use seeds from here on
+TARGET_CAMERA_PATHS = ("static", "sweep", "fast_sweep", "half_sweep")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "procedural"  # procedural | tfds
+    split: str = "train"  # train | test (held-out scene seeds)
+    num_frames: int = 17  # T, 1 + 4k
+    num_cameras: int = 17  # C cameras along each scene's path
+    height: int = 32
+    width: int = 32
+    num_scenes: int = 100_000  # procedural: scene seeds per split
+    global_batch: int = 8
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None  # None = repeat forever
+    worker_count: int = 0
+    warp_probs: tuple[tuple[str, float], ...] | None = None  # None = published probabilities
+    tfds_name: str = "camxtime_procedural"
+    tfds_dir: str | None = None
+
+    def __post_init__(self):
+        check_frames(self.num_frames)
+        if self.source not in ("procedural", "tfds"):
+            raise ValueError(f"data source {self.source!r} is unknown; expected 'procedural' or 'tfds'")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split {self.split!r} is unknown; expected 'train' or 'test'")
+        if self.global_batch % jax.process_count():
+            raise ValueError(f"global_batch {self.global_batch} is not divisible by {jax.process_count()} processes")
+
+
+# ---------------------------------------------------------------- sources
+
+
+class ProceduralScenes(grain.sources.RandomAccessDataSource):
+    """Record i -> {"seed": scene seed}; train and test seeds never overlap."""
+
+    def __init__(self, num_scenes: int, split: str):
+        self._n, self._offset = num_scenes, TEST_SEED_OFFSET if split == "test" else 0
+
+    def __len__(self):
+        return self._n
+
+    def __getitem__(self, i):
+        return {"seed": np.int64(self._offset + int(i))}
+
+    def __repr__(self):  # Grain checks restored iterator state against this
+        return f"ProceduralScenes(num_scenes={self._n}, seed_offset={self._offset})"
+
+
+class NamedSource(grain.sources.RandomAccessDataSource):
+    """Wraps a record source so that an unreadable record raises one clear error."""
+
+    def __init__(self, inner, name: str):
+        self._inner, self._name = inner, name
+
+    def __len__(self):
+        return len(self._inner)
+
+    def __repr__(self):
+        return f"NamedSource({self._name}, {len(self._inner)} records)"
+
+    def __getitem__(self, i):
+        try:
+            return self._inner[i]
+        except Exception as e:  # noqa: BLE001 - re-raised with the dataset and record named
+            raise ValueError(f"{self._name}: record {i} is unreadable or corrupt ({type(e).__name__}: {e})") from e
+
+
+def tfds_source(cfg: DataConfig):
+    import tensorflow_datasets as tfds
+
+    from stp_jax.data.tfds_builders import camxtime_procedural  # noqa: F401  (registers the builder)
+
+    try:
+        src = tfds.data_source(cfg.tfds_name, split=cfg.split, data_dir=cfg.tfds_dir)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"TFDS dataset {cfg.tfds_name!r} (split {cfg.split!r}) in {cfg.tfds_dir}: cannot be "
+                         f"opened ({type(e).__name__}: {e}); build it first") from e
+    return NamedSource(src, f"{cfg.tfds_name}[{cfg.split}]")
+
+
+# ---------------------------------------------------------------- pair sampling
+
+
+def target_camera_indices(kind: str, num_frames: int, num_cameras: int, rng: np.random.Generator) -> np.ndarray:
+    src, _ = cx.source_indices(num_frames, num_cameras)
+    if kind == "static":
+        return np.zeros(num_frames, np.int64)
+    if kind == "sweep":
+        return src
+    if kind == "fast_sweep":  # reach the end of the path in a random fraction of the clip, then hold
+        frac = rng.uniform(0.3, 0.8)
+        return np.minimum(np.round(src / frac), num_cameras - 1).astype(np.int64)
+    if kind == "half_sweep":
+        return np.round(src / 2).astype(np.int64)
+    raise ValueError(f"target camera path {kind!r} is unknown; expected one of {TARGET_CAMERA_PATHS}")
+
+
+def _warp_fn(num_frames: int, probs):
+    @jax.jit
+    def f(key):
+        return timewarp.random_warp(key, num_frames, num_frames, probs)
+
+    return f
+
+
+class MakePair(grain.transforms.RandomMap):
+    """{"seed"} or {"seed", "grid", "cameras"} -> one training pair (see module doc)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self._warp = None
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        c = self.cfg
+        t, n_cam = c.num_frames, c.num_cameras
+        if self._warp is None:
+            probs = dict(c.warp_probs) if c.warp_probs is not None else None
+            self._warp = _warp_fn(t, probs)
+        seed = int(element["seed"])
+        src_c, src_t = cx.source_indices(t, n_cam)
+        kind = TARGET_CAMERA_PATHS[rng.integers(len(TARGET_CAMERA_PATHS))]
+        tgt_c = target_camera_indices(kind, t, n_cam, rng)
+        tgt_t, _ = self._warp(jax.random.PRNGKey(rng.integers(2 ** 31)))
+        tgt_t = np.asarray(tgt_t, np.int64)
+        if "grid" in element:
+            grid, cams = element["grid"], np.asarray(element["cameras"], np.float64)
+            if grid.shape[:2] != (n_cam, t) or grid.shape[2:] != (c.height, c.width, 3):
+                raise ValueError(f"record for scene {seed}: grid of shape {grid.shape} does not match the config "
+                                 f"(cameras {n_cam}, frames {t}, {c.height}x{c.width})")
+            src, tgt = grid[src_c, src_t], grid[tgt_c, tgt_t]
+        else:
+            scene, cams = cx.make_scene(seed), cx.camera_path(seed, n_cam)
+            both = cx.render_path_jit(scene, cams, np.concatenate([src_c, tgt_c]), np.concatenate([src_t, tgt_t]),
+                                      t, c.height, c.width)
+            both = np.asarray(both)
+            src, tgt = both[:t], both[t:]
+        return {
+            "source_frames": src, "target_frames": tgt,
+            "source_cam": cam_lib.source_condition(cams[src_c], t),
+            "target_cam": cam_lib.target_condition(cams[tgt_c]),
+            "source_time": src_t.astype(np.int32), "target_time": tgt_t.astype(np.int32),
+            "seed": np.int64(seed),
+        }
+
+
+class CheckRecord(grain.transforms.Map):
+    """Fail with the record named when a stored record is unreadable or malformed."""
+
+    def map(self, element):
+        if not isinstance(element, dict) or "seed" not in element:
+            raise ValueError(f"dataset record is malformed: expected a dict with 'seed', 'grid', 'cameras'; "
+                             f"got {type(element).__name__}")
+        if "grid" in element:
+            g = np.asarray(element["grid"])
+            if g.dtype != np.uint8 or g.ndim != 5:
+                raise ValueError(f"record for scene {element['seed']}: 'grid' must be uint8 [C, T, H, W, 3], got "
+                                 f"{g.dtype} {g.shape}")
+        return element
+
+
+# ---------------------------------------------------------------- loader
+
+
+def make_loader(cfg: DataConfig) -> grain.DataLoader:
+    """A Grain DataLoader yielding this process's share of each global batch."""
+    if cfg.source == "procedural":
+        source = ProceduralScenes(cfg.num_scenes, cfg.split)
+    else:
+        source = tfds_source(cfg)
+    per_process = cfg.global_batch // jax.process_count()
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=cfg.shuffle,
+                                          num_epochs=cfg.num_epochs, seed=cfg.seed)
+    ops = [CheckRecord(), MakePair(cfg), grain.transforms.Batch(per_process, drop_remainder=True)]
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh, rules=None) -> dict[str, jax.Array]:
+    """Process-local numpy batch -> global jax.Arrays sharded on the batch axis."""
+    from stp_jax.parallel.mesh import data_sharding
+
+    return {k: jax.make_array_from_process_local_data(data_sharding(mesh, np.ndim(v), rules), np.asarray(v))
+            for k, v in batch.items()}

@@ -1,0 +1,1 @@
+"""TFDS builders writing ArrayRecord without TensorFlow (Tensor features only)."""
