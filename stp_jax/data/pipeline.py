@@ -202,6 +202,11 @@ class CheckRecord(grain.transforms.Map):
 
 def make_loader(cfg: DataConfig) -> grain.DataLoader:
     """A Grain DataLoader yielding this process's share of each global batch."""
+    if cfg.worker_count > 0:  # Grain workers read absl flags; outside an absl app nobody parsed them
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
     if cfg.source == "procedural":
         source = ProceduralScenes(cfg.num_scenes, cfg.split)
     else:
