@@ -99,10 +99,12 @@ def pack12(poses: np.ndarray) -> np.ndarray:
     return np.asarray(poses)[:, :3, :4].reshape(len(poses), 12).astype(np.float32)
 
 
-def target_condition(c2w: np.ndarray, name: str = "target trajectory") -> np.ndarray:
-    """[T, 4, 4] target poses -> [F', 12] model input (relative to the first frame)."""
+def target_condition(c2w: np.ndarray, name: str = "target trajectory", reference: np.ndarray | None = None) -> np.ndarray:
+    """[T, 4, 4] target poses -> [F', 12] model input, relative to the target's first frame
+    (published rule) or to ``reference`` (e.g. the source's first camera, for multi-view pairs)."""
     p = validate_poses(c2w, name)
-    return pack12(subsample_latent(relative_to_first(p)))
+    rel = relative_to_first(p) if reference is None else np.linalg.inv(np.asarray(reference, np.float64))[None] @ p
+    return pack12(subsample_latent(rel))
 
 
 def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "source trajectory") -> np.ndarray:
@@ -145,6 +147,24 @@ def unreal_to_opencv(m: np.ndarray) -> np.ndarray:
 # Unreal world (x forward, y right, z up; left-handed) -> right-handed (z down). A flip applied
 # on the left cancels in inv(c2w_0) @ c2w_i, so relative poses equal the published rule's.
 UNREAL_WORLD_FLIP = np.diag([1.0, 1.0, -1.0, 1.0])
+
+
+def opencv_to_unreal(c2w: np.ndarray) -> np.ndarray:
+    """Inverse of ``UNREAL_WORLD_FLIP @ unreal_to_opencv``: OpenCV c2w -> Unreal row-vector pose (cm)."""
+    a = UNREAL_WORLD_FLIP @ np.asarray(c2w, np.float64)
+    a[:3, 3] *= 100.0
+    a[:3, 1] *= -1
+    b = np.empty_like(a)
+    b[:, [1, 2, 0, 3]] = a
+    return b.T
+
+
+def write_recammaster_json(path, trajectories: dict[str, np.ndarray]) -> None:
+    """{"cam01": [T, 4, 4] OpenCV c2w, ...} -> a ReCamMaster ``camera_extrinsics.json``."""
+    frames = len(next(iter(trajectories.values())))
+    fmt = lambda m: " ".join("[" + " ".join(f"{v:.9g}" for v in row) + "]" for row in m)  # noqa: E731
+    data = {f"frame{t}": {name: fmt(opencv_to_unreal(p[t])) for name, p in trajectories.items()} for t in range(frames)}
+    Path(path).write_text(json.dumps(data))
 
 
 def read_recammaster_json(path, camera: str = "cam01") -> np.ndarray:

@@ -1,10 +1,12 @@
 """Grain input pipeline: (source clip, target clip, cameras, times) training pairs.
 
-Two sources, one pair sampler:
+Sources, one pair sampler:
   procedural  scene seeds; every (camera, time) cell is rendered on the fly by the JAX
               Cam×Time renderer (no files, no downloads).
-  tfds        a ``camxtime_procedural`` TFDS dataset (ArrayRecord) holding pre-rendered
-              C x T grids; cells are looked up.
+  tfds        ``camxtime_procedural`` (pre-rendered C x T grids; cells are looked up) or
+              ``multicam_video`` (V synchronised views of a scene: an ordered pair of
+              views, the target warped in time; its poses are taken at the warped times and
+              expressed relative to the source's first camera).
 
 Pair sampling (deterministic per record, from Grain's per-record RNG):
   source  the grid diagonal: camera i at time i (cameras spread evenly when C != T);
@@ -107,7 +109,7 @@ class NamedSource(grain.sources.RandomAccessDataSource):
 def tfds_source(cfg: DataConfig):
     import tensorflow_datasets as tfds
 
-    from stp_jax.data.tfds_builders import camxtime_procedural  # noqa: F401  (registers the builder)
+    from stp_jax.data.tfds_builders import camxtime_procedural, multicam_video  # noqa: F401  (registers builders)
 
     try:
         src = tfds.data_source(cfg.tfds_name, split=cfg.split, data_dir=cfg.tfds_dir)
@@ -161,6 +163,8 @@ class MakePair(grain.transforms.RandomMap):
         tgt_c = target_camera_indices(kind, t, n_cam, rng)
         tgt_t, _ = self._warp(jax.random.PRNGKey(rng.integers(2 ** 31)))
         tgt_t = np.asarray(tgt_t, np.int64)
+        if "videos" in element:  # multi-view record: an ordered camera pair, target warped in time
+            return self._multiview_pair(element, seed, tgt_t, rng)
         if "grid" in element:
             grid, cams = element["grid"], np.asarray(element["cameras"], np.float64)
             if grid.shape[:2] != (n_cam, t) or grid.shape[2:] != (c.height, c.width, 3):
@@ -182,6 +186,26 @@ class MakePair(grain.transforms.RandomMap):
         }
 
 
+    def _multiview_pair(self, element, seed, tgt_t, rng):
+        c = self.cfg
+        videos, cams = element["videos"], np.asarray(element["cameras"], np.float64)  # [V, T, ...]
+        v, t = videos.shape[:2]
+        if t != c.num_frames or videos.shape[2:] != (c.height, c.width, 3):
+            raise ValueError(f"record {element.get('scene', seed)}: videos of shape {videos.shape} do not match "
+                             f"the config ({c.num_frames} frames, {c.height}x{c.width})")
+        a = int(rng.integers(v))
+        b = int(rng.integers(v - 1)) if v > 1 else 0
+        b = b + (b >= a) if v > 1 else 0  # a different view when there is one
+        src_t = np.arange(t)
+        return {
+            "source_frames": videos[a], "target_frames": videos[b][tgt_t],
+            "source_cam": cam_lib.source_condition(cams[a], t),
+            "target_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0]),
+            "source_time": src_t.astype(np.int32), "target_time": tgt_t.astype(np.int32),
+            "seed": np.int64(seed),
+        }
+
+
 class CheckRecord(grain.transforms.Map):
     """Fail with the record named when a stored record is unreadable or malformed."""
 
@@ -189,11 +213,12 @@ class CheckRecord(grain.transforms.Map):
         if not isinstance(element, dict) or "seed" not in element:
             raise ValueError(f"dataset record is malformed: expected a dict with 'seed', 'grid', 'cameras'; "
                              f"got {type(element).__name__}")
-        if "grid" in element:
-            g = np.asarray(element["grid"])
-            if g.dtype != np.uint8 or g.ndim != 5:
-                raise ValueError(f"record for scene {element['seed']}: 'grid' must be uint8 [C, T, H, W, 3], got "
-                                 f"{g.dtype} {g.shape}")
+        for key in ("grid", "videos"):
+            if key in element:
+                g = np.asarray(element[key])
+                if g.dtype != np.uint8 or g.ndim != 5:
+                    raise ValueError(f"record for scene {element['seed']}: {key!r} must be uint8 [N, T, H, W, 3], "
+                                     f"got {g.dtype} {g.shape}")
         return element
 
 

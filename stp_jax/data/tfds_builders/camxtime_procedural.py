@@ -30,6 +30,7 @@ class CamxtimeConfig(tfds.core.BuilderConfig):
 
 
 class CamxtimeProcedural(tfds.core.GeneratorBasedBuilder):
+    name = "camxtime_procedural"
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [CamxtimeConfig(name="t17_c17_32x32")]
 
