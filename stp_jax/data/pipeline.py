@@ -109,7 +109,7 @@ class NamedSource(grain.sources.RandomAccessDataSource):
 def tfds_source(cfg: DataConfig):
     import tensorflow_datasets as tfds
 
-    from stp_jax.data.tfds_builders import camxtime_procedural, multicam_video  # noqa: F401  (registers builders)
+    from stp_jax.data.tfds_builders import camxtime, camxtime_procedural, multicam_video  # noqa: F401  (registers)
 
     try:
         src = tfds.data_source(cfg.tfds_name, split=cfg.split, data_dir=cfg.tfds_dir)
