@@ -16,12 +16,14 @@ def _die(msg: str) -> "None":
 def convert_main(argv=None):
     ap = argparse.ArgumentParser(
         prog="stp-convert",
-        description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT checkpoint to stp_jax "
-                    "(Orbax params + config.json), or export an stp_jax checkpoint back to PyTorch safetensors.")
+        description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT checkpoint or a umT5 encoder "
+                    "(Wan .pth or transformers) to stp_jax (Orbax params + config.json), or export an stp_jax DiT "
+                    "checkpoint back to PyTorch safetensors.")
     ap.add_argument("src", help="checkpoint file (.safetensors, *.safetensors.index.json, .pth, .ckpt) or folder; "
                                 "with --export, a converted stp_jax folder")
     ap.add_argument("--out", required=True, help="output folder (convert) or .safetensors file (--export)")
-    ap.add_argument("--format", default="auto", choices=["auto", "diffusers", "wan", "recammaster", "spacetimepilot"],
+    ap.add_argument("--format", default="auto",
+                    choices=["auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5"],
                     help="expected checkpoint format; auto detects it from the keys")
     ap.add_argument("--base", help="Wan base checkpoint that SRC (a fine-tune) is loaded over")
     ap.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
@@ -52,12 +54,24 @@ def convert_main(argv=None):
             print(f"exported {len(sd)} tensors ({cfg.mode}, {args.layout} layout) to {args.out} "
                   f"in {time.time() - t0:.1f}s")
             return 0
-        cfg, params, meta = convert_dit(args.src, args.format, args.base, args.num_heads, args.param_dtype)
+        from stp_jax.convert import umt5
+        from stp_jax.convert.core import read_state_dict
+
+        if args.format == "umt5" or (args.format == "auto" and umt5.is_umt5(read_state_dict(args.src).keys())):
+            src = Path(args.src)
+            hints_f = (src if src.is_dir() else src.parent) / "config.json"
+            hints = json.loads(hints_f.read_text()) if hints_f.exists() else {}
+            cfg, params, meta = umt5.convert_umt5(args.src, args.num_heads, args.param_dtype, hints)
+            meta["layout"] = "umt5"
+        else:
+            cfg, params, meta = convert_dit(args.src, args.format, args.base, args.num_heads, args.param_dtype)
         out = save_pretrained(args.out, cfg, params, meta, overwrite=args.overwrite)
     except (ConversionError, FileExistsError, ValueError) as e:
         _die(str(e))
-    print(f"converted {meta['layout']}-layout {cfg.mode} checkpoint ({describe(params)}; dim {cfg.dim}, "
-          f"{cfg.num_layers} layers, {cfg.num_heads} heads) to {out} in {time.time() - t0:.1f}s")
+    what = (f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
+            if meta["layout"] != "umt5" else
+            f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)")
+    print(f"converted {what}: {describe(params)} to {out} in {time.time() - t0:.1f}s")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Layout of a folder written by ``stp-convert`` (or ``save_pretrained``)::
 
-    DIR/config.json       DiTConfig (to_dict), with "model": "SpaceTimeDiT"
+    DIR/config.json       the model config (to_dict), with "model": "SpaceTimeDiT" | "UMT5Encoder"
     DIR/conversion.json   where the weights came from (source, layout, mode, torch dtypes)
     DIR/params/           Orbax StandardCheckpointer tree of the unboxed params
 """
@@ -18,8 +18,23 @@ import orbax.checkpoint as ocp
 
 from stp_jax.convert.core import ConversionError
 from stp_jax.models.dit import DiTConfig, SpaceTimeDiT
+from stp_jax.models.text import UMT5Config, UMT5Encoder
 
-MODEL_NAME = "SpaceTimeDiT"
+
+def _models():
+    from stp_jax.convert.dit import abstract_params
+    from stp_jax.convert.umt5 import umt5_abstract_params
+
+    # name -> (config class, module class, abstract params of a config)
+    return {"SpaceTimeDiT": (DiTConfig, SpaceTimeDiT, abstract_params),
+            "UMT5Encoder": (UMT5Config, UMT5Encoder, umt5_abstract_params)}
+
+
+def _name_of(cfg) -> str:
+    for name, (cls, _, _) in _models().items():
+        if isinstance(cfg, cls):
+            return name
+    raise TypeError(f"no stored model for config type {type(cfg).__name__}")
 
 
 def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, overwrite: bool = False) -> Path:
@@ -32,7 +47,7 @@ def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, o
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps({"model": MODEL_NAME, **cfg.to_dict()}, indent=2))
+    (tmp / "config.json").write_text(json.dumps({"model": _name_of(cfg), **cfg.to_dict()}, indent=2))
     if meta is not None:
         (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
     ckptr = ocp.StandardCheckpointer()
@@ -42,36 +57,38 @@ def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, o
     return out
 
 
-def load_config(path) -> DiTConfig:
+def load_config(path):
+    """The config stored in a converted folder (a DiTConfig or UMT5Config)."""
     f = Path(path) / "config.json"
     if not f.exists():
         raise ConversionError(f"{path}: not a converted stp_jax checkpoint (no config.json); "
                               "convert PyTorch weights first with stp-convert")
     d = json.loads(f.read_text())
-    if d.pop("model", None) != MODEL_NAME:
-        raise ConversionError(f"{f}: not a {MODEL_NAME} config")
-    return DiTConfig.from_dict(d)
+    name = d.pop("model", None)
+    models = _models()
+    if name not in models:
+        raise ConversionError(f"{f}: unknown model {name!r}; expected one of {sorted(models)}")
+    return models[name][0].from_dict(d)
 
 
 def load_pretrained(path, *, shardings=None, dtype: str | None = None, **runtime):
     """(model, params) from a converted folder.
 
     ``shardings``: optional pytree of NamedShardings to restore straight onto a mesh.
-    ``dtype``: restore params in this dtype (default: as saved). ``runtime``: DiTConfig
-    fields that do not change the weights (attention, remat, dtype of compute...).
+    ``dtype``: restore params in this dtype (default: as saved). ``runtime``: config fields
+    that do not change the weights (attention, remat, dtype of compute...).
     """
     cfg = load_config(path)
     if runtime:
         cfg = cfg.replace(**runtime)
     if dtype is not None:
         cfg = cfg.replace(param_dtype=dtype)
-    from stp_jax.convert.dit import abstract_params
-
-    abstract = abstract_params(cfg)
+    _, module_cls, abstract_fn = _models()[_name_of(cfg)]
+    abstract = abstract_fn(cfg)
     if shardings is None:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype)), abstract)
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype), sharding=s),
                               abstract, shardings)
     params = ocp.StandardCheckpointer().restore(Path(path).absolute() / "params", target)
-    return SpaceTimeDiT(cfg), params
+    return module_cls(cfg), params

@@ -36,6 +36,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("freq", None),  # sinusoid width
     ("cam", None),  # 12 camera numbers
     ("conv_k", None),  # temporal conv taps
+    ("vocab", None),  # text-encoder vocabulary
     # ---- activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", "context"),
