@@ -1,0 +1,266 @@
+"""Wan2.1 causal 3D VAE in JAX, with the causal cache carried through ``lax.scan``.
+
+Per REFERENCE.md §3 / diffusers ``AutoencoderKLWan`` (Wan 2.1 variant): causal 3D convs
+(all time padding in front), RMS norm as L2-normalise over channels x sqrt(C) x gamma,
+residual blocks, one single-head spatial attention per frame in the middle blocks, 2D/3D
+down- and upsampling whose time convs are skipped on the first chunk.
+
+Chunking and cache: the encoder sees frame 0 alone, then chunks of 4 frames; the decoder
+one latent frame at a time. Every causal conv keeps the last 2 frames of its input as
+cache. Starting from an all-zero cache is exactly the reference's zero front padding (and
+its "Rep" state of the time upsampler), so the first chunk is one static call and the rest
+is a ``lax.scan`` whose carry is the list of caches: compile time and activation memory do
+not grow with the number of frames.
+
+Params are a nested dict mirroring diffusers' module names (``encoder/down_blocks/0/conv1``);
+``stp_jax.convert.wan_vae`` builds it from diffusers or original Wan checkpoints.
+Tensors are channels-last: video [B, T, H, W, 3] in [-1, 1]; latents [B, F, H/8, W/8, z].
+Letters: B batch, T frames, H/W pixels, C channels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
+               -0.1922, -0.9497, 0.2503, -0.2921)
+LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382,
+              1.1253, 2.8251, 1.9160)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanVAEConfig:
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    dtype: str = "float32"
+
+    @property
+    def encoder_dims(self):
+        return [self.base_dim * m for m in (1,) + tuple(self.dim_mult)]
+
+    @property
+    def decoder_dims(self):
+        return [self.base_dim * m for m in (self.dim_mult[-1],) + tuple(self.dim_mult[::-1])]
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["dim_mult"], d["temporal_downsample"] = list(self.dim_mult), list(self.temporal_downsample)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["dim_mult"], d["temporal_downsample"] = tuple(d["dim_mult"]), tuple(d["temporal_downsample"])
+        return cls(**d)
+
+
+class _Cache:
+    """The list of per-conv caches, in call order. ``prev`` None = first chunk (zeros)."""
+
+    def __init__(self, prev):
+        self.prev, self.new, self.i = prev, [], 0
+
+    def take(self, like, frames):
+        if self.prev is None:
+            c = jnp.zeros((like.shape[0], frames) + like.shape[2:], like.dtype)
+        else:
+            c = self.prev[self.i]
+        self.i += 1
+        return c
+
+    def put(self, c):
+        self.new.append(c)
+
+
+# ---------------------------------------------------------------- primitives (x [B, T, H, W, C])
+
+
+def _conv3d(x, p, stride=(1, 1, 1), spatial_pad=(0, 0)):
+    k = p["kernel"].astype(x.dtype)  # [kt, kh, kw, I, O]
+    y = jax.lax.conv_general_dilated(
+        x, k, window_strides=stride,
+        padding=((0, 0), (spatial_pad[0], spatial_pad[0]), (spatial_pad[1], spatial_pad[1])),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=jax.lax.Precision.HIGHEST)
+    return y + p["bias"].astype(x.dtype)
+
+
+def causal_conv(x, p, cache: _Cache):
+    """CausalConv3d with kernel (3, k, k): 2 cached frames in front, spatial padding k//2."""
+    kt, kh = p["kernel"].shape[:2]
+    if kt == 1:
+        return _conv3d(x, p, spatial_pad=(kh // 2, kh // 2))
+    prev = cache.take(x, kt - 1)
+    xx = jnp.concatenate([prev.astype(x.dtype), x], axis=1)
+    cache.put(xx[:, -(kt - 1):])
+    return _conv3d(xx, p, spatial_pad=(kh // 2, kh // 2))
+
+
+def _conv2d_frames(x, p, stride=1, pad=((1, 1), (1, 1))):
+    b, t = x.shape[:2]
+    y = jax.lax.conv_general_dilated(
+        x.reshape((b * t,) + x.shape[2:]), p["kernel"].astype(x.dtype), window_strides=(stride, stride), padding=pad,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    y = y + p["bias"].astype(x.dtype)
+    return y.reshape((b, t) + y.shape[1:])
+
+
+def rms_norm(x, gamma):
+    xf = x.astype(jnp.float32)
+    n = jnp.sqrt(jnp.sum(jnp.square(xf), -1, keepdims=True))
+    y = xf / jnp.maximum(n, 1e-12) * math.sqrt(x.shape[-1]) * gamma.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def resblock(x, p, cache):
+    h = causal_conv(x, p["conv_shortcut"], cache) if "conv_shortcut" in p else x
+    y = causal_conv(jax.nn.silu(rms_norm(x, p["norm1"]["gamma"])), p["conv1"], cache)
+    y = causal_conv(jax.nn.silu(rms_norm(y, p["norm2"]["gamma"])), p["conv2"], cache)
+    return y + h
+
+
+def attention(x, p):
+    """Single-head spatial self-attention within each frame."""
+    b, t, hh, ww, c = x.shape
+    y = rms_norm(x, p["norm"]["gamma"])
+    qkv = _conv2d_frames(y, p["to_qkv"], pad=((0, 0), (0, 0))).reshape(b * t, hh * ww, 3 * c)
+    q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
+    s = jnp.einsum("nqc,nkc->nqk", q, k, precision=jax.lax.Precision.HIGHEST) / math.sqrt(c)
+    a = jnp.einsum("nqk,nkc->nqc", jax.nn.softmax(s.astype(jnp.float32), -1).astype(v.dtype), v,
+                   precision=jax.lax.Precision.HIGHEST)
+    o = _conv2d_frames(a.reshape(b, t, hh, ww, c), p["proj"], pad=((0, 0), (0, 0)))
+    return x + o
+
+
+def midblock(x, p, cache):
+    x = resblock(x, p["resnets"]["0"], cache)
+    x = attention(x, p["attentions"]["0"])
+    return resblock(x, p["resnets"]["1"], cache)
+
+
+def downsample(x, p, temporal: bool, first: bool, cache):
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))  # ZeroPad2d((0, 1, 0, 1))
+    x = _conv2d_frames(x, p["resample"]["1"], stride=2, pad=((0, 0), (0, 0)))
+    if not temporal:
+        return x
+    prev = cache.take(x, 1)
+    cache.put(x[:, -1:])
+    if first:  # the first chunk passes through the time conv untouched
+        return x
+    return _conv3d(jnp.concatenate([prev, x], axis=1), p["time_conv"], stride=(2, 1, 1))
+
+
+def upsample(x, p, temporal: bool, first: bool, cache):
+    if temporal:
+        if first:  # frame 0 is not upsampled in time; the time conv then starts from zeros
+            cache.take(x, 2)
+            cache.put(jnp.zeros((x.shape[0], 2) + x.shape[2:], x.dtype))
+        else:
+            y = causal_conv(x, p["time_conv"], cache)  # [B, t, H, W, 2C]
+            b, t, hh, ww, c2 = y.shape
+            x = y.reshape(b, t, hh, ww, 2, c2 // 2).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, hh, ww, c2 // 2)
+    x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # nearest-exact 2x
+    return _conv2d_frames(x, p["resample"]["1"])
+
+
+# ---------------------------------------------------------------- encoder / decoder chunks
+
+
+def encoder_chunk(cfg: WanVAEConfig, p, x, cache: _Cache, first: bool):
+    """One chunk (1 or 4 frames) -> [B, 1, H/8, W/8, 2z] (before quant_conv)."""
+    x = causal_conv(x, p["conv_in"], cache)
+    idx = 0
+    for i in range(len(cfg.dim_mult)):
+        for _ in range(cfg.num_res_blocks):
+            x = resblock(x, p["down_blocks"][str(idx)], cache)
+            idx += 1
+        if i != len(cfg.dim_mult) - 1:
+            x = downsample(x, p["down_blocks"][str(idx)], cfg.temporal_downsample[i], first, cache)
+            idx += 1
+    x = midblock(x, p["mid_block"], cache)
+    x = jax.nn.silu(rms_norm(x, p["norm_out"]["gamma"]))
+    return causal_conv(x, p["conv_out"], cache)
+
+
+def decoder_chunk(cfg: WanVAEConfig, p, z, cache: _Cache, first: bool):
+    """One latent frame [B, 1, h, w, z] -> 1 (first) or 4 frames [B, t, 8h, 8w, 3]."""
+    x = causal_conv(z, p["conv_in"], cache)
+    x = midblock(x, p["mid_block"], cache)
+    temporal_up = tuple(cfg.temporal_downsample[::-1])
+    for i in range(len(cfg.dim_mult)):
+        blk = p["up_blocks"][str(i)]
+        for j in range(cfg.num_res_blocks + 1):
+            x = resblock(x, blk["resnets"][str(j)], cache)
+        if i != len(cfg.dim_mult) - 1:
+            x = upsample(x, blk["upsamplers"]["0"], temporal_up[i], first, cache)
+    x = jax.nn.silu(rms_norm(x, p["norm_out"]["gamma"]))
+    return causal_conv(x, p["conv_out"], cache)
+
+
+def _run_chunks(step, first_in, rest_in):
+    """step(x, cache_prev | None, first) -> (y, cache). First chunk alone, then lax.scan."""
+    y0, cache = step(first_in, None, True)
+    if rest_in is None:
+        return y0
+    def body(c, x):  # noqa: E306
+        y, c2 = step(x, c, False)
+        return c2, y
+    _, ys = jax.lax.scan(body, cache, rest_in)  # ys [n, B, t, ...]
+    n, b, t = ys.shape[:3]
+    ys = jnp.moveaxis(ys, 0, 1).reshape((b, n * t) + ys.shape[3:])
+    return jnp.concatenate([y0, ys], axis=1)
+
+
+def encode(cfg: WanVAEConfig, params, video, normalize: bool = True):
+    """video [B, T, H, W, 3] in [-1, 1], T = 1 + 4k -> latent mean [B, 1 + k, H/8, W/8, z]
+    (normalised with the published mean/std unless ``normalize=False``, which gives the
+    raw mean that diffusers' ``encode`` returns)."""
+    b, t, h, w, _ = video.shape
+    if t < 1 or (t - 1) % 4:
+        raise ValueError(f"video length must be 1 + 4k frames, got {t}")
+    if h % 8 or w % 8:
+        raise ValueError(f"frame size {h}x{w} must be divisible by 8")
+    x = video.astype(jnp.dtype(cfg.dtype))
+
+    def step(chunk, prev, first):
+        c = _Cache(prev)
+        y = encoder_chunk(cfg, params["encoder"], chunk, c, first)
+        return y, c.new
+
+    rest = None
+    if t > 1:
+        rest = jnp.moveaxis(x[:, 1:].reshape(b, (t - 1) // 4, 4, h, w, 3), 1, 0)  # [k, B, 4, H, W, 3]
+    enc = _run_chunks(step, x[:, :1], rest)
+    enc = _conv3d(enc, params["quant_conv"])
+    mu = enc[..., : cfg.z_dim].astype(jnp.float32)
+    if normalize:
+        mu = (mu - jnp.asarray(LATENT_MEAN)) / jnp.asarray(LATENT_STD)
+    return mu
+
+
+def decode(cfg: WanVAEConfig, params, latents, normalized: bool = True):
+    """latents [B, F, h, w, z] -> video [B, 1 + 4(F-1), 8h, 8w, 3] clamped to [-1, 1]."""
+    z = latents.astype(jnp.float32)
+    if normalized:
+        z = z * jnp.asarray(LATENT_STD) + jnp.asarray(LATENT_MEAN)
+    z = _conv3d(z.astype(jnp.dtype(cfg.dtype)), params["post_quant_conv"])
+
+    def step(chunk, prev, first):
+        c = _Cache(prev)
+        y = decoder_chunk(cfg, params["decoder"], chunk, c, first)
+        return y, c.new
+
+    f = z.shape[1]
+    rest = jnp.moveaxis(z[:, 1:, None], 1, 0) if f > 1 else None  # [F-1, B, 1, h, w, z]
+    out = _run_chunks(step, z[:, :1], rest)
+    return jnp.clip(out.astype(jnp.float32), -1.0, 1.0)
+
+
+def latent_stats() -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(LATENT_MEAN, np.float32), np.asarray(LATENT_STD, np.float32)

@@ -1,0 +1,124 @@
+"""WanVAE vs diffusers' AutoencoderKLWan (random weights, tiny config with the real layout)."""
+import numpy as np
+import pytest
+import torch
+
+import jax
+import jax.numpy as jnp
+
+from stp_jax.convert import ConversionError
+from stp_jax.convert.wan_vae import convert_wan_vae
+from stp_jax.models import wan_vae
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    m = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                         temperal_downsample=[False, True, True]).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_((1.0 if name.endswith("gamma") else 0.0) + torch.randn(p.shape, generator=g) * 0.15)
+    d = tmp_path_factory.mktemp("vae")
+    m.save_pretrained(d, safe_serialization=True)
+    cfg, params = convert_wan_vae(d)
+    return m, cfg, jax.tree.map(jnp.asarray, params)
+
+
+@pytest.mark.parametrize("t", [1, 5, 9, 17])
+def test_encode_decode_parity(ref, t):
+    m, cfg, params = ref
+    assert cfg.base_dim == 8 and cfg.temporal_downsample == (False, True, True) and cfg.num_res_blocks == 2
+    g = np.random.default_rng(t)
+    x = g.uniform(-1, 1, (1, 3, t, 16, 24)).astype(np.float32)  # non-square
+    with torch.no_grad():
+        mu = m.encode(torch.from_numpy(x)).latent_dist.mean.numpy()
+    got = np.asarray(jax.jit(lambda p, v: wan_vae.encode(cfg, p, v, normalize=False))(params, x.transpose(0, 2, 3, 4, 1)))
+    err = np.abs(got - mu.transpose(0, 2, 3, 4, 1)).max()
+    assert got.shape == (1, 1 + (t - 1) // 4, 2, 3, 16) and err <= 1e-4, err
+    z = g.standard_normal(mu.shape).astype(np.float32)
+    with torch.no_grad():
+        want = m.decode(torch.from_numpy(z)).sample.numpy()
+    dec = np.asarray(jax.jit(lambda p, v: wan_vae.decode(cfg, p, v, normalized=False))(params, z.transpose(0, 2, 3, 4, 1)))
+    err = np.abs(dec - want.transpose(0, 2, 3, 4, 1)).max()
+    assert dec.shape == (1, t, 16, 24, 3) and err <= 1e-4, err
+    assert np.abs(want).max() > 0.05
+
+
+def test_normalisation_round_trip(ref):
+    m, cfg, params = ref
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 5, 16, 16, 3)).astype(np.float32)
+    raw = wan_vae.encode(cfg, params, x, normalize=False)
+    norm = wan_vae.encode(cfg, params, x)
+    mean, std = wan_vae.latent_stats()
+    np.testing.assert_allclose(np.asarray(norm), (np.asarray(raw) - mean) / std, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_vae_checkpoint_is_clear(ref, tmp_path):
+    from safetensors.torch import save_file
+
+    m, _, _ = ref
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    sd.pop("decoder.conv_out.bias")
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    save_file(sd, tmp_path / "v.safetensors")
+    with pytest.raises(ConversionError) as e:
+        convert_wan_vae(tmp_path / "v.safetensors", cfg=wan_vae.WanVAEConfig(base_dim=8))
+    assert "decoder.conv_out.bias" in str(e.value) and "encoder.extra.weight" in str(e.value)
+
+
+def test_original_layout_converts_to_same_params(ref, tmp_path):
+    """Wan2.1_VAE.pth names, written here from the diffusers keys, give identical params."""
+    import re
+
+    m, cfg, params = ref
+    sd = {}
+    flat = {}  # decoder up_blocks.{i}.{resnets.j|upsamplers.0} -> flat upsamples index
+    n = 0
+    for i in range(4):
+        for j in range(3):
+            flat[f"up_blocks.{i}.resnets.{j}"] = n
+            n += 1
+        if i < 3:
+            flat[f"up_blocks.{i}.upsamplers.0"] = n
+            n += 1
+    res = [("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
+           ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut.")]
+    for k, v in m.state_dict().items():
+        o = k
+        o = re.sub(r"^quant_conv\.", "conv1.", o)
+        o = re.sub(r"^post_quant_conv\.", "conv2.", o)
+        o = re.sub(r"^(encoder|decoder)\.conv_in\.", r"\1.conv1.", o)
+        o = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.head.0.", o)
+        o = re.sub(r"^(encoder|decoder)\.conv_out\.", r"\1.head.2.", o)
+        o = re.sub(r"mid_block\.resnets\.0\.", "middle.0.", o)
+        o = re.sub(r"mid_block\.attentions\.0\.", "middle.1.", o)
+        o = re.sub(r"mid_block\.resnets\.1\.", "middle.2.", o)
+        o = o.replace("down_blocks.", "downsamples.")
+        if mm := re.match(r"decoder\.(up_blocks\.\d+\.(?:resnets\.\d+|upsamplers\.0))\.(.*)$", o):
+            o = f"decoder.upsamples.{flat[mm[1]]}.{mm[2]}"
+        if mm := re.match(r"((?:encoder|decoder)\.(?:downsamples\.\d+|middle\.[02]|upsamples\.\d+)\.)(.*)$", o):
+            rest = mm[2]
+            for a, b in res:
+                rest = rest.replace(a, b) if rest.startswith(a) else rest
+            o = mm[1] + rest
+        sd[o] = v
+    assert len(sd) == len(m.state_dict())
+    torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
+    cfg2, params2 = convert_wan_vae(tmp_path / "Wan2.1_VAE.pth")
+    assert cfg2 == cfg
+    for (pa, a), (pb, b) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                jax.tree_util.tree_leaves_with_path(params2)):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_published_config_has_194_keys():
+    from stp_jax.convert.wan_vae import vae_key_shapes
+
+    shapes = vae_key_shapes(wan_vae.WanVAEConfig())
+    assert len(shapes) == 194  # REFERENCE.md §3
+    assert round(sum(int(np.prod(s)) for s in shapes.values()) / 1e8, 2) == 1.27
