@@ -16,14 +16,14 @@ def _die(msg: str) -> "None":
 def convert_main(argv=None):
     ap = argparse.ArgumentParser(
         prog="stp-convert",
-        description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT checkpoint or a umT5 encoder "
-                    "(Wan .pth or transformers) to stp_jax (Orbax params + config.json), or export an stp_jax DiT "
+        description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT checkpoint, a umT5 encoder "
+                    "(Wan .pth or transformers) or the Wan VAE (Wan2.1_VAE.pth or diffusers) to stp_jax (Orbax params + config.json), or export an stp_jax DiT "
                     "checkpoint back to PyTorch safetensors.")
     ap.add_argument("src", help="checkpoint file (.safetensors, *.safetensors.index.json, .pth, .ckpt) or folder; "
                                 "with --export, a converted stp_jax folder")
     ap.add_argument("--out", required=True, help="output folder (convert) or .safetensors file (--export)")
     ap.add_argument("--format", default="auto",
-                    choices=["auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5"],
+                    choices=["auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5", "wan_vae"],
                     help="expected checkpoint format; auto detects it from the keys")
     ap.add_argument("--base", help="Wan base checkpoint that SRC (a fine-tune) is loaded over")
     ap.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
@@ -57,7 +57,13 @@ def convert_main(argv=None):
         from stp_jax.convert import umt5
         from stp_jax.convert.core import read_state_dict
 
-        if args.format == "umt5" or (args.format == "auto" and umt5.is_umt5(read_state_dict(args.src).keys())):
+        from stp_jax.convert import wan_vae
+
+        keys = read_state_dict(args.src).keys() if args.format == "auto" else ()
+        if args.format == "wan_vae" or wan_vae.is_wan_vae(keys):
+            cfg, params = wan_vae.convert_wan_vae(args.src, dtype=args.param_dtype)
+            meta = {"source": str(args.src), "layout": "wan_vae"}
+        elif args.format == "umt5" or umt5.is_umt5(keys):
             src = Path(args.src)
             hints_f = (src if src.is_dir() else src.parent) / "config.json"
             hints = json.loads(hints_f.read_text()) if hints_f.exists() else {}
@@ -68,9 +74,12 @@ def convert_main(argv=None):
         out = save_pretrained(args.out, cfg, params, meta, overwrite=args.overwrite)
     except (ConversionError, FileExistsError, ValueError) as e:
         _die(str(e))
-    what = (f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
-            if meta["layout"] != "umt5" else
-            f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)")
+    if meta["layout"] == "umt5":
+        what = f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
+    elif meta["layout"] == "wan_vae":
+        what = f"Wan VAE (base_dim {cfg.base_dim}, z_dim {cfg.z_dim})"
+    else:
+        what = f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
     print(f"converted {what}: {describe(params)} to {out} in {time.time() - t0:.1f}s")
     return 0
 

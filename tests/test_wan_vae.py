@@ -6,7 +6,8 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from stp_jax.convert import ConversionError
+from stp_jax.cli import convert_main
+from stp_jax.convert import ConversionError, load_pretrained
 from stp_jax.convert.wan_vae import convert_wan_vae
 from stp_jax.models import wan_vae
 
@@ -23,9 +24,14 @@ def ref(tmp_path_factory):
         for name, p in m.named_parameters():
             p.copy_((1.0 if name.endswith("gamma") else 0.0) + torch.randn(p.shape, generator=g) * 0.15)
     d = tmp_path_factory.mktemp("vae")
-    m.save_pretrained(d, safe_serialization=True)
-    cfg, params = convert_wan_vae(d)
-    return m, cfg, jax.tree.map(jnp.asarray, params)
+    m.save_pretrained(d / "hf", safe_serialization=True)
+    convert_main([str(d / "hf"), "--out", str(d / "jax")])  # through the CLI and Orbax
+    model, params = load_pretrained(d / "jax")
+    cfg2, direct = convert_wan_vae(d / "hf")
+    assert model.cfg == cfg2
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(direct)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    return m, model.cfg, params
 
 
 @pytest.mark.parametrize("t", [1, 5, 9, 17])

@@ -2,7 +2,7 @@
 
 Layout of a folder written by ``stp-convert`` (or ``save_pretrained``)::
 
-    DIR/config.json       the model config (to_dict), with "model": "SpaceTimeDiT" | "UMT5Encoder"
+    DIR/config.json       the model config (to_dict), with "model": "SpaceTimeDiT" | "UMT5Encoder" | "WanVAE"
     DIR/conversion.json   where the weights came from (source, layout, mode, torch dtypes)
     DIR/params/           Orbax StandardCheckpointer tree of the unboxed params
 """
@@ -25,9 +25,13 @@ def _models():
     from stp_jax.convert.dit import abstract_params
     from stp_jax.convert.umt5 import umt5_abstract_params
 
-    # name -> (config class, module class, abstract params of a config)
+    from stp_jax.convert.wan_vae import vae_abstract_params
+    from stp_jax.models.wan_vae import WanVAE, WanVAEConfig
+
+    # name -> (config class, model class, abstract params of a config)
     return {"SpaceTimeDiT": (DiTConfig, SpaceTimeDiT, abstract_params),
-            "UMT5Encoder": (UMT5Config, UMT5Encoder, umt5_abstract_params)}
+            "UMT5Encoder": (UMT5Config, UMT5Encoder, umt5_abstract_params),
+            "WanVAE": (WanVAEConfig, WanVAE, vae_abstract_params)}
 
 
 def _name_of(cfg) -> str:
@@ -58,7 +62,7 @@ def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, o
 
 
 def load_config(path):
-    """The config stored in a converted folder (a DiTConfig or UMT5Config)."""
+    """The config stored in a converted folder (DiTConfig, UMT5Config or WanVAEConfig)."""
     f = Path(path) / "config.json"
     if not f.exists():
         raise ConversionError(f"{path}: not a converted stp_jax checkpoint (no config.json); "

@@ -145,7 +145,27 @@ def convert_wan_vae(src, cfg: WanVAEConfig | None = None, dtype="float32"):
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = w.astype(dtype)
-    return cfg, params
+    return cfg.replace(param_dtype=str(np.dtype(dtype))), params
+
+
+def vae_abstract_params(cfg: WanVAEConfig):
+    """ShapeDtypeStructs of the params tree for ``cfg`` (from the key table; no compute)."""
+    import jax
+
+    tree: dict = {}
+    for k, shape in vae_key_shapes(cfg).items():
+        path, w = _to_jax(k, np.empty(shape, np.float32))
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(w.shape, np.float32)
+    return tree
+
+
+def is_wan_vae(keys) -> bool:
+    keys = set(keys)
+    return "encoder.conv_in.weight" in keys and "post_quant_conv.weight" in keys or (
+        "encoder.conv1.weight" in keys and "conv2.weight" in keys and any(".downsamples." in k for k in keys))
 
 
 def infer_vae_config(sd: StateDict) -> WanVAEConfig:

@@ -39,7 +39,11 @@ class WanVAEConfig:
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     temporal_downsample: tuple[bool, ...] = (False, True, True)
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype (bfloat16 halves activation memory)
+    param_dtype: str = "float32"
+
+    def replace(self, **kw) -> "WanVAEConfig":
+        return dataclasses.replace(self, **kw)
 
     @property
     def encoder_dims(self):
@@ -264,3 +268,15 @@ def decode(cfg: WanVAEConfig, params, latents, normalized: bool = True):
 
 def latent_stats() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(LATENT_MEAN, np.float32), np.asarray(LATENT_STD, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanVAE:
+    """The model object ``load_pretrained`` returns for a converted VAE folder."""
+    cfg: WanVAEConfig
+
+    def encode(self, params, video, normalize: bool = True):
+        return encode(self.cfg, params, video, normalize)
+
+    def decode(self, params, latents, normalized: bool = True):
+        return decode(self.cfg, params, latents, normalized)
