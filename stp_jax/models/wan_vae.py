@@ -266,6 +266,84 @@ def decode(cfg: WanVAEConfig, params, latents, normalized: bool = True):
     return jnp.clip(out.astype(jnp.float32), -1.0, 1.0)
 
 
+# ---------------------------------------------------------------- spatial tiling
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    if tile >= size:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap {overlap} must be in [0, tile={tile})")
+    starts = list(range(0, size - tile, tile - overlap)) + [size - tile]  # the last tile ends at the edge
+    return sorted(set(starts))
+
+
+def _ramp(length: int, tile: int, overlap: int, start: int, size: int) -> np.ndarray:
+    """1-D blend weights of one tile: linear ramps over the overlap where a neighbour exists."""
+    w = np.ones(tile, np.float32)
+    if overlap > 0:
+        r = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
+        if start > 0:
+            w[:overlap] = r
+        if start + tile < size:
+            w[-overlap:] = r[::-1]
+    return w[:length]
+
+
+def _tiled(fn, x, scale: int, tile: int, overlap: int, out_frames: int, out_channels: int):
+    """Apply ``fn`` to overlapping spatial tiles of x [B, T, H, W, C]; blend the outputs
+    (spatially ``scale`` x the input) with linear ramps."""
+    b, _, h, w, _ = x.shape
+    th, tw = min(tile, h), min(tile, w)
+    out = jnp.zeros((b, out_frames, h * scale, w * scale, out_channels), jnp.float32)
+    norm = jnp.zeros((1, 1, h * scale, w * scale, 1), jnp.float32)
+    for y0 in _tile_starts(h, th, overlap):
+        for x0 in _tile_starts(w, tw, overlap):
+            y = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).astype(jnp.float32)
+            wy = np.repeat(_ramp(th, th, overlap, y0, h), scale)
+            wx = np.repeat(_ramp(tw, tw, overlap, x0, w), scale)
+            wt = jnp.asarray(wy[:, None] * wx[None, :])[None, None, :, :, None]
+            sl = (slice(None), slice(None), slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
+            out = out.at[sl].add(y * wt)
+            norm = norm.at[sl].add(wt)
+    return out / norm
+
+
+def decode_tiled(cfg: WanVAEConfig, params, latents, tile: int = 32, overlap: int = 8, normalized: bool = True):
+    """decode() over overlapping latent tiles (tile/overlap in latent pixels; x8 in output):
+    memory bounded by the tile for very large frames; seams blended linearly."""
+    dec = jax.jit(lambda z: decode(cfg, params, z, normalized))
+    t = raw_frames_of(latents.shape[1])
+    return jnp.clip(_tiled(dec, latents, 8, tile, overlap, t, 3), -1.0, 1.0)
+
+
+def encode_tiled(cfg: WanVAEConfig, params, video, tile: int = 256, overlap: int = 64, normalize: bool = True):
+    """encode() over overlapping pixel tiles (multiples of 8), blended in latent space."""
+    if tile % 8 or overlap % 8:
+        raise ValueError(f"encode tile ({tile}) and overlap ({overlap}) must be multiples of 8")
+    enc = jax.jit(lambda v: encode(cfg, params, v, normalize))
+    f = 1 + (video.shape[1] - 1) // 4
+    # blend in latent space: run on pixel tiles, place at latent coordinates
+    b, t, h, w, _ = video.shape
+    th, tw = min(tile, h), min(tile, w)
+    out = jnp.zeros((b, f, h // 8, w // 8, cfg.z_dim), jnp.float32)
+    norm = jnp.zeros((1, 1, h // 8, w // 8, 1), jnp.float32)
+    for y0 in _tile_starts(h // 8, th // 8, overlap // 8):
+        for x0 in _tile_starts(w // 8, tw // 8, overlap // 8):
+            z = enc(video[:, :, y0 * 8:y0 * 8 + th, x0 * 8:x0 * 8 + tw])
+            wy = _ramp(th // 8, th // 8, overlap // 8, y0, h // 8)
+            wx = _ramp(tw // 8, tw // 8, overlap // 8, x0, w // 8)
+            wt = jnp.asarray(wy[:, None] * wx[None, :])[None, None, :, :, None]
+            sl = (slice(None), slice(None), slice(y0, y0 + th // 8), slice(x0, x0 + tw // 8))
+            out = out.at[sl].add(z * wt)
+            norm = norm.at[sl].add(wt)
+    return out / norm
+
+
+def raw_frames_of(latent_frames: int) -> int:
+    return 1 + 4 * (latent_frames - 1)
+
+
 def latent_stats() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(LATENT_MEAN, np.float32), np.asarray(LATENT_STD, np.float32)
 
