@@ -109,3 +109,30 @@ def test_patch_autoencoder_exact(t, s):
     np.testing.assert_array_equal(np.asarray(ae.decode(z)), np.asarray(x))
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         ae.encode(jnp.zeros((1, 4, 8, 8, 3)))
+
+
+def test_text_cache_round_trip(hf_umt5, tmp_path):
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+
+    from stp_jax.models.text import load_text_cache, precompute_text_cache
+
+    tok = HFTok(models.Unigram())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.train_from_iterator(["a ball", "a box spins", "time stops"] * 10,
+                            trainers.UnigramTrainer(vocab_size=40, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                    unk_token="<unk>"))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    hf_umt5.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    convert_main([str(tmp_path / "hf"), "--out", str(tmp_path / "jax")])
+    model, params = load_pretrained(tmp_path / "jax")
+    t = Tokenizer(tmp_path)
+    prompts = {"scene1": "a ball", "scene2": "a box spins", "null": ""}
+    precompute_text_cache(tmp_path / "cache.npz", prompts, model, params, t, text_len=16, batch=2)
+    cache = load_text_cache(tmp_path / "cache.npz")
+    assert set(cache) == set(prompts) and cache["scene1"].shape == (16, 32)
+    ids, mask = t(["a box spins"], 16)
+    want = np.asarray(wan_text_states(model.apply({"params": params}, ids, mask), mask, 16))[0]
+    np.testing.assert_allclose(cache["scene2"], want, atol=1e-5)
+    assert (cache["scene2"][mask[0].sum():] == 0).all()
+    with pytest.raises(ValueError, match="text-embedding cache"):
+        load_text_cache(tmp_path / "tokenizer.json")

@@ -186,11 +186,27 @@ class Tokenizer:
         return self._decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
 
 
-def save_text_cache(path, keys: list[str], states: np.ndarray, lengths: np.ndarray) -> None:
-    """A text-embedding cache: npz with states [N, S, D] (trimmed rows zero) and their keys."""
-    np.savez(path, keys=np.asarray(keys), states=states, lengths=lengths)
+def precompute_text_cache(path, prompts: dict[str, str], model: "UMT5Encoder", params, tokenizer: Tokenizer,
+                          text_len: int = TEXT_LEN, batch: int = 8) -> Path:
+    """Encode every prompt once and store Wan's text states [N, text_len, D] by key (npz),
+    so training and sampling never run the 5.7B-parameter encoder again."""
+    keys = list(prompts)
+    enc = jax.jit(lambda p, i, m: wan_text_states(model.apply({"params": p}, i, m), m, text_len))
+    states, lengths = [], []
+    for s in range(0, len(keys), batch):
+        ids, mask = tokenizer([prompts[k] for k in keys[s:s + batch]], text_len)
+        states.append(np.asarray(enc(params, ids, mask), np.float32))
+        lengths.append(mask.sum(1))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, keys=np.asarray(keys), states=np.concatenate(states), lengths=np.concatenate(lengths))
+    return out
 
 
 def load_text_cache(path) -> dict[str, np.ndarray]:
-    d = np.load(path, allow_pickle=False)
-    return {str(k): d["states"][i] for i, k in enumerate(d["keys"])}
+    """key -> text states [text_len, D] from a cache written by precompute_text_cache."""
+    try:
+        d = np.load(path, allow_pickle=False)
+        return {str(k): d["states"][i] for i, k in enumerate(d["keys"])}
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not a text-embedding cache (npz with keys/states/lengths): {e}") from e
