@@ -186,3 +186,15 @@ def test_tile_blending_is_a_partition_of_unity(tile, overlap):
     up = lambda v: jnp.repeat(jnp.repeat(v, 8, axis=2), 8, axis=3)  # noqa: E731
     got = wan_vae._tiled(up, x, 8, tile, overlap, 2, 4)
     np.testing.assert_allclose(np.asarray(got), np.asarray(up(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1, 9])
+def test_patch_autoencoder_latent_grid_matches_wan_vae(ref, t):
+    from stp_jax.models.vae import PatchAutoencoder
+
+    _, cfg, params = ref
+    x = jnp.zeros((1, t, 16, 24, 3))
+    zw = jax.eval_shape(lambda v: wan_vae.encode(cfg, params, v), x)
+    zp = PatchAutoencoder(spatial=8).encode(x)
+    assert zp.shape[:4] == zw.shape[:4]  # same frames and token grid; channels differ by design
+    np.testing.assert_array_equal(np.asarray(PatchAutoencoder(spatial=8).decode(zp)), np.asarray(x))

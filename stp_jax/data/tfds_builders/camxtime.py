@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from stp_jax.controls.camera import blender_to_opencv, validate_poses
+from stp_jax.data.tfds_builders.camxtime_procedural import grid_features
 from stp_jax.data.tfds_builders.multicam_video import _is_test
 from stp_jax.data.video_io import read_video
 
@@ -63,16 +64,9 @@ class Camxtime(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [CamxtimeFolderConfig(name="default")]
 
     def _info(self):
-        c = self.builder_config
         return self.dataset_info_from_configs(
             description="Blender-rendered Cam×Time grids (assumed folder layout; see module doc).",
-            features=tfds.features.FeaturesDict({
-                "seed": tfds.features.Scalar(dtype=np.int64),
-                "grid": tfds.features.Tensor(shape=(c.num_cameras, c.num_frames, c.height, c.width, 3),
-                                             dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
-                "cameras": tfds.features.Tensor(shape=(c.num_cameras, 4, 4), dtype=np.float32),
-            }),
-        )
+            features=grid_features(self.builder_config))
 
     def _split_generators(self, dl_manager):
         c = self.builder_config

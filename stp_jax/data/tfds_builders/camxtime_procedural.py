@@ -19,6 +19,16 @@ from stp_jax.data import camxtime as cx
 TEST_SEED_OFFSET = 1_000_000_000  # == pipeline.TEST_SEED_OFFSET (kept here to avoid an import cycle)
 
 
+def grid_features(c) -> tfds.features.FeaturesDict:
+    """The record of a camera x time grid (shared by camxtime_procedural and camxtime)."""
+    return tfds.features.FeaturesDict({
+        "seed": tfds.features.Scalar(dtype=np.int64),
+        "grid": tfds.features.Tensor(shape=(c.num_cameras, c.num_frames, c.height, c.width, 3),
+                                     dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
+        "cameras": tfds.features.Tensor(shape=(c.num_cameras, 4, 4), dtype=np.float32),
+    })
+
+
 @dataclasses.dataclass
 class CamxtimeConfig(tfds.core.BuilderConfig):
     num_frames: int = 17
@@ -35,16 +45,9 @@ class CamxtimeProcedural(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [CamxtimeConfig(name="t17_c17_32x32")]
 
     def _info(self):
-        c = self.builder_config
         return self.dataset_info_from_configs(
             description="Procedural Cam×Time grids rendered by stp_jax.data.camxtime.",
-            features=tfds.features.FeaturesDict({
-                "seed": tfds.features.Scalar(dtype=np.int64),
-                "grid": tfds.features.Tensor(shape=(c.num_cameras, c.num_frames, c.height, c.width, 3),
-                                             dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
-                "cameras": tfds.features.Tensor(shape=(c.num_cameras, 4, 4), dtype=np.float32),
-            }),
-        )
+            features=grid_features(self.builder_config))
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
