@@ -1,0 +1,94 @@
+"""Flow matching as Wan / ReCamMaster / SpaceTimePilot use it (REFERENCE.md §1).
+
+Path: x_sigma = (1 - sigma) * x0 + sigma * noise, sigma in [0, 1]; the model predicts the
+velocity v = noise - x0 from the timestep t = 1000 * sigma. Schedules are shifted:
+sigma' = s * sigma / (1 + (s - 1) * sigma).
+
+Only the *target* half of the latent sequence is noised, predicted and scored; the source
+half stays clean (it conditions the model through self-attention).
+
+Letters: B batch, F latent frames (whole sequence; target first), H/W latent rows/cols,
+C channels.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigma(sigma, shift: float):
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def sampling_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
+    """[N + 1] sigmas for N Euler steps: linspace(1, 0, N+1)[:-1] shifted, then a final 0."""
+    if num_steps < 1:
+        raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps}")
+    s = np.linspace(1.0, 0.0, num_steps + 1)[:-1]
+    return np.concatenate([shift_sigma(s, shift), [0.0]]).astype(np.float32)
+
+
+def timesteps_from_sigmas(sigmas) -> np.ndarray:
+    return (np.asarray(sigmas) * NUM_TRAIN_TIMESTEPS).astype(np.float32)
+
+
+def euler_step(x, v, sigma, sigma_next):
+    """x_{next} = x + v * (sigma_next - sigma)."""
+    return x + v * (sigma_next - sigma)
+
+
+# ---------------------------------------------------------------- training
+
+
+def training_schedule(shift: float = 5.0, num: int = NUM_TRAIN_TIMESTEPS):
+    """(sigmas [num], timesteps [num], loss weights [num]) of the training grid.
+
+    Weights are a Gaussian in the timestep, exp(-2 ((t - 500) / 1000)^2), minus its minimum,
+    rescaled to mean 1 (the ReCamMaster/DiffSynth recipe).
+    """
+    sig = shift_sigma(np.linspace(1.0, 0.0, num + 1)[:-1], shift)
+    t = sig * NUM_TRAIN_TIMESTEPS
+    y = np.exp(-2.0 * ((t - num / 2) / num) ** 2)
+    y = y - y.min()
+    w = y * (num / y.sum())
+    return sig.astype(np.float32), t.astype(np.float32), w.astype(np.float32)
+
+
+def sample_sigma(key, batch: int, *, mode: str = "uniform", shift: float = 5.0, logit_mean: float = 0.0,
+                 logit_std: float = 1.0):
+    """(sigma [B], timestep [B], weight [B]) for one training step.
+
+    uniform      a uniform index into the shifted training grid, with its Gaussian weight.
+    logit_normal sigma = shift(sigmoid(N(mean, std))), weight 1.
+    """
+    if mode == "uniform":
+        sig, t, w = (jnp.asarray(a) for a in training_schedule(shift))
+        i = jax.random.randint(key, (batch,), 0, sig.shape[0])
+        return sig[i], t[i], w[i]
+    if mode == "logit_normal":
+        s = shift_sigma(jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch,))), shift)
+        return s, s * NUM_TRAIN_TIMESTEPS, jnp.ones((batch,))
+    raise ValueError(f"timestep sampling {mode!r} is unknown; expected 'uniform' or 'logit_normal'")
+
+
+def noise_target_half(target, source, noise, sigma):
+    """Model input [B, 2F', H, W, C]: noised target frames then the clean source frames.
+    target/source/noise [B, F', H, W, C]; sigma [B]."""
+    s = sigma.reshape(-1, 1, 1, 1, 1).astype(target.dtype)
+    noisy = (1.0 - s) * target + s * noise
+    return jnp.concatenate([noisy, source], axis=1)
+
+
+def flow_loss(pred, target, noise, weight):
+    """Weighted MSE between the predicted velocity on the target half and noise - x0.
+
+    pred [B, 2F', H, W, C] (the model's output on [target | source]); target/noise
+    [B, F', H, W, C]; weight [B]. The source half of ``pred`` is ignored.
+    """
+    f = target.shape[1]
+    err = jnp.square(pred[:, :f].astype(jnp.float32) - (noise - target).astype(jnp.float32))
+    per_sample = jnp.mean(err, axis=(1, 2, 3, 4))
+    return jnp.mean(per_sample * weight)
