@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jax
-import jax.numpy as jnp
 
 from stp_jax.controls import camera as cam
 from stp_jax.controls import timing

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import jax
 
 from stp_jax.data import pipeline as pl
 from stp_jax.parallel.mesh import make_mesh

@@ -275,10 +275,6 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
     os.replace(tmp, path)
 
 
-def tree_dtypes(sd: StateDict) -> dict[str, str]:
-    return {k: sd.dtype(k) for k in sd}
-
-
 def describe(tree: Any) -> str:
     import jax
 

@@ -118,7 +118,7 @@ def to_original_layout(sd: StateDict) -> StateDict:
 
 
 def dit_rules(cfg: DiTConfig) -> list[Rule]:
-    d, m, n, k = cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.head_dim
+    d, m = cfg.dim, cfg.ffn_dim
     pt, ph, pw = cfg.patch_size
     rules = [
         Rule("patch_embedding.weight", ("patch_embedding", "kernel"), (d, cfg.in_channels, pt, ph, pw), "patch3d"),
