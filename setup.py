@@ -25,6 +25,8 @@ setup(
         "absl-py>=2.1",
         "importlib_resources>=6",  # tensorflow-datasets needs it without TensorFlow
         "matplotlib>=3.8",
+        "tokenizers>=0.20",  # umT5 tokenizer.json
+        "sentencepiece>=0.2",  # umT5 spiece.model
     ],
     extras_require={
         "torch": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.55", "accelerate>=1.0"],
