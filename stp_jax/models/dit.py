@@ -17,13 +17,12 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from stp_jax.config_utils import JsonConfig
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
 from stp_jax.models.layers import (
@@ -35,7 +34,7 @@ CAM_DIM = 12
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(JsonConfig):
     """Everything that defines the network (and how it runs). JSON round-trippable."""
     dim: int = 1536
     ffn_dim: int = 8960
@@ -83,29 +82,6 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
-
-    def replace(self, **kw) -> "DiTConfig":
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["patch_size"] = list(self.patch_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"DiTConfig got unknown fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, s: str) -> "DiTConfig":
-        return cls.from_dict(json.loads(s))
 
 
 PRESETS: dict[str, DiTConfig] = {

@@ -11,20 +11,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from stp_jax.config_utils import JsonConfig
 from stp_jax.models.layers import Dense
 
 TEXT_LEN = 512  # Wan pads/trims text states to this many tokens
 
 
 @dataclasses.dataclass(frozen=True)
-class UMT5Config:
+class UMT5Config(JsonConfig):
     vocab_size: int = 256384
     d_model: int = 4096
     d_kv: int = 64
@@ -36,20 +36,6 @@ class UMT5Config:
     eps: float = 1e-6
     dtype: str = "float32"
     param_dtype: str = "float32"
-
-    def replace(self, **kw) -> "UMT5Config":
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UMT5Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"UMT5Config got unknown fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
 
 UMT5_PRESETS = {

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stp_jax.config_utils import JsonConfig
+
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
                -0.1922, -0.9497, 0.2503, -0.2921)
 LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382,
@@ -33,7 +35,7 @@ LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.
 
 
 @dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(JsonConfig):
     base_dim: int = 96
     z_dim: int = 16
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
@@ -42,9 +44,6 @@ class WanVAEConfig:
     dtype: str = "float32"  # compute dtype (bfloat16 halves activation memory)
     param_dtype: str = "float32"
 
-    def replace(self, **kw) -> "WanVAEConfig":
-        return dataclasses.replace(self, **kw)
-
     @property
     def encoder_dims(self):
         return [self.base_dim * m for m in (1,) + tuple(self.dim_mult)]
@@ -52,17 +51,6 @@ class WanVAEConfig:
     @property
     def decoder_dims(self):
         return [self.base_dim * m for m in (self.dim_mult[-1],) + tuple(self.dim_mult[::-1])]
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["dim_mult"], d["temporal_downsample"] = list(self.dim_mult), list(self.temporal_downsample)
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        d["dim_mult"], d["temporal_downsample"] = tuple(d["dim_mult"]), tuple(d["temporal_downsample"])
-        return cls(**d)
 
 
 class _Cache:
