@@ -180,12 +180,16 @@ def test_tiled_encode_decode(ref):
 
 @pytest.mark.parametrize("tile,overlap", [(4, 1), (5, 2), (7, 3), (3, 0)])
 def test_tile_blending_is_a_partition_of_unity(tile, overlap):
-    """With a local (pixel-wise) function the blended tiles reproduce the untiled result
-    exactly, whatever the tiling: the ramps sum to one everywhere."""
+    """With a local function the blended tiles reproduce the untiled result exactly, whatever
+    the tiling, in both directions (8x up as in decode, 8x down as in encode)."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 2, 9, 13, 4)).astype(np.float32))
     up = lambda v: jnp.repeat(jnp.repeat(v, 8, axis=2), 8, axis=3)  # noqa: E731
-    got = wan_vae._tiled(up, x, 8, tile, overlap, 2, 4)
+    got = wan_vae._tiled(up, x, tile, overlap, 1, 8, 2, 4)
     np.testing.assert_allclose(np.asarray(got), np.asarray(up(x)), atol=1e-6)
+    big = up(x)  # [1, 2, 72, 104, 4]
+    down = lambda v: v.reshape(v.shape[0], v.shape[1], v.shape[2] // 8, 8, v.shape[3] // 8, 8, 4).mean((3, 5))  # noqa: E731
+    got = wan_vae._tiled(down, big, tile, overlap, 8, 1, 2, 4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(down(big)), atol=1e-6)
 
 
 @pytest.mark.parametrize("t", [1, 9])

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stp_jax.config_utils import JsonConfig
+from stp_jax.models.vae import latent_frames, raw_frames
 
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
                -0.1922, -0.9497, 0.2503, -0.2921)
@@ -266,7 +267,7 @@ def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-def _ramp(length: int, tile: int, overlap: int, start: int, size: int) -> np.ndarray:
+def _ramp(tile: int, overlap: int, start: int, size: int) -> np.ndarray:
     """1-D blend weights of one tile: linear ramps over the overlap where a neighbour exists."""
     w = np.ones(tile, np.float32)
     if overlap > 0:
@@ -275,24 +276,27 @@ def _ramp(length: int, tile: int, overlap: int, start: int, size: int) -> np.nda
             w[:overlap] = r
         if start + tile < size:
             w[-overlap:] = r[::-1]
-    return w[:length]
+    return w
 
 
-def _tiled(fn, x, scale: int, tile: int, overlap: int, out_frames: int, out_channels: int):
-    """Apply ``fn`` to overlapping spatial tiles of x [B, T, H, W, C]; blend the outputs
-    (spatially ``scale`` x the input) with linear ramps."""
+def _tiled(fn, x, tile: int, overlap: int, in_scale: int, out_scale: int, out_frames: int, out_channels: int):
+    """Apply ``fn`` to overlapping spatial tiles of x [B, T, H, W, C] and blend the outputs
+    with linear ramps. Tiles live on a grid of x's size / ``in_scale`` (the latent grid);
+    ``tile``/``overlap`` are in grid cells; ``fn``'s output is ``out_scale`` x the grid."""
     b, _, h, w, _ = x.shape
-    th, tw = min(tile, h), min(tile, w)
-    out = jnp.zeros((b, out_frames, h * scale, w * scale, out_channels), jnp.float32)
-    norm = jnp.zeros((1, 1, h * scale, w * scale, 1), jnp.float32)
-    for y0 in _tile_starts(h, th, overlap):
-        for x0 in _tile_starts(w, tw, overlap):
-            y = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).astype(jnp.float32)
-            wy = np.repeat(_ramp(th, th, overlap, y0, h), scale)
-            wx = np.repeat(_ramp(tw, tw, overlap, x0, w), scale)
+    gh, gw = h // in_scale, w // in_scale
+    th, tw = min(tile, gh), min(tile, gw)
+    out = jnp.zeros((b, out_frames, gh * out_scale, gw * out_scale, out_channels), jnp.float32)
+    norm = jnp.zeros((1, 1, gh * out_scale, gw * out_scale, 1), jnp.float32)
+    for y0 in _tile_starts(gh, th, overlap):
+        for x0 in _tile_starts(gw, tw, overlap):
+            y = fn(x[:, :, y0 * in_scale:(y0 + th) * in_scale, x0 * in_scale:(x0 + tw) * in_scale])
+            wy = np.repeat(_ramp(th, overlap, y0, gh), out_scale)
+            wx = np.repeat(_ramp(tw, overlap, x0, gw), out_scale)
             wt = jnp.asarray(wy[:, None] * wx[None, :])[None, None, :, :, None]
-            sl = (slice(None), slice(None), slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
-            out = out.at[sl].add(y * wt)
+            sl = (slice(None), slice(None), slice(y0 * out_scale, (y0 + th) * out_scale),
+                  slice(x0 * out_scale, (x0 + tw) * out_scale))
+            out = out.at[sl].add(y.astype(jnp.float32) * wt)
             norm = norm.at[sl].add(wt)
     return out / norm
 
@@ -301,8 +305,8 @@ def decode_tiled(cfg: WanVAEConfig, params, latents, tile: int = 32, overlap: in
     """decode() over overlapping latent tiles (tile/overlap in latent pixels; x8 in output):
     memory bounded by the tile for very large frames; seams blended linearly."""
     dec = jax.jit(lambda z: decode(cfg, params, z, normalized))
-    t = raw_frames_of(latents.shape[1])
-    return jnp.clip(_tiled(dec, latents, 8, tile, overlap, t, 3), -1.0, 1.0)
+    out = _tiled(dec, latents, tile, overlap, 1, 8, raw_frames(latents.shape[1]), 3)
+    return jnp.clip(out, -1.0, 1.0)
 
 
 def encode_tiled(cfg: WanVAEConfig, params, video, tile: int = 256, overlap: int = 64, normalize: bool = True):
@@ -310,26 +314,7 @@ def encode_tiled(cfg: WanVAEConfig, params, video, tile: int = 256, overlap: int
     if tile % 8 or overlap % 8:
         raise ValueError(f"encode tile ({tile}) and overlap ({overlap}) must be multiples of 8")
     enc = jax.jit(lambda v: encode(cfg, params, v, normalize))
-    f = 1 + (video.shape[1] - 1) // 4
-    # blend in latent space: run on pixel tiles, place at latent coordinates
-    b, t, h, w, _ = video.shape
-    th, tw = min(tile, h), min(tile, w)
-    out = jnp.zeros((b, f, h // 8, w // 8, cfg.z_dim), jnp.float32)
-    norm = jnp.zeros((1, 1, h // 8, w // 8, 1), jnp.float32)
-    for y0 in _tile_starts(h // 8, th // 8, overlap // 8):
-        for x0 in _tile_starts(w // 8, tw // 8, overlap // 8):
-            z = enc(video[:, :, y0 * 8:y0 * 8 + th, x0 * 8:x0 * 8 + tw])
-            wy = _ramp(th // 8, th // 8, overlap // 8, y0, h // 8)
-            wx = _ramp(tw // 8, tw // 8, overlap // 8, x0, w // 8)
-            wt = jnp.asarray(wy[:, None] * wx[None, :])[None, None, :, :, None]
-            sl = (slice(None), slice(None), slice(y0, y0 + th // 8), slice(x0, x0 + tw // 8))
-            out = out.at[sl].add(z * wt)
-            norm = norm.at[sl].add(wt)
-    return out / norm
-
-
-def raw_frames_of(latent_frames: int) -> int:
-    return 1 + 4 * (latent_frames - 1)
+    return _tiled(enc, video, tile // 8, overlap // 8, 8, 1, latent_frames(video.shape[1]), cfg.z_dim)
 
 
 def latent_stats() -> tuple[np.ndarray, np.ndarray]:
