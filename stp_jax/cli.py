@@ -116,9 +116,8 @@ def render_main(argv=None):
     out = Path(args.out)
     ci, ti = cx.source_indices(args.frames, args.cameras)
     clips = {"source": grid[ci, ti]}
-    cam_fwd = ci
-    for name in ("reverse", "freeze_mid", "slowmo_first_half", "pingpong"):
-        clips[f"target_{name}"] = grid[cam_fwd, timing.preset(name, args.frames)]
+    for name in ("reverse", "freeze_mid", "slowmo_first_half", "pingpong"):  # the source's camera sweep
+        clips[f"target_{name}"] = grid[ci, timing.preset(name, args.frames)]
     clips["target_fixed_camera_reverse"] = grid[np.zeros_like(ci), timing.preset("reverse", args.frames)]
     for name, clip in clips.items():
         write_video(out / f"{name}.mp4", clip, fps=args.fps)

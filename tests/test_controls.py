@@ -90,7 +90,6 @@ def test_chained_start_continues_from_last_pose():
 
 
 def test_source_rule_matches_reference_formula():
-    g = np.random.default_rng(0)
     c2w = cam.preset("orbit60_el10", 81)
     c2w[:, :3, 3] *= 7.0
     w2c = np.linalg.inv(c2w)
@@ -101,7 +100,6 @@ def test_source_rule_matches_reference_formula():
     want = rel[::4, :3, :].reshape(21, 12)
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(cam.source_condition(None, 81), np.tile(np.eye(4)[:3].reshape(12), (21, 1)))
-    del g
 
 
 def test_w2c_npy_and_our_json_round_trip(tmp_path):

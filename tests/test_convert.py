@@ -78,8 +78,8 @@ def test_diffusers_export_round_trip(tmp_path):
     from diffusers import WanTransformer3DModel
 
     m = WanTransformer3DModel.from_config(ref.config)
-    missing, unexpected = m.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True), None
-    assert unexpected is None and not missing.missing_keys
+    res = m.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
 
 
 def test_sharded_index_and_bf16_cast_once(stp_sd, tmp_path):

@@ -6,7 +6,7 @@ sun with shadows and ambient light, and up to 6 animated primitives (3 spheres, 
 with textures so rotation is visible. Each scene also has a camera path of C poses
 (an orbit, an arc with changing radius, or a dolly) around the scene centre.
 
-``render(scene, c2w, time)`` ray-casts one image analytically; ``render_cells`` renders
+``render(scene, c2w, time)`` ray-casts one image analytically; ``render_path`` renders
 any list of (camera, time) cells in fixed-size chunks (``vmap`` inside ``lax.map``: bounded
 memory, and bit-identical pixels however a cell is requested); ``render_grid`` is all
 C × T cells. A *source* clip is the grid diagonal (camera i at time i); a *target* is any path
@@ -262,8 +262,8 @@ def to_uint8(img):
 CELL_CHUNK = 8  # cells per compiled render body
 
 
-def render_cells(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
-    """Images [N, H, W, 3] uint8 of the (camera, time) cells ``cams[cam_idx[i]]`` at
+def render_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
+    """A clip [N, H, W, 3] uint8 of the (camera, time) cells ``cams[cam_idx[i]]`` at
     ``time_idx[i]``.
 
     Every request runs the same compiled body: cells are padded to a multiple of
@@ -280,16 +280,11 @@ def render_cells(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: 
     return chunks.reshape(-1, height, width, 3)[:n]
 
 
-def render_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
-    """A clip [N, H, W, 3] uint8 along (camera, time) cells: cams [C, 4, 4], indices [N]."""
-    return render_cells(scene, cams, cam_idx, time_idx, num_times, height, width)
-
-
 def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
     """Every (camera, time) cell: [C, T, H, W, 3] uint8."""
     c = jnp.asarray(cams).shape[0]
     ci, ti = jnp.meshgrid(jnp.arange(c), jnp.arange(num_times), indexing="ij")
-    return render_cells(scene, cams, ci, ti, num_times, height, width).reshape(c, num_times, height, width, 3)
+    return render_path(scene, cams, ci, ti, num_times, height, width).reshape(c, num_times, height, width, 3)
 
 
 render_grid_jit = jax.jit(render_grid, static_argnums=(2, 3, 4))

@@ -2,9 +2,8 @@
 
   python tools/bench/data.py            # T=17, 32x32, batch 8; procedural and TFDS, 0 and 2 workers
 
-The consumer is a tiny-config SpaceTimeDiT train step (forward + backward + AdamW) on the
-same clip size, with a PatchAutoencoder-like fold (4x time, 4x space) standing in for the
-VAE; the pipeline must outpace it.
+The consumer is stp_jax.train_step (forward + backward + AdamW) of a small SpaceTimeDiT
+on the PatchAutoencoder (4x time, 4x space) latents of such clips; the pipeline must outpace it.
 """
 from __future__ import annotations
 
@@ -31,37 +30,37 @@ def clips_per_s(cfg, batches: int) -> float:
 
 
 def train_step_clips_per_s(frames, height, width, batch, steps=5) -> float:
+    """Clips/s of stp_jax.train_step on PatchAutoencoder latents of such clips."""
+    import functools
+
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import linen as nn
 
+    from stp_jax import train_step as ts
     from stp_jax.models.dit import SpaceTimeDiT, preset
+    from stp_jax.models.vae import PatchAutoencoder
 
-    cfg = preset("tiny", mode="spacetimepilot", in_channels=48, out_channels=48, num_layers=4, dim=128, ffn_dim=256,
+    ae = PatchAutoencoder(spatial=4)
+    fh, h, w, c = ae.latent_shape(frames, height, width)
+    cfg = preset("tiny", mode="spacetimepilot", in_channels=c, out_channels=c, num_layers=4, dim=128, ffn_dim=256,
                  time_groups=8)
-    fh = 1 + (frames - 1) // 4
-    x = jnp.zeros((batch, 2 * fh, height // 4, width // 4, 48))  # latent of a 4x-time, 4x-space fold
-    inputs = dict(x=x, timestep=jnp.full((batch,), 500.0), context=jnp.zeros((batch, 8, cfg.text_dim)),
-                  tgt_cam=jnp.zeros((batch, fh, 12)), src_cam=jnp.zeros((batch, fh, 12)),
-                  tgt_time=jnp.zeros((batch, frames)), src_time=jnp.zeros((batch, frames)))
+    z = jnp.zeros((batch, fh, h, w, c))
+    b = {"target": z, "source": z, "context": jnp.zeros((batch, 8, cfg.text_dim)),
+         "tgt_cam": jnp.zeros((batch, fh, 12)), "src_cam": jnp.zeros((batch, fh, 12)),
+         "tgt_time": jnp.zeros((batch, frames)), "src_time": jnp.zeros((batch, frames))}
     model = SpaceTimeDiT(cfg)
-    params = jax.jit(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), **inputs))["params"])()
-    opt = optax.adamw(1e-4)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean(model.apply({"params": p}, **inputs) ** 2))(params)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    params, state, loss = step(params, state)
-    loss.block_until_ready()
+    inputs = ts.model_inputs(b, jnp.concatenate([z, z], axis=1))
+    params = jax.jit(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), timestep=jnp.zeros(batch), **inputs))["params"])()
+    opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=100)
+    state = ts.init_state(params, opt)
+    step = jax.jit(functools.partial(ts.train_step, model, opt))
+    state, m = step(state, b, jax.random.PRNGKey(0))
+    m["loss"].block_until_ready()
     t0 = time.perf_counter()
     for _ in range(steps):
-        params, state, loss = step(params, state)
-    loss.block_until_ready()
+        state, m = step(state, b, jax.random.PRNGKey(0))
+    m["loss"].block_until_ready()
     return steps * batch / (time.perf_counter() - t0)
 
 
