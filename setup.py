@@ -38,6 +38,10 @@ setup(
         "console_scripts": [
             "stp-convert=stp_jax.cli:convert_main",
             "stp-render=stp_jax.cli:render_main",
+            "stp-train=stp_jax.train:main",
+            "stp-sample=stp_jax.sample:main",
+            "stp-eval=stp_jax.evaluate:main",
+            "stp-precompute=stp_jax.precompute:main",
         ],
     },
 )

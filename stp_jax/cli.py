@@ -121,9 +121,12 @@ def render_main(argv=None):
     clips["target_fixed_camera_reverse"] = grid[np.zeros_like(ci), timing.preset("reverse", args.frames)]
     for name, clip in clips.items():
         write_video(out / f"{name}.mp4", clip, fps=args.fps)
+    from stp_jax.controls.camera import write_trajectory_json
+
+    write_trajectory_json(out / "source_camera.json", cams[ci])  # the source clip's own poses (--source-camera)
     rows = [grid[i] for i in np.linspace(0, args.cameras - 1, 4).round().astype(int)]
     contact_sheet(rows + [clips["source"]], out / "grid.png", every=max(1, args.frames // 8),
                   labels=[f"cam {i}" for i in np.linspace(0, args.cameras - 1, 4).round().astype(int)] + ["source"])
     print(f"rendered scene {args.seed}: {args.cameras} cameras x {args.frames} times at {h}x{w} in "
-          f"{time.time() - t0:.1f}s -> {out}/ ({', '.join(sorted(clips))}.mp4, grid.png)")
+          f"{time.time() - t0:.1f}s -> {out}/ ({', '.join(sorted(clips))}.mp4, grid.png, source_camera.json)")
     return 0

@@ -35,7 +35,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-    ema: Any  # EMA of params (a copy of params when ema_decay is 0: never updated)
+    ema: Any  # EMA of params, or None when no EMA is kept
 
 
 def trainable_labels(params, subset: str):
@@ -65,8 +65,11 @@ def make_optimizer(params, *, lr: float = 1e-4, warmup: int = 100, total_steps: 
     return optax.MultiSteps(opt, accumulate) if accumulate > 1 else opt
 
 
-def init_state(params, optimizer) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), ema=params)
+def init_state(params, optimizer, ema: bool = False) -> TrainState:
+    """Step 0; with ``ema`` the EMA starts as a copy of params (its own buffers, so the
+    state can be donated)."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def model_inputs(batch: dict, noisy_x):
@@ -74,7 +77,8 @@ def model_inputs(batch: dict, noisy_x):
     return dict(x=noisy_x, context=batch["context"], **cond)
 
 
-def loss_fn(model, params, batch, rng, *, shift: float = 5.0, timestep_mode: str = "uniform"):
+def loss_fn(model, params, batch, rng, *, shift: float = 5.0, timestep_mode: str = "uniform",
+            prediction: str = "velocity"):
     """Masked flow-matching loss of one batch; returns (loss, aux metrics)."""
     target, source = batch["target"], batch["source"]
     k_sigma, k_noise = jax.random.split(rng)
@@ -82,20 +86,20 @@ def loss_fn(model, params, batch, rng, *, shift: float = 5.0, timestep_mode: str
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
     x = flow.noise_target_half(target, source, noise, sigma)
     pred = model.apply({"params": params}, timestep=t, **model_inputs(batch, x))
-    loss = flow.flow_loss(pred, target, noise, weight)
+    loss = flow.flow_loss(pred, target, noise, weight, prediction)
     return loss, {"sigma_mean": jnp.mean(sigma)}
 
 
 def train_step(model, optimizer, state: TrainState, batch: dict, rng, *, shift: float = 5.0,
-               timestep_mode: str = "uniform", ema_decay: float = 0.0):
+               timestep_mode: str = "uniform", ema_decay: float = 0.0, prediction: str = "velocity"):
     """One update. Returns (new state, metrics: loss, grad_norm, lr-free update norm...)."""
     rng = jax.random.fold_in(rng, state.step)
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(model, p, batch, rng, shift=shift, timestep_mode=timestep_mode), has_aux=True)(state.params)
+        lambda p: loss_fn(model, p, batch, rng, shift=shift, timestep_mode=timestep_mode, prediction=prediction), has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema
-    if ema_decay > 0:
+    if ema is not None and ema_decay > 0:
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates), **aux}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics

@@ -41,7 +41,7 @@ def setup():
 
 def _run(model, params, batch, steps, trainable="all", ema=0.0):
     opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable=trainable)
-    state = ts.init_state(params, opt)
+    state = ts.init_state(params, opt, ema=ema > 0)
     step = jax.jit(functools.partial(ts.train_step, model, opt, ema_decay=ema))
     losses = []
     for _ in range(steps):

@@ -57,11 +57,14 @@ class DataConfig:
     warp_probs: tuple[tuple[str, float], ...] | None = None  # None = published probabilities
     tfds_name: str = "camxtime_procedural"
     tfds_dir: str | None = None
+    latents_dir: str | None = None  # source "latents": the output of stp-precompute
 
     def __post_init__(self):
         check_frames(self.num_frames)
-        if self.source not in ("procedural", "tfds"):
-            raise ValueError(f"data source {self.source!r} is unknown; expected 'procedural' or 'tfds'")
+        if self.source not in ("procedural", "tfds", "latents"):
+            raise ValueError(f"data source {self.source!r} is unknown; expected 'procedural', 'tfds' or 'latents'")
+        if self.source == "latents" and not self.latents_dir:
+            raise ValueError("data source 'latents' needs latents_dir (the output folder of stp-precompute)")
         if self.split not in ("train", "test"):
             raise ValueError(f"split {self.split!r} is unknown; expected 'train' or 'test'")
         if self.global_batch % jax.process_count():
@@ -222,6 +225,32 @@ class CheckRecord(grain.transforms.Map):
         return element
 
 
+class DecodeLatents(grain.transforms.Map):
+    """A stp-precompute record (msgpack bytes) -> its dict of arrays."""
+
+    def map(self, element):
+        from stp_jax.precompute import deserialize
+
+        return deserialize(element)
+
+
+def latents_source(cfg: DataConfig):
+    import glob
+    import json
+    from pathlib import Path
+
+    d = Path(cfg.latents_dir)
+    meta_f = d / "meta.json"
+    if not meta_f.exists():
+        raise ValueError(f"latents_dir {d}: no meta.json; expected the output folder of stp-precompute")
+    meta = json.loads(meta_f.read_text())
+    if (meta["num_frames"], meta["height"], meta["width"]) != (cfg.num_frames, cfg.height, cfg.width):
+        raise ValueError(f"latents_dir {d} holds {meta['num_frames']} frames of {meta['height']}x{meta['width']}; "
+                         f"the config asks for {cfg.num_frames} of {cfg.height}x{cfg.width}")
+    files = sorted(glob.glob(str(d / "*.array_record")))
+    return NamedSource(grain.sources.ArrayRecordDataSource(files), f"latents[{d}]")
+
+
 # ---------------------------------------------------------------- loader
 
 
@@ -234,13 +263,16 @@ def make_loader(cfg: DataConfig) -> grain.DataLoader:
             flags.FLAGS.mark_as_parsed()
     if cfg.source == "procedural":
         source = ProceduralScenes(cfg.num_scenes, cfg.split)
+    elif cfg.source == "latents":
+        source = latents_source(cfg)
     else:
         source = tfds_source(cfg)
     per_process = cfg.global_batch // jax.process_count()
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=cfg.shuffle,
                                           num_epochs=cfg.num_epochs, seed=cfg.seed)
-    ops = [CheckRecord(), MakePair(cfg), grain.transforms.Batch(per_process, drop_remainder=True)]
+    pair_ops = [DecodeLatents()] if cfg.source == "latents" else [CheckRecord(), MakePair(cfg)]
+    ops = [*pair_ops, grain.transforms.Batch(per_process, drop_remainder=True)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count)
 
 

@@ -82,13 +82,33 @@ def noise_target_half(target, source, noise, sigma):
     return jnp.concatenate([noisy, source], axis=1)
 
 
-def flow_loss(pred, target, noise, weight):
-    """Weighted MSE between the predicted velocity on the target half and noise - x0.
+PREDICTIONS = ("velocity", "x0")
 
+
+def check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction {prediction!r} is unknown; expected one of {PREDICTIONS}")
+    return prediction
+
+
+def velocity_from_x0(x, x0, sigma):
+    """The velocity implied by a clean-sample prediction: v = (x_sigma - x0) / sigma.
+    x, x0 [B, ...]; sigma [B] (> 0)."""
+    s = sigma.reshape((-1,) + (1,) * (x.ndim - 1)).astype(jnp.float32)
+    return (x.astype(jnp.float32) - x0.astype(jnp.float32)) / s
+
+
+def flow_loss(pred, target, noise, weight, prediction: str = "velocity"):
+    """Weighted MSE on the target half.
+
+    ``velocity`` (published): pred vs noise - x0. ``x0``: pred vs x0 (a small model whose
+    width is below its token size cannot carry the noise through its residual stream, but
+    can carry a clean, smooth sample; its velocity is recovered by velocity_from_x0).
     pred [B, 2F', H, W, C] (the model's output on [target | source]); target/noise
     [B, F', H, W, C]; weight [B]. The source half of ``pred`` is ignored.
     """
     f = target.shape[1]
-    err = jnp.square(pred[:, :f].astype(jnp.float32) - (noise - target).astype(jnp.float32))
+    want = noise - target if check_prediction(prediction) == "velocity" else target
+    err = jnp.square(pred[:, :f].astype(jnp.float32) - want.astype(jnp.float32))
     per_sample = jnp.mean(err, axis=(1, 2, 3, 4))
     return jnp.mean(per_sample * weight)

@@ -114,6 +114,13 @@ class UMT5Encoder(nn.Module):
         return rms_norm(x, norm, c.eps)
 
 
+# Wan2.1's default negative prompt for classifier-free guidance (its shared config's
+# ``sample_neg_prompt``), used by stp-sample when a text encoder is given.
+WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+                       "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
+                       "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+
 def wan_text_states(hidden, mask, text_len: int = TEXT_LEN):
     """Wan's use of the encoder output: keep each prompt's true tokens, zero the rest, and
     pad/trim to ``text_len``. hidden [B, S, D], mask [B, S] -> [B, text_len, D]."""

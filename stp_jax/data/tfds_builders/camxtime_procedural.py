@@ -63,9 +63,13 @@ class CamxtimeProcedural(tfds.core.GeneratorBasedBuilder):
             yield seed, {"seed": np.int64(seed), "grid": grid, "cameras": cams.astype(np.float32)}
 
 
+def config_name(num_frames, num_cameras, height, width, train, test) -> str:
+    return f"t{num_frames}_c{num_cameras}_{height}x{width}_n{train}_{test}"
+
+
 def build(data_dir, num_frames=17, num_cameras=17, height=32, width=32, train=1000, test=50):
     """Build (or reuse) the dataset for these sizes; returns the builder."""
-    name = f"t{num_frames}_c{num_cameras}_{height}x{width}_n{train}_{test}"
+    name = config_name(num_frames, num_cameras, height, width, train, test)
     config = CamxtimeConfig(name=name, num_frames=num_frames, num_cameras=num_cameras, height=height, width=width,
                             train_scenes=train, test_scenes=test)
     builder = CamxtimeProcedural(data_dir=str(data_dir), config=config, file_format="array_record")

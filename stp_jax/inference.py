@@ -1,0 +1,164 @@
+"""What training, sampling and evaluation share: the autoencoder, the text condition,
+model batches from pixel batches, and the jitted source-conditioned generator.
+
+Letters: B batch, T raw frames, F' latent frames per half, H/W pixels, h/w latent
+pixels, C latent channels, S text tokens, E text width.
+Videos are uint8 [B, T, H, W, 3] at the edges and floats in [-1, 1] inside.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stp_jax.diffusion import flow
+from stp_jax.diffusion.sampler import denoise
+from stp_jax.models.vae import PatchAutoencoder
+
+COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",),
+             "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+
+
+# ---------------------------------------------------------------- autoencoders
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoencoder:
+    """encode/decode between videos in [-1, 1] and latents, with the weights bound in."""
+    kind: str  # patch | wan
+    latent_channels: int
+    spatial: int
+    impl: Any
+    params: Any = None
+
+    def encode(self, video):  # [B, T, H, W, 3] -> [B, F', h, w, C]
+        return self.impl.encode(video) if self.params is None else self.impl.encode(self.params, video)
+
+    def decode(self, latents):  # [B, F', h, w, C] -> [B, T, H, W, 3]
+        out = self.impl.decode(latents) if self.params is None else self.impl.decode(self.params, latents)
+        return jnp.clip(out, -1.0, 1.0)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        from stp_jax.models.vae import latent_frames
+
+        if height % self.spatial or width % self.spatial:
+            raise ValueError(f"frame size {height}x{width} is not divisible by the {self.kind} autoencoder's "
+                             f"spatial factor {self.spatial}")
+        return latent_frames(num_frames), height // self.spatial, width // self.spatial, self.latent_channels
+
+
+def build_autoencoder(kind: str = "patch", spatial: int = 4, path: str | None = None) -> Autoencoder:
+    """``patch``: the weightless PatchAutoencoder; ``wan``: a converted Wan VAE folder."""
+    if kind == "patch":
+        ae = PatchAutoencoder(spatial=int(spatial))
+        return Autoencoder("patch", ae.latent_channels, ae.spatial, ae)
+    if kind == "wan":
+        if not path:
+            raise ValueError("autoencoder kind 'wan' needs the path of a converted Wan VAE (stp-convert --format wan_vae)")
+        from stp_jax.convert.store import load_pretrained
+
+        vae, params = load_pretrained(path)
+        return Autoencoder("wan", vae.cfg.z_dim, 8, vae, params)
+    raise ValueError(f"autoencoder kind {kind!r} is unknown; expected 'patch' or 'wan'")
+
+
+def autoencoder_for(in_channels: int, vae_path: str | None = None) -> Autoencoder:
+    """The autoencoder a DiT with ``in_channels`` latent channels expects: a converted Wan VAE
+    for 16 channels (``vae_path`` required), else the PatchAutoencoder with 4*s*s*3 channels."""
+    if vae_path:
+        ae = build_autoencoder("wan", path=vae_path)
+        if ae.latent_channels != in_channels:
+            raise ValueError(f"the VAE at {vae_path} makes {ae.latent_channels}-channel latents but the model takes "
+                             f"{in_channels}")
+        return ae
+    s = math.isqrt(in_channels // 12) if in_channels % 12 == 0 else 0
+    if s < 1 or 12 * s * s != in_channels:
+        raise ValueError(f"the model takes {in_channels}-channel latents: pass --vae with a converted Wan VAE "
+                         f"(16 channels) or use a model trained on PatchAutoencoder latents (4*s*s*3 channels)")
+    return build_autoencoder("patch", spatial=s)
+
+
+def to_float(frames):
+    """uint8 [.., 3] -> float32 in [-1, 1]."""
+    return jnp.asarray(frames).astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(video):
+    return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+# ---------------------------------------------------------------- text
+
+
+def load_text_embedding(path, text_dim: int) -> np.ndarray:
+    """[S, E] text states from a .npy file (e.g. one entry of stp_jax.models.text's cache)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"text embedding file {p} does not exist")
+    try:
+        e = np.load(p)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"text embedding file {p}: not a readable .npy array ({err})") from err
+    if e.ndim != 2 or e.shape[1] != text_dim:
+        raise ValueError(f"text embedding file {p}: expected [tokens, {text_dim}] float states, got shape {e.shape}")
+    return e.astype(np.float32)
+
+
+def text_context(spec: dict, batch: int, text_dim: int):
+    """[B, S, E] text states for every clip of a batch: ``null`` = zeros (Wan's states of an
+    empty prompt, zero-padded), ``file`` = one stored embedding for every clip."""
+    kind = spec.get("kind", "null")
+    if kind == "null":
+        return jnp.zeros((batch, int(spec.get("length", 8)), text_dim), jnp.float32)
+    if kind == "file":
+        e = load_text_embedding(spec["embedding"], text_dim)
+        return jnp.broadcast_to(jnp.asarray(e)[None], (batch,) + e.shape)
+    raise ValueError(f"text kind {kind!r} is unknown; expected 'null' or 'file'")
+
+
+# ---------------------------------------------------------------- model batches
+
+
+def model_batch(mode: str, ae: Autoencoder, batch: dict, context) -> dict:
+    """A pipeline batch (uint8 frames, or stp-precompute latents; cameras, times) -> the train
+    step's latent batch."""
+    if "target_latents" in batch:
+        out = {"target": batch["target_latents"].astype(jnp.float32),
+               "source": batch["source_latents"].astype(jnp.float32), "context": context}
+    else:
+        out = {"target": ae.encode(to_float(batch["target_frames"])),
+               "source": ae.encode(to_float(batch["source_frames"])), "context": context}
+    names = {"tgt_cam": "target_cam", "src_cam": "source_cam", "tgt_time": "target_time", "src_time": "source_time"}
+    for k in COND_KEYS[mode]:
+        out[k] = jnp.asarray(batch[names[k]], jnp.float32)
+    return out
+
+
+def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scale: float = 1.0,
+                   prediction: str = "velocity"):
+    """A jitted ``gen(params, source uint8 [B,T,H,W,3], cond, context, null_context, noise) ->
+    uint8 [B, T, H, W, 3]``; ``cond`` holds tgt_cam/src_cam [B, F', 12] and tgt_time/src_time
+    [B, T] (what the model's mode uses); noise [B, F', h, w, C]."""
+    mode = model.cfg.mode
+
+    @jax.jit
+    def gen(params, source, cond, context, null_context, noise):
+        src = ae.encode(to_float(source))
+        kw = {k: jnp.asarray(cond[k], jnp.float32) for k in COND_KEYS[mode]}
+
+        def velocity(x, t, ctx):
+            n = x.shape[0] // src.shape[0]  # 2 when the CFG pair is on the batch axis
+            out = model.apply({"params": params}, x, t, ctx,
+                              **{k: jnp.concatenate([v] * n) if n > 1 else v for k, v in kw.items()})
+            return out if prediction == "velocity" else flow.velocity_from_x0(x, out, t / flow.NUM_TRAIN_TIMESTEPS)
+
+        lat = denoise(velocity, src, noise, context, steps=steps, shift=shift, cfg_scale=cfg_scale,
+                      null_context=null_context)
+        return to_uint8(ae.decode(lat))
+
+    return gen

@@ -1,0 +1,84 @@
+"""stp-sample end to end (a diffusers-converted tiny Wan and a trained stp-train workdir),
+JSONL jobs, long videos, and one clear error with no partial output for each bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stp_jax.cli import convert_main
+from stp_jax.data import camxtime as cx
+from stp_jax.data.video_io import read_video, write_video
+from stp_jax.sample import main as sample_main
+
+T, H = 9, 16
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from torch_ref import tiny_diffusers_wan
+
+    d = tmp_path_factory.mktemp("sample")
+    # a tiny diffusers Wan with 48 latent channels = the PatchAutoencoder with 2x2 pixels
+    tiny_diffusers_wan(seed=5, in_channels=48, out_channels=48).save_pretrained(d / "hf", safe_serialization=True)
+    assert convert_main([str(d / "hf"), "--out", str(d / "wan")]) == 0
+    scene, cams = cx.make_scene(7), cx.camera_path(7, T)
+    ci, ti = cx.source_indices(T, T)
+    write_video(d / "src.mp4", np.asarray(cx.render_path_jit(scene, cams, ci, ti, T, H, H)))
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    (d / "bad_cam.json").write_text('{"frames": [[1, 2, 3]]}')
+    return d
+
+
+def _run(assets, out, *extra):
+    return sample_main(["--checkpoint", str(assets / "wan"), "--out", str(out), "--steps", "2", "--frames", str(T),
+                        *extra])
+
+
+def test_sample_diffusers_checkpoint_end_to_end(assets, tmp_path):
+    out = tmp_path / "o"
+    assert _run(assets, out, "--video", str(assets / "src.mp4"), "--camera", "orbit30", "--time", "reverse") == 0
+    for f in ("video.mp4", "side_by_side.mp4", "contact_sheet.png", "camera.png", "settings.json"):
+        assert (out / f).stat().st_size > 0, f
+    v = read_video(out / "video.mp4")
+    assert v.shape == (T, H, H, 3)
+    s = json.loads((out / "settings.json").read_text())
+    assert s["time_schedule"] == list(range(T - 1, -1, -1)) and s["camera"] == "orbit30"
+    assert not Path(str(out) + ".partial").exists()
+
+
+def test_jobs_file_and_long_video(assets, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(j) for j in [
+        {"name": "a", "video": str(assets / "src.mp4"), "camera": "static", "time": "freeze_mid", "seed": 1},
+        {"name": "b", "video": str(assets / "src.mp4"), "camera": "cam03", "time": "forward"},
+        {"name": "c", "video": str(assets / "src.mp4"), "camera": "orbit20", "time": "zigzag@3"}]))
+    out = tmp_path / "jobs"
+    assert _run(assets, out, "--jobs", str(jobs), "--segments", "2") == 0
+    for name in "abc":
+        assert read_video(out / name / "video.mp4").shape == (2 * T, H, H, 3)
+
+
+@pytest.mark.parametrize("case,match", [
+    (["--video", "missing.mp4", "--camera", "static", "--time", "reverse"], "does not exist"),
+    (["--video", "{d}/corrupt.mp4", "--camera", "static", "--time", "reverse"], "cannot read video"),
+    (["--video", "{d}/src.mp4", "--camera", "{d}/bad_cam.json", "--time", "reverse"], "bad_cam.json"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "0,1,2,3,4,5,6,7,99"], "99|range"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--frames", "8"], "1 \\+ 4k"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--solver", "ddim"], "solver"),
+])
+def test_bad_inputs_fail_clearly_without_output(assets, tmp_path, capsys, case, match):
+    import re
+
+    out = tmp_path / "o"
+    args = [a.replace("{d}", str(assets)) for a in case]
+    if "--frames" in args:  # the last --frames wins
+        i = args.index("--frames")
+        extra, args = args[i:i + 2], args[:i] + args[i + 2:]
+    else:
+        extra = []
+    rc = sample_main(["--checkpoint", str(assets / "wan"), "--out", str(out), "--steps", "2",
+                      "--frames", str(T), *extra, *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1 and re.search(match, err), err
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
