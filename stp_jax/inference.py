@@ -140,7 +140,7 @@ def model_batch(mode: str, ae: Autoencoder, batch: dict, context) -> dict:
 
 
 def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scale: float = 1.0,
-                   prediction: str = "velocity"):
+                   prediction: str = "velocity", solver: str = "euler"):
     """A jitted ``gen(params, source uint8 [B,T,H,W,3], cond, context, null_context, noise) ->
     uint8 [B, T, H, W, 3]``; ``cond`` holds tgt_cam/src_cam [B, F', 12] and tgt_time/src_time
     [B, T] (what the model's mode uses); noise [B, F', h, w, C]."""
@@ -158,7 +158,7 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
             return out if prediction == "velocity" else flow.velocity_from_x0(x, out, t / flow.NUM_TRAIN_TIMESTEPS)
 
         lat = denoise(velocity, src, noise, context, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                      null_context=null_context)
+                      null_context=null_context, solver=solver)
         return to_uint8(ae.decode(lat))
 
     return gen

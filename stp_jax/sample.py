@@ -34,8 +34,8 @@ import numpy as np
 from stp_jax import inference
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls import timing
+from stp_jax.diffusion.sampler import SOLVERS
 
-SOLVERS = ("euler",)
 
 
 @dataclasses.dataclass
@@ -135,6 +135,7 @@ def make_job(spec: dict, ck: Checkpoint, defaults: dict, text_states) -> Job:
     settings = {k: s.get(k) for k in ("video", "camera", "source_camera", "time", "caption", "text_embedding",
                                       "steps", "cfg", "shift", "seed", "solver", "frames", "size", "segments")}
     settings["checkpoint"] = str(ck.path)
+    settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
     settings["time_schedule"] = [int(v) for v in times]
     return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), text_states(s), int(s["seed"]), settings)
 
@@ -182,13 +183,13 @@ def _load_text_encoder(path):
 
 
 def run_jobs(ck: Checkpoint, jobs: list[Job], *, steps: int, shift: float, cfg_scale: float, negative=None,
-             segments: int = 1, batch_size: int = 8, mesh=None) -> list[np.ndarray]:
+             segments: int = 1, batch_size: int = 8, mesh=None, solver: str = "euler") -> list[np.ndarray]:
     """Generate every job (batched by equal shapes; the batch sharded over ``mesh``'s data
     axes when given). ``negative``: [S, E] unconditional states for CFG (None = no CFG).
     Returns per job the output frames [segments * T, H, W, 3] uint8."""
     guided = negative is not None and cfg_scale != 1.0
     gen = inference.make_generator(ck.model, ck.ae, steps=steps, shift=shift, cfg_scale=cfg_scale if guided else 1.0,
-                                   prediction=ck.run.get("sample", {}).get("prediction", "velocity"))
+                                   prediction=ck.run.get("sample", {}).get("prediction", "velocity"), solver=solver)
     outputs: list[np.ndarray | None] = [None] * len(jobs)
     groups: dict[tuple, list[int]] = {}
     for i, j in enumerate(jobs):
@@ -326,7 +327,7 @@ def main(argv=None):
                     "frames": args.frames or ck.run.get("data", {}).get("num_frames", 81), "segments": args.segments}
         states = _text_states_fn(ck, args.text_encoder)
         jobs = [make_job(s, ck, defaults, states) for s in specs]
-        for key in ("steps", "shift", "cfg", "frames"):
+        for key in ("steps", "shift", "cfg", "frames", "solver"):
             if len({j.settings[key] for j in jobs}) > 1:
                 raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
         negative = None
@@ -334,6 +335,10 @@ def main(argv=None):
             from stp_jax.models.text import WAN_NEGATIVE_PROMPT
 
             negative = _load_text_encoder(args.text_encoder)(args.negative or WAN_NEGATIVE_PROMPT)
+        for j in jobs:
+            j.settings["cfg_applied"] = float(args.cfg) if negative is not None else None  # None: no CFG (no text encoder)
+            if negative is not None:
+                j.settings["negative"] = args.negative or "Wan default"
         mesh = None
         if jax.device_count() > 1:
             from stp_jax.parallel.mesh import make_mesh
@@ -341,7 +346,8 @@ def main(argv=None):
             mesh = make_mesh({"data": -1})
         js = jobs[0].settings
         outputs = run_jobs(ck, jobs, steps=int(js["steps"]), shift=float(js["shift"]), cfg_scale=float(js["cfg"]),
-                           negative=negative, segments=args.segments, batch_size=args.batch, mesh=mesh)
+                           negative=negative, segments=args.segments, batch_size=args.batch, mesh=mesh,
+                           solver=js["solver"])
         shutil.rmtree(tmp, ignore_errors=True)
         for job, frames in zip(jobs, outputs):
             write_outputs(tmp / job.name if len(jobs) > 1 else tmp, job, frames)

@@ -37,13 +37,15 @@ def _run(assets, out, *extra):
 
 def test_sample_diffusers_checkpoint_end_to_end(assets, tmp_path):
     out = tmp_path / "o"
-    assert _run(assets, out, "--video", str(assets / "src.mp4"), "--camera", "orbit30", "--time", "reverse") == 0
+    assert _run(assets, out, "--video", str(assets / "src.mp4"), "--camera", "orbit30", "--time", "reverse",
+                "--solver", "unipc") == 0
     for f in ("video.mp4", "side_by_side.mp4", "contact_sheet.png", "camera.png", "settings.json"):
         assert (out / f).stat().st_size > 0, f
     v = read_video(out / "video.mp4")
     assert v.shape == (T, H, H, 3)
     s = json.loads((out / "settings.json").read_text())
     assert s["time_schedule"] == list(range(T - 1, -1, -1)) and s["camera"] == "orbit30"
+    assert s["solver"] == "unipc" and s["cfg_applied"] is None  # no text encoder: no CFG
     assert not Path(str(out) + ".partial").exists()
 
 
