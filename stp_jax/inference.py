@@ -124,7 +124,7 @@ def text_context(spec: dict, batch: int, text_dim: int):
 # ---------------------------------------------------------------- model batches
 
 
-def model_batch(mode: str, ae: Autoencoder, batch: dict, context) -> dict:
+def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context) -> dict:
     """A pipeline batch (uint8 frames, or stp-precompute latents; cameras, times) -> the train
     step's latent batch."""
     if "target_latents" in batch:

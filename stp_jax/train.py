@@ -87,7 +87,7 @@ def prepare_data(d: pl.DataConfig) -> pl.DataConfig:
     from stp_jax.data.tfds_builders.camxtime_procedural import build, config_name
 
     data_dir = os.path.expanduser(d.tfds_dir or DATA_CACHE)
-    test = 64
+    test = 8  # the held-out evaluation renders its own scenes; this split is for TFDS users
     if is_main():
         log(f"procedural Cam×Time dataset: {d.num_scenes} scenes in {data_dir} (built once)")
         build(data_dir, d.num_frames, d.num_cameras, d.height, d.width, train=d.num_scenes, test=test)
@@ -97,6 +97,18 @@ def prepare_data(d: pl.DataConfig) -> pl.DataConfig:
         multihost_utils.sync_global_devices("camxtime_procedural built")
     name = config_name(d.num_frames, d.num_cameras, d.height, d.width, d.num_scenes, test)
     return dataclasses.replace(d, tfds_dir=data_dir, tfds_name=f"camxtime_procedural/{name}")
+
+
+def latent_shape(config) -> tuple[int, int, int, int]:
+    """(F', h, w, C) of one clip's latents for the config's autoencoder and clip size."""
+    from stp_jax.models.vae import latent_frames
+
+    a, d = config.autoencoder, config.data
+    if a.kind == "wan":
+        if d.height % 8 or d.width % 8:
+            raise ValueError(f"config: clip size {d.height}x{d.width} must be divisible by 8 for the Wan VAE")
+        return latent_frames(d.num_frames), d.height // 8, d.width // 8, 16
+    return inference.build_autoencoder(a.kind, a.spatial).latent_shape(d.num_frames, d.height, d.width)
 
 
 def model_config(config) -> DiTConfig:
@@ -109,22 +121,20 @@ def model_config(config) -> DiTConfig:
 class Trainer:
     """Everything one run builds once: mesh, model, optimizer, shardings, jitted step."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir):
-        self.config, self.workdir = config, Path(workdir)
-        self.mesh = mesh_lib.make_mesh(dict(config.mesh))
+    def __init__(self, config: ml_collections.ConfigDict, workdir=None, devices=None):
+        self.config, self.workdir = config, Path(workdir) if workdir is not None else None
+        self.mesh = mesh_lib.make_mesh(dict(config.mesh), devices=devices)
         self.rules = mesh_lib.logical_rules(dict(config.logical_rules_overrides))
         self.mcfg = model_config(config)
         self.model = SpaceTimeDiT(self.mcfg)
-        a = config.autoencoder
-        self.ae = inference.build_autoencoder(a.kind, a.spatial, a.path)
-        self.data_cfg = prepare_data(data_config(config))
+        self.data_cfg = data_config(config)
         d = self.data_cfg
-        self.latent = self.ae.latent_shape(d.num_frames, d.height, d.width)  # (F', h, w, C)
+        self.latent = latent_shape(config)  # (F', h, w, C), known without loading any weights
         if self.latent[-1] != self.mcfg.in_channels:
-            raise ValueError(f"config: the {a.kind} autoencoder makes {self.latent[-1]}-channel latents but "
-                             f"model.in_channels is {self.mcfg.in_channels}")
-        self.context = inference.text_context(dict(config.text), d.global_batch, self.mcfg.text_dim)
-        self.text_len = self.context.shape[1]
+            raise ValueError(f"config: the {config.autoencoder.kind} autoencoder makes {self.latent[-1]}-channel "
+                             f"latents but model.in_channels is {self.mcfg.in_channels}")
+        self.text_len = int(config.text.length)
+        self._ae = self._context = None
         # init traces one dummy clip outside the mesh (parameter shapes do not depend on the batch)
         self.abstract_vars = jax.eval_shape(self._init_vars, jax.random.PRNGKey(0))
         self.param_sh = mesh_lib.param_shardings(self.abstract_vars, self.mesh, self.rules)["params"]
@@ -137,12 +147,32 @@ class Trainer:
         self.abstract_state = jax.eval_shape(lambda p: ts.init_state(p, self.optimizer, use_ema), abstract_params)
         self.state_sh = state_shardings(self.abstract_state, self.param_sh, self.mesh)
         self.batch_sh = lambda ndim: mesh_lib.data_sharding(self.mesh, ndim, self.rules)  # noqa: E731
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         fh, h, w, c = self.latent
-        tokens = 2 * fh * (h // self.mcfg.patch_size[1]) * (w // self.mcfg.patch_size[2]) // self.mcfg.patch_size[0]
-        self.tokens_per_clip = tokens
-        self.flops_per_step = 3 * forward_flops(self.mcfg, tokens, self.text_len) * d.global_batch
-        self.peak = peak_flops(jax.devices()[0], config.peak_flops_per_device)
+        pt, ph, pw = self.mcfg.patch_size
+        self.tokens_per_clip = 2 * (fh // pt) * (h // ph) * (w // pw)
+        self.flops_per_step = 3 * forward_flops(self.mcfg, self.tokens_per_clip, self.text_len) * d.global_batch
+        self.peak = peak_flops(self.mesh.devices.flat[0], config.peak_flops_per_device)
         self._step = jax.jit(self._train_step, donate_argnums=0, out_shardings=(self.state_sh, None))
+
+    @property
+    def ae(self) -> inference.Autoencoder:
+        """The autoencoder (weights loaded on first use: latent batches never need it)."""
+        if self._ae is None:
+            a = self.config.autoencoder
+            self._ae = inference.build_autoencoder(a.kind, a.spatial, a.path or None)
+        return self._ae
+
+    @property
+    def context(self):
+        """[B, S, E] text states of every clip (stp_jax.inference.text_context)."""
+        if self._context is None:
+            ctx = inference.text_context(dict(self.config.text), self.data_cfg.global_batch, self.mcfg.text_dim)
+            if ctx.shape[1] != self.text_len:
+                raise ValueError(f"text embedding {self.config.text.embedding} has {ctx.shape[1]} tokens; "
+                                 f"text.length is {self.text_len}")
+            self._context = jax.device_put(ctx, self.batch_sh(3))
+        return self._context
 
     def _ctx(self):
         return _MeshContext(self.mesh, self.rules)
@@ -174,9 +204,10 @@ class Trainer:
         use_ema = self.config.ema_decay > 0
         return jax.jit(lambda p: ts.init_state(p, self.optimizer, use_ema), out_shardings=self.state_sh)(params)
 
-    def _train_step(self, state, batch, rng):
+    def _train_step(self, state, batch, rng, context):
         c = self.config
-        mb = inference.model_batch(self.mcfg.mode, self.ae, batch, self.context)
+        ae = None if "target_latents" in batch else self.ae
+        mb = inference.model_batch(self.mcfg.mode, ae, batch, context)
         if c.debug.nan_at_step >= 0:  # testing hook: poison one step's latents
             bad = state.step == c.debug.nan_at_step
             mb["target"] = jnp.where(bad, jnp.nan, mb["target"])
@@ -191,7 +222,7 @@ class Trainer:
         with self._ctx():
             gbatch = {k: jax.make_array_from_process_local_data(self.batch_sh(np.ndim(v)), np.asarray(v))
                       for k, v in batch.items() if k != "seed"}
-            return self._step(state, gbatch, rng)
+            return self._step(state, gbatch, rng, self.context)
 
 
 class _MeshContext:
@@ -340,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     tr = Trainer(config, workdir)
+    tr.data_cfg = prepare_data(tr.data_cfg)
     if is_main():
         (workdir / "config.json").write_text(config_to_json(config))
     loader = pl.make_loader(tr.data_cfg)

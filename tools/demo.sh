@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/_venv.sh
+export JAX_PLATFORMS=${JAX_PLATFORMS-cpu}  # the embedded default runs on the CPU (JAX_PLATFORMS= to use an accelerator)
 WORKDIR=${WORKDIR:-runs/demo}
 SECONDS=0
 
@@ -19,10 +20,11 @@ stp-eval --checkpoint "$WORKDIR" --scenes 8 --out "$WORKDIR/eval" \
 
 echo "== 3/3 re-render a held-out scene: bullet time, reverse, slow motion"
 stp-render --seed 1000000099 --frames 17 --cameras 17 --size 32x32 --out "$WORKDIR/held_out" >/dev/null
+: > "$WORKDIR/held_out/jobs.jsonl"
 for t in freeze_mid reverse slowmo_first_half; do
-  stp-sample --checkpoint "$WORKDIR" --video "$WORKDIR/held_out/source.mp4" \
-    --source-camera "$WORKDIR/held_out/source_camera.json" --camera static --time "$t" --out "$WORKDIR/samples/$t" --overwrite
+  echo "{\"name\": \"$t\", \"video\": \"$WORKDIR/held_out/source.mp4\", \"source_camera\": \"$WORKDIR/held_out/source_camera.json\", \"camera\": \"static\", \"time\": \"$t\"}" >> "$WORKDIR/held_out/jobs.jsonl"
 done
+stp-sample --checkpoint "$WORKDIR" --jobs "$WORKDIR/held_out/jobs.jsonl" --out "$WORKDIR/samples" --overwrite
 echo
 echo "done in ${SECONDS}s. Table: $WORKDIR/eval/eval.md; videos (source | truth | model): $WORKDIR/eval/*.mp4;"
 echo "re-rendered held-out clip: $WORKDIR/samples/{freeze_mid,reverse,slowmo_first_half}/side_by_side.mp4"

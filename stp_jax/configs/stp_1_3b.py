@@ -17,6 +17,8 @@ def get_config(variant=None):
     c.optim.update(lr=1e-4, warmup=500, trainable="spacetimepilot")
     c.total_steps = 20_000
     c.ema_decay = 0.999
+    c.model.remat = "full"  # 65k tokens per clip: keep only layer inputs (see stp-aot for the others)
+    c.data.global_batch = 8  # one clip per chip on an 8-chip slice; set it to your chip count
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
     if variant == "720p":
         c.data.update(height=720, width=1280)

@@ -27,6 +27,8 @@ as given by the logical-axis rules in stp_jax.parallel.mesh.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -42,13 +44,31 @@ BLOCKWISE_MIN_TOKENS = 1024
 CONTEXT_PARALLEL = ("none", "ulysses", "ring")
 
 
+_PLATFORM = contextvars.ContextVar("stp_attention_platform", default=None)
+
+
+@contextlib.contextmanager
+def compile_for(platform: str):
+    """Pick kernels for ``platform`` (e.g. "tpu" while AOT-compiling for a TPU topology on a
+    CPU host) instead of this process's default devices."""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    return _PLATFORM.get() or jax.devices()[0].platform
+
+
 def resolve_backend(backend: str, dtype, q_tokens: int = 0) -> str:
     """The concrete kernel for ``backend`` on this platform, dtype and query length."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; expected one of {BACKENDS}")
     if backend != "auto":
         return backend
-    platform = jax.devices()[0].platform
+    platform = target_platform()
     if platform == "tpu":
         return "splash"
     if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
@@ -91,7 +111,7 @@ def _splash(q, k, v, *, block: int = 512, interpret: bool | None = None):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     if interpret is None:
-        interpret = jax.devices()[0].platform != "tpu"
+        interpret = target_platform() != "tpu"
     b, lq, n, kd = q.shape
     lk = k.shape[1]
     blk = min(block, _round_up(max(lq, lk), 128))
