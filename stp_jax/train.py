@@ -171,7 +171,8 @@ class Trainer:
             if ctx.shape[1] != self.text_len:
                 raise ValueError(f"text embedding {self.config.text.embedding} has {ctx.shape[1]} tokens; "
                                  f"text.length is {self.text_len}")
-            self._context = jax.device_put(ctx, self.batch_sh(3))
+            ctx = np.asarray(ctx)
+            self._context = jax.make_array_from_callback(ctx.shape, self.batch_sh(3), lambda idx: ctx[idx])
         return self._context
 
     def _ctx(self):
@@ -509,19 +510,17 @@ def _evaluate(tr: Trainer, state, step: int, writer: MetricWriter) -> dict:
 
 def export_model(tr: Trainer, state, out: Path):
     """Final weights (EMA when kept) as a converted folder + run.json (autoencoder, text,
-    data shape, sampling defaults) for stp-sample / stp-eval."""
+    data shape, sampling defaults) for stp-sample / stp-eval. Called by every process."""
     from stp_jax.convert.store import save_pretrained
 
-    if not is_main():
-        return
-    params = jax.device_get(state.ema if state.ema is not None else state.params)
-    save_pretrained(out, tr.mcfg, params, meta={"source": "stp-train", "step": int(state.step)}, overwrite=True)
     c = tr.config
     run = {"autoencoder": dict(c.autoencoder), "text": dict(c.text),
            "sample": {**dict(c.sample), "prediction": c.flow.prediction},
            "data": {k: c.data[k] for k in ("num_frames", "height", "width", "num_cameras")}, "config": c.name,
            "step": int(state.step)}
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=list))
+    params = state.ema if state.ema is not None else state.params
+    save_pretrained(out, tr.mcfg, params, meta={"source": "stp-train", "step": int(state.step)}, overwrite=True,
+                    extra_files={"run.json": json.dumps(run, indent=2, default=list)})
 
 
 def log(msg: str):

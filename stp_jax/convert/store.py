@@ -41,23 +41,42 @@ def _name_of(cfg) -> str:
     raise TypeError(f"no stored model for config type {type(cfg).__name__}")
 
 
-def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, overwrite: bool = False) -> Path:
-    """Write params + config atomically: into DIR.partial, then renamed to DIR."""
+def _barrier(name: str):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, overwrite: bool = False,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write params + config atomically: into DIR.partial, then renamed to DIR.
+
+    Multi-process: every process calls it (params may be sharded across hosts); process 0
+    does the file operations and Orbax writes each host's shards."""
     out = Path(out_dir).absolute()
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        shutil.rmtree(out)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps({"model": _name_of(cfg), **cfg.to_dict()}, indent=2))
-    if meta is not None:
-        (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
+    main = jax.process_index() == 0
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier("save_pretrained: start")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "params", params)
     ckptr.wait_until_finished()
-    tmp.rename(out)
+    _barrier("save_pretrained: params written")
+    if main:
+        (tmp / "config.json").write_text(json.dumps({"model": _name_of(cfg), **cfg.to_dict()}, indent=2))
+        if meta is not None:
+            (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    _barrier("save_pretrained: done")
     return out
 
 

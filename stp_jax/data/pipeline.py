@@ -254,6 +254,36 @@ def latents_source(cfg: DataConfig):
 # ---------------------------------------------------------------- loader
 
 
+class GlobalOrderSampler:
+    """Global batches that do not depend on the number of processes.
+
+    One unsharded, shuffled IndexSampler defines the global record order (and each record's
+    RNG); process p of P reads rows [p*B/P, (p+1)*B/P) of every global batch of B. So a run
+    on 1 host and on 8 hosts sees the same batches, and resuming on a different host count
+    keeps the data order. Grain asks for local element i of process p as index i*P + p.
+    """
+
+    def __init__(self, inner: grain.samplers.IndexSampler, global_batch: int, process_count: int):
+        self._inner, self._gb, self._pc = inner, global_batch, process_count
+        self._shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+
+    def __len__(self):
+        return len(self._inner) // self._gb * self._gb
+
+    def __repr__(self):
+        return f"GlobalOrderSampler({self._inner!r}, global_batch={self._gb}, processes={self._pc})"
+
+    def __getitem__(self, index: int):
+        i, p = divmod(index, self._pc)
+        local = self._gb // self._pc
+        g = (i // local) * self._gb + p * local + i % local
+        if g >= len(self):
+            raise IndexError(f"index {index} is past the last whole global batch")
+        m = self._inner[g]
+        return grain.RecordMetadata(index=index, record_key=m.record_key, rng=m.rng)
+
+
+
 def make_loader(cfg: DataConfig) -> grain.DataLoader:
     """A Grain DataLoader yielding this process's share of each global batch."""
     if cfg.worker_count > 0:  # Grain workers read absl flags; outside an absl app nobody parsed them
@@ -268,12 +298,13 @@ def make_loader(cfg: DataConfig) -> grain.DataLoader:
     else:
         source = tfds_source(cfg)
     per_process = cfg.global_batch // jax.process_count()
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=cfg.shuffle,
-                                          num_epochs=cfg.num_epochs, seed=cfg.seed)
+    inner = grain.samplers.IndexSampler(num_records=len(source), shuffle=cfg.shuffle, num_epochs=cfg.num_epochs,
+                                        seed=cfg.seed)
+    sampler = GlobalOrderSampler(inner, cfg.global_batch, jax.process_count())
     pair_ops = [DecodeLatents()] if cfg.source == "latents" else [CheckRecord(), MakePair(cfg)]
     ops = [*pair_ops, grain.transforms.Batch(per_process, drop_remainder=True)]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count)
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count,
+                            shard_options=sampler._shard_options)
 
 
 def to_global(batch: dict[str, np.ndarray], mesh, rules=None) -> dict[str, jax.Array]:
