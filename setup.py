@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "torch": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.55", "accelerate>=1.0"],
-        "tpu": ["libtpu"],
+        "tpu": ["libtpu==0.0.42.*"],  # the version jax[tpu] 0.10.2 pins
         "gpu": ["jax[cuda13]"],
         "dev": ["pytest>=8", "hypothesis>=6.100"],
     },
@@ -42,6 +42,7 @@ setup(
             "stp-sample=stp_jax.sample:main",
             "stp-eval=stp_jax.evaluate:main",
             "stp-precompute=stp_jax.precompute:main",
+            "stp-aot=stp_jax.aot:main",
         ],
     },
 )
