@@ -13,7 +13,7 @@ import pytest
 
 from stp_jax import configs
 
-SMOKE = ["--config", "tiny_camxtime:smoke", "--set", "total_steps=8", "--set", "checkpoint_every=2",
+SMOKE = ["--config", "tiny_camxtime:smoke", "--set", "total_steps=16", "--set", "checkpoint_every=2",
          "--set", "log_every=1"]
 
 
@@ -38,6 +38,11 @@ def _steps_logged(workdir) -> int:
     if not f.exists():
         return 0
     return max([json.loads(line)["step"] for line in f.read_text().splitlines() if line.strip()] or [0])
+
+
+def _finalized(workdir) -> list[int]:
+    d = Path(workdir) / "checkpoints"
+    return sorted(int(c.name) for c in d.iterdir() if c.name.isdigit()) if d.exists() else []
 
 
 def _params(workdir, step):
@@ -69,14 +74,17 @@ def test_sigkill_resume_is_bit_identical_and_sigterm_saves(tmp_path):
     kill_at = int(np.random.default_rng().integers(3, 7))
     p = _train(killed, wait=False)
     deadline = time.time() + 240
-    while _steps_logged(killed) < kill_at and p.poll() is None and time.time() < deadline:
+    # kill once a checkpoint is finalized (an async save still in flight is not one) and the run has
+    # gone past it, so the restart has to resume mid-run
+    while (not _finalized(killed) or _steps_logged(killed) < kill_at) and p.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert _steps_logged(killed) < 8, "the run finished before it could be killed"
+    assert _steps_logged(killed) < 16, "the run finished before it could be killed"
     rc, out = _train(killed)
     assert rc == 0 and "resumed from" in out, out
-    for a, b in zip(_params(ref, 8), _params(killed, 8)):
+    for a, b in zip(_params(ref, 16), _params(killed, 16)):
         np.testing.assert_array_equal(a, b)
 
     # SIGTERM: the run saves at the step it reached, exits 3, and a restart finishes the job
@@ -87,7 +95,7 @@ def test_sigkill_resume_is_bit_identical_and_sigterm_saves(tmp_path):
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 3 and "preempted" in out, out
-    saved = sorted(int(d.name) for d in (term / "checkpoints").iterdir() if d.name.isdigit())
+    saved = _finalized(term)
     assert saved and saved[-1] >= 3 and not (term / "model").exists()
 
 
