@@ -12,6 +12,7 @@ AdamW on the trainable subset (others get zero updates and keep no moments), EMA
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -54,15 +55,52 @@ def trainable_labels(params, subset: str):
     return labels
 
 
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optax transformation plus the 'train'/'freeze' label of every parameter leaf, so
+    the train step differentiates the trainable leaves only."""
+    tx: Any
+    labels: Any
+
+    def init(self, params):
+        return self.tx.init(params)
+
+    def update(self, grads, state, params=None):
+        return self.tx.update(grads, state, params)
+
+
 def make_optimizer(params, *, lr: float = 1e-4, warmup: int = 100, total_steps: int = 10_000,
                    weight_decay: float = 0.01, clip: float = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   trainable: str = "all", accumulate: int = 1) -> optax.GradientTransformation:
+                   trainable: str = "all", accumulate: int = 1) -> Optimizer:
     """AdamW with linear warmup + cosine decay and global-norm clipping on the trainable
-    subset; frozen leaves get zero updates (no Adam moments are kept for them)."""
+    subset; frozen leaves get zero updates and keep no Adam moments (nor accumulators)."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1), lr * 0.01)
     train = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-    opt = optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, trainable))
-    return optax.MultiSteps(opt, accumulate) if accumulate > 1 else opt
+    if accumulate > 1:
+        train = optax.MultiSteps(train, accumulate).gradient_transformation()
+    labels = trainable_labels(params, trainable)
+    return Optimizer(optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels), labels)
+
+
+def _value_and_trainable_grad(f, params, labels):
+    """``jax.value_and_grad(f, has_aux=True)(params)``, differentiating only the leaves
+    labelled 'train': frozen weights get no weight gradient (no matmul, no all-reduce); their
+    entries in the returned gradient are zeros, which the optimizer ignores."""
+    if labels is None:
+        return jax.value_and_grad(f, has_aux=True)(params)
+    leaves, treedef = jax.tree.flatten(params)
+    mask = [lab == "train" for lab in jax.tree.leaves(labels)]
+    if all(mask):
+        return jax.value_and_grad(f, has_aux=True)(params)
+
+    def of_trainable(tl):
+        it = iter(tl)
+        return f(jax.tree.unflatten(treedef, [next(it) if m else jax.lax.stop_gradient(x)
+                                              for x, m in zip(leaves, mask)]))
+
+    out, gt = jax.value_and_grad(of_trainable, has_aux=True)([x for x, m in zip(leaves, mask) if m])
+    it = iter(gt)
+    return out, jax.tree.unflatten(treedef, [next(it) if m else jnp.zeros_like(x) for x, m in zip(leaves, mask)])
 
 
 def init_state(params, optimizer, ema: bool = False) -> TrainState:
@@ -92,10 +130,11 @@ def loss_fn(model, params, batch, rng, *, shift: float = 5.0, timestep_mode: str
 
 def train_step(model, optimizer, state: TrainState, batch: dict, rng, *, shift: float = 5.0,
                timestep_mode: str = "uniform", ema_decay: float = 0.0, prediction: str = "velocity"):
-    """One update. Returns (new state, metrics: loss, grad_norm, lr-free update norm...)."""
+    """One update. Returns (new state, metrics: loss, grad_norm (of the trainable leaves), update norm...)."""
     rng = jax.random.fold_in(rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(model, p, batch, rng, shift=shift, timestep_mode=timestep_mode, prediction=prediction), has_aux=True)(state.params)
+    (loss, aux), grads = _value_and_trainable_grad(
+        lambda p: loss_fn(model, p, batch, rng, shift=shift, timestep_mode=timestep_mode, prediction=prediction),
+        state.params, getattr(optimizer, "labels", None))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema

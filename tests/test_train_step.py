@@ -87,3 +87,39 @@ def test_sharded_train_step_matches_one_device(setup):
     np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=0)
     for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_frozen_leaves_get_no_weight_gradient(setup):
+    import dataclasses
+
+    _, model, params, batch = setup
+    opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable="recammaster")
+    blind = dataclasses.replace(opt, labels=None)  # differentiates every leaf, then zeroes the frozen updates
+    state = ts.init_state(params, opt)
+    steps = {name: jax.jit(functools.partial(ts.train_step, model, o)) for name, o in (("subset", opt), ("all", blind))}
+    out = {name: s(state, batch, jax.random.PRNGKey(1)) for name, s in steps.items()}
+    for a, b in zip(jax.tree.leaves(out["subset"][0].params), jax.tree.leaves(out["all"][0].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    # the gradient norm is the trainable leaves' (what clipping sees), not every leaf's
+    assert float(out["subset"][1]["grad_norm"]) < float(out["all"][1]["grad_norm"])
+    flops = {name: s.lower(state, batch, jax.random.PRNGKey(1)).compile().cost_analysis()["flops"]
+             for name, s in steps.items()}
+    assert flops["subset"] < 0.9 * flops["all"], flops  # the FFN / cross-attention weight matmuls are gone
+
+
+def test_gradient_accumulation_updates_every_k_steps(setup):
+    _, model, params, batch = setup
+    opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable="recammaster", accumulate=2)
+    state = ts.init_state(params, opt)
+    step = jax.jit(functools.partial(ts.train_step, model, opt))
+    kernel = lambda s: np.asarray(s.params["blocks"]["projector"]["kernel"])  # noqa: E731
+    seen = [state]
+    for _ in range(4):
+        seen.append(step(seen[-1], batch, jax.random.PRNGKey(1))[0])
+    # micro-steps 1 and 3 only accumulate; 2 and 4 apply (the warmup's lr is 0 at the first update)
+    assert [bool(np.any(kernel(b) != kernel(a))) for a, b in zip(seen, seen[1:])] == [False, False, False, True]
+    s2 = seen[-1]
+    # accumulators exist for the trainable leaves only
+    n_train = sum(x.size for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(opt.labels)) if lab == "train")
+    n_state = sum(x.size for x in jax.tree.leaves(s2.opt_state) if x.ndim > 0)
+    assert n_state <= 3 * n_train + 64, (n_state, n_train)  # mu, nu, accumulated gradient
