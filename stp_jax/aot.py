@@ -152,7 +152,8 @@ def compile_step(config, devices, what: str = "train"):
             cond = {"tgt_cam": sds((n, fh, 12), jnp.float32), "src_cam": sds((n, fh, 12), jnp.float32),
                     "tgt_time": sds((n, t), jnp.float32), "src_time": sds((n, t), jnp.float32)}
             keys = {"wan": (), "recammaster": ("tgt_cam",)}.get(tr.mcfg.mode, tuple(cond))
-            fwd = jax.jit(lambda p, x, ts, ctx, cond: tr.model.apply({"params": p}, x, ts, ctx, **cond))
+            fwd = jax.jit(lambda p, x, ts, ctx, cond: tr.model.apply({"params": p}, x, ts, ctx, **cond),
+                          compiler_options=tr.compiler_options)
             lowered = fwd.lower(params, x, sds((n,), jnp.float32), sds((n, tr.text_len, tr.mcfg.text_dim), jnp.float32),
                                 {k: cond[k] for k in keys})
             flops = forward_flops(tr.mcfg, tr.tokens_per_clip, tr.text_len) * n

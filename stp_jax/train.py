@@ -153,7 +153,9 @@ class Trainer:
         self.tokens_per_clip = 2 * (fh // pt) * (h // ph) * (w // pw)
         self.flops_per_step = 3 * forward_flops(self.mcfg, self.tokens_per_clip, self.text_len) * d.global_batch
         self.peak = peak_flops(self.mesh.devices.flat[0], config.peak_flops_per_device)
-        self._step = jax.jit(self._train_step, donate_argnums=0, out_shardings=(self.state_sh, None))
+        self.compiler_options = mesh_lib.compiler_options(self.mesh, config.get("tpu_compiler_options"))
+        self._step = jax.jit(self._train_step, donate_argnums=0, out_shardings=(self.state_sh, None),
+                             compiler_options=self.compiler_options)
 
     @property
     def ae(self) -> inference.Autoencoder:

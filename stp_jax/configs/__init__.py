@@ -55,6 +55,10 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
             if p not in node:
                 raise ValueError(f"config override {item!r}: no section {p!r} in {sorted(node.keys())}")
             node = node[p]
+        if parts[-1] not in node and parts[:-1] in ([s] for s in OPEN_SECTIONS):
+            with cfg.unlocked():
+                node[parts[-1]] = _literal(value.strip())
+            continue
         if parts[-1] not in node:
             raise ValueError(f"config override {item!r}: no key {parts[-1]!r}; known: {sorted(node.keys())}")
         old, new = node[parts[-1]], _literal(value.strip())
@@ -63,6 +67,10 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
         with cfg.ignore_type():
             node[parts[-1]] = new
     return cfg
+
+
+# free-form sections: an override may add keys to them
+OPEN_SECTIONS = ("tpu_compiler_options", "logical_rules_overrides")
 
 
 def unknown_variant(name: str, variant: str | None, known) -> ValueError:

@@ -110,6 +110,13 @@ def data_sharding(mesh: Mesh, ndim: int, rules=None) -> NamedSharding:
     return NamedSharding(mesh, P(*axes))
 
 
+def compiler_options(mesh: Mesh, tpu_options: Mapping[str, Any] | None) -> dict | None:
+    """XLA compile options for programs on ``mesh``: ``tpu_options`` (a config's
+    ``tpu_compiler_options``) when the mesh is made of TPUs, none elsewhere (other backends
+    reject TPU flags)."""
+    return dict(tpu_options) if tpu_options and mesh.devices.flat[0].platform == "tpu" else None
+
+
 def mesh_axis_size(mesh, axis) -> int:
     """Size of a mesh axis name, a tuple of names, or None (=1)."""
     if axis is None:
