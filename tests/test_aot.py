@@ -59,3 +59,23 @@ def test_1_3b_forward_on_one_chip_memory_bounds():
     assert residual <= r.temp_gib * GIB <= 2 * n * tokens * ffn * 4 + 10 * residual  # one layer live at a time
     assert r.mosaic_kernel and r.fits
     assert np.isclose(r.analytic_flops_per_chip, flops)
+
+
+def test_multichip_gradient_all_reduce_compiles_with_the_configs_tpu_options():
+    """libtpu 0.0.42.1 aborts on the data-parallel gradient all-reduce of a model with a wide
+    (>= 2048) text projection on a multi-chip slice; the shipped tpu_compiler_options avoid it.
+    A subprocess, because the compiler's failure is an abort."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    small = ["model.num_layers=1", "model.dim=256", "model.num_heads=2", "model.ffn_dim=512", "data.height=128",
+             "data.width=128", "data.num_frames=9", "data.global_batch=4", "optim.trainable=all"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "stp_jax.aot", "--config", "stp_1_3b", "--topology", "v5p-8",
+               *[a for s in small for a in ("--set", s)], "--json", f"{tmp}/r.json"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+        r = json.loads(open(f"{tmp}/r.json").read())
+    assert r["fits"] and r["chips"] == 4 and r["mesh"]["fsdp"] == 4

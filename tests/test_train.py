@@ -63,6 +63,8 @@ def test_config_overrides_and_errors():
         configs.load("no_such_config")
     with pytest.raises(ValueError, match="unknown variant"):
         configs.load("tiny_camxtime:nope")
+    c = configs.load("tiny_camxtime", ["tpu_compiler_options.xla_tpu_some_flag=true"])  # free-form section
+    assert c.tpu_compiler_options.xla_tpu_some_flag is True
     for name in configs.SHIPPED:
         configs.load(name)  # every shipped config builds
 

@@ -27,6 +27,9 @@ def _import(path: Path):
 
 
 def _literal(text: str):
+    low = text.lower()
+    if low in ("true", "false"):  # the command-line spelling of booleans (XLA flags, yes/no switches)
+        return low == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
