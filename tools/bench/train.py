@@ -11,7 +11,8 @@ the state donated. PyTorch: the same recipe written with torch.optim.AdamW.
       --dtype bfloat16 --remat dots --peak-tflops 989        # GPU: 480x832x81 (2 x 21 latent frames)
 
 Reports steps/s, tokens/s (both halves), model TFLOP/s (6 x forward FLOPs per token
-count, i.e. fwd + bwd) and MFU against --peak-tflops.
+count, i.e. fwd + bwd) and MFU against --peak-tflops. A last row trains SpaceTimePilot's
+published subset only (the rest frozen: no weight gradients), on the same FLOP count.
 """
 from __future__ import annotations
 
@@ -122,13 +123,13 @@ def main(argv=None):
         row("diffusers + torch AdamW", "wan", timeit(torch_step, iters=args.iters))
         del ref, opt
 
-    def bench_jax(cfg, params, mode):
+    def bench_jax(cfg, params, mode, trainable="all"):
         model = SpaceTimeDiT(cfg)
         batch = {"target": jnp.asarray(target), "source": jnp.asarray(source), "context": jnp.asarray(ctx)}
         extra = {k: v for k, v in dummy_inputs(cfg, b, fh, hp, wp, s).items() if k in ("tgt_cam", "src_cam",
                                                                                       "tgt_time", "src_time")}
         batch.update(extra)
-        opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=1000)
+        opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=1000, trainable=trainable)
         state = ts.init_state(params, opt)
         step = jax.jit(functools.partial(ts.train_step, model, opt), donate_argnums=0)
         holder = {"state": state}
@@ -137,13 +138,17 @@ def main(argv=None):
             holder["state"], m = step(holder["state"], batch, jax.random.PRNGKey(0))
             m["loss"].block_until_ready()
 
-        row("stp_jax", mode, timeit(run, iters=args.iters))
+        row("stp_jax" if trainable == "all" else f"stp_jax, trainable={trainable}", mode,
+            timeit(run, iters=args.iters))
 
     bench_jax(cfg, jax.device_put(params), "wan")
     scfg = cfg.replace(mode="spacetimepilot")
     sparams = jax.jit(lambda: nn.unbox(SpaceTimeDiT(scfg).init(jax.random.PRNGKey(0),
                                                                **dummy_inputs(scfg, b, fh, hp, wp, s)))["params"])()
     bench_jax(scfg, sparams, "spacetimepilot")
+    # the published fine-tuning recipe: camera/time modules + self-attention trained, the rest
+    # frozen (no weight gradients for it). Same model FLOP count in the MFU column.
+    bench_jax(scfg, sparams, "spacetimepilot", trainable="spacetimepilot")
 
     cols = ["impl", "mode", "ms/step", "steps/s", "tokens/s", "TFLOP/s"] + (["MFU"] if args.peak_tflops else [])
     print(f"\ntrain step: DiT dim {cfg.dim}, {cfg.num_layers} layers, batch {b} x {tokens} tokens (target + source), "
