@@ -129,6 +129,7 @@ def main(argv=None):
         extra = {k: v for k, v in dummy_inputs(cfg, b, fh, hp, wp, s).items() if k in ("tgt_cam", "src_cam",
                                                                                       "tgt_time", "src_time")}
         batch.update(extra)
+        params = jax.tree.map(jnp.copy, params)  # the step donates the state; callers reuse params
         opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=1000, trainable=trainable)
         state = ts.init_state(params, opt)
         step = jax.jit(functools.partial(ts.train_step, model, opt), donate_argnums=0)
