@@ -8,7 +8,7 @@ the state donated. PyTorch: the same recipe written with torch.optim.AdamW.
 
   python tools/bench/train.py                 # CPU: dim 512, 8 layers, 1024 tokens, fp32
   python tools/bench/train.py --preset 1.3b --frames 21 --height 60 --width 104 \
-      --dtype bfloat16 --remat dots --peak-tflops 989        # GPU: 480x832x81 (2 x 21 latent frames)
+      --dtype bfloat16 --remat full --text-len 512 --peak-tflops 989   # GPU: 480x832x81 (2 x 21 latent frames)
 
 Reports steps/s, tokens/s (both halves), model TFLOP/s (6 x forward FLOPs per token
 count, i.e. fwd + bwd) and MFU against --peak-tflops. A last row trains SpaceTimePilot's
