@@ -55,7 +55,7 @@ def trainable_labels(params, subset: str):
     return labels
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (labels is a dict)
 class Optimizer:
     """An optax transformation plus the 'train'/'freeze' label of every parameter leaf, so
     the train step differentiates the trainable leaves only."""
