@@ -257,8 +257,11 @@ def _activation_axes(mesh):
 
 
 def attention(q, k, v, *, backend: str = "auto", context_parallel: str = "none",
-              splash_block: int = 512, interpret: bool | None = None):
-    """Softmax(q k^T / sqrt(K)) v, no mask. q [B, Lq, N, K]; k, v [B, Lk, N, K] -> [B, Lq, N, K]."""
+              splash_block: int = 512, interpret: bool | None = None, cross: bool = False):
+    """Softmax(q k^T / sqrt(K)) v, no mask. q [B, Lq, N, K]; k, v [B, Lk, N, K] -> [B, Lq, N, K].
+
+    ``cross``: k, v are short (the text) and whole on every device, so queries keep their token
+    sharding (no gather of the video tokens, no communication); ``context_parallel`` is unused."""
     if context_parallel not in CONTEXT_PARALLEL:
         raise ValueError(f"context_parallel {context_parallel!r} is unknown; expected one of {CONTEXT_PARALLEL}")
     kernel = _local_kernel(resolve_backend(backend, q.dtype, q.shape[1]), splash_block, interpret)
@@ -268,6 +271,12 @@ def attention(q, k, v, *, backend: str = "auto", context_parallel: str = "none",
 
     batch_ax, len_ax, head_ax = _activation_axes(mesh)
     cp_size = mesh_lib.mesh_axis_size(mesh, len_ax)
+    if cross:
+        q_spec, kv_spec = P(batch_ax, len_ax, head_ax, None), P(batch_ax, None, head_ax, None)
+        if q.shape[1] % cp_size:
+            q_spec = kv_spec  # tokens not divisible over the axis: gather them (what the partitioner would do)
+        return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                             check_vma=False)(q, k, v)
     if context_parallel == "none" or cp_size == 1:
         spec = P(batch_ax, None, head_ax, None)
         body = kernel

@@ -134,9 +134,9 @@ class Attention(nn.Module):
         if self.self_attention:
             out = attn_lib.attention(q, kk, v, backend=c.attention, context_parallel=c.context_parallel,
                                      splash_block=c.splash_block)
-        else:  # text keys are short: plain XLA attention, tokens stay sharded
+        else:  # text keys are short: plain XLA attention on each device's tokens (they stay sharded)
             backend = "cudnn" if attn_lib.resolve_backend(c.attention, q.dtype) == "cudnn" else "xla"
-            out = attn_lib.attention(q, kk, v, backend=backend)
+            out = attn_lib.attention(q, kk, v, backend=backend, cross=True)
         out = _act(out, "activation_batch", "activation_length", "activation_heads", "activation_kv")
         return Dense((c.dim,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(out)  # [B, L, D]
 
