@@ -48,16 +48,18 @@ def psnr(a, b) -> np.ndarray:
     """Per-frame PSNR (dB) of uint8 clips [..., T, H, W, 3] -> [..., T], the MSE floored at
     MSE_FLOOR. (Without a floor one identical frame, e.g. the source's first frame where the
     target's camera and time equal it, scores ~170 dB and swamps the clip's average.)"""
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    mse = np.maximum(np.mean(d * d, axis=(-3, -2, -1)), MSE_FLOOR)
-    return 10.0 * np.log10(255.0 ** 2 / mse)
+    return _psnr_over(a, b, axes=(-3, -2, -1))
 
 
 def clip_psnr(a, b) -> np.ndarray:
     """PSNR of the whole clip's MSE [..., T, H, W, 3] -> [...] (a second view, less sensitive
     to single near-identical frames)."""
+    return _psnr_over(a, b, axes=(-4, -3, -2, -1))
+
+
+def _psnr_over(a, b, axes) -> np.ndarray:
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    mse = np.maximum(np.mean(d * d, axis=(-4, -3, -2, -1)), MSE_FLOOR)
+    mse = np.maximum(np.mean(d * d, axis=axes), MSE_FLOOR)
     return 10.0 * np.log10(255.0 ** 2 / mse)
 
 

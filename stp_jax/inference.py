@@ -20,6 +20,7 @@ from stp_jax.diffusion import flow
 from stp_jax.diffusion.sampler import denoise
 from stp_jax.models.vae import PatchAutoencoder
 
+WAN_SPATIAL = 8  # the Wan VAE's spatial downsampling
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",),
              "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
 
@@ -63,7 +64,7 @@ def build_autoencoder(kind: str = "patch", spatial: int = 4, path: str | None = 
         from stp_jax.convert.store import load_pretrained
 
         vae, params = load_pretrained(path)
-        return Autoencoder("wan", vae.cfg.z_dim, 8, vae, params)
+        return Autoencoder("wan", vae.cfg.z_dim, WAN_SPATIAL, vae, params)
     raise ValueError(f"autoencoder kind {kind!r} is unknown; expected 'patch' or 'wan'")
 
 

@@ -100,15 +100,16 @@ def prepare_data(d: pl.DataConfig) -> pl.DataConfig:
 
 
 def latent_shape(config) -> tuple[int, int, int, int]:
-    """(F', h, w, C) of one clip's latents for the config's autoencoder and clip size."""
-    from stp_jax.models.vae import latent_frames
-
+    """(F', h, w, C) of one clip's latents for the config's autoencoder and clip size, known
+    without loading any weights (the Wan VAE's layout is the published one)."""
     a, d = config.autoencoder, config.data
     if a.kind == "wan":
-        if d.height % 8 or d.width % 8:
-            raise ValueError(f"config: clip size {d.height}x{d.width} must be divisible by 8 for the Wan VAE")
-        return latent_frames(d.num_frames), d.height // 8, d.width // 8, 16
-    return inference.build_autoencoder(a.kind, a.spatial).latent_shape(d.num_frames, d.height, d.width)
+        from stp_jax.models.wan_vae import WanVAEConfig
+
+        ae = inference.Autoencoder("wan", WanVAEConfig().z_dim, inference.WAN_SPATIAL, impl=None)
+    else:
+        ae = inference.build_autoencoder(a.kind, a.spatial)
+    return ae.latent_shape(d.num_frames, d.height, d.width)
 
 
 def model_config(config) -> DiTConfig:

@@ -28,7 +28,7 @@ def base(name: str, model: str = "tiny", **model_overrides) -> ml_collections.Co
     # ---- parallelism: mesh axes (one may be -1 = the rest) and logical-rule overrides
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
     c.logical_rules_overrides = {}
-    # XLA options for every TPU compile of the train/sample step (applied by stp_jax.parallel.mesh.compiler_options).
+    # XLA options for TPU compiles of the train step and of stp-aot (stp_jax.parallel.mesh.compiler_options).
     # libtpu 0.0.42.1 aborts ("rotated_pincer_emitter_base.cc:1524 Check failed: get_loop_bound(color)")
     # compiling the data-parallel gradient all-reduce of a model with a >=2048-wide text projection
     # on multi-chip slices; single-colour all-reduces avoid it. Add others with --set tpu_compiler_options.K=V.

@@ -265,7 +265,7 @@ class GlobalOrderSampler:
 
     def __init__(self, inner: grain.samplers.IndexSampler, global_batch: int, process_count: int):
         self._inner, self._gb, self._pc = inner, global_batch, process_count
-        self._shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        self.shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)  # for the DataLoader
 
     def __len__(self):
         return len(self._inner) // self._gb * self._gb
@@ -281,7 +281,6 @@ class GlobalOrderSampler:
             raise IndexError(f"index {index} is past the last whole global batch")
         m = self._inner[g]
         return grain.RecordMetadata(index=index, record_key=m.record_key, rng=m.rng)
-
 
 
 def make_loader(cfg: DataConfig) -> grain.DataLoader:
@@ -304,7 +303,7 @@ def make_loader(cfg: DataConfig) -> grain.DataLoader:
     pair_ops = [DecodeLatents()] if cfg.source == "latents" else [CheckRecord(), MakePair(cfg)]
     ops = [*pair_ops, grain.transforms.Batch(per_process, drop_remainder=True)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count,
-                            shard_options=sampler._shard_options)
+                            shard_options=sampler.shard_options)
 
 
 def to_global(batch: dict[str, np.ndarray], mesh, rules=None) -> dict[str, jax.Array]:
