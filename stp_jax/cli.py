@@ -1,132 +1,305 @@
-"""Thin command-line entry points. The work happens in the library modules."""
+"""Every console script: argument parsing and one library call each.
+
+  stp-train       stp_jax.train.train_and_evaluate
+  stp-sample      stp_jax.sample.sample
+  stp-eval        stp_jax.evaluate.evaluate_checkpoint
+  stp-precompute  stp_jax.precompute.precompute
+  stp-aot         stp_jax.aot.aot_report
+  stp-convert     stp_jax.convert.checkpoint.convert_checkpoint / export_checkpoint
+  stp-render      stp_jax.data.camxtime.write_scene
+
+Also ``python -m stp_jax.cli COMMAND ARGS...``. A user's mistake (bad argument, missing or
+malformed file, impossible config) ends with one line ``stp-X: error: ...`` and exit code 2;
+a run stopped by a signal exits 3.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 
-def _die(msg: str) -> "None":
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+class _UsageError(ValueError):
+    pass
 
 
-def convert_main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="stp-convert",
-        description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT checkpoint, a umT5 encoder "
-                    "(Wan .pth or transformers) or the Wan VAE (Wan2.1_VAE.pth or diffusers) to stp_jax (Orbax params + config.json), or export an stp_jax DiT "
-                    "checkpoint back to PyTorch safetensors.")
-    ap.add_argument("src", help="checkpoint file (.safetensors, *.safetensors.index.json, .pth, .ckpt) or folder; "
-                                "with --export, a converted stp_jax folder")
-    ap.add_argument("--out", required=True, help="output folder (convert) or .safetensors file (--export)")
-    ap.add_argument("--format", default="auto",
-                    choices=["auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5", "wan_vae"],
-                    help="expected checkpoint format; auto detects it from the keys")
-    ap.add_argument("--base", help="Wan base checkpoint that SRC (a fine-tune) is loaded over")
-    ap.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
-                                                  "without a config.json)")
-    ap.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    ap.add_argument("--export", action="store_true", help="reverse: stp_jax folder -> PyTorch safetensors")
-    ap.add_argument("--layout", default="original", choices=["original", "diffusers"],
-                    help="key layout for --export")
-    args = ap.parse_args(argv)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors take the one error path (one line, exit code 2) of _run."""
 
-    from stp_jax.convert import ConversionError, convert_dit, export_dit, load_config, save_pretrained
-    from stp_jax.convert.core import describe, save_safetensors
+    def error(self, message):
+        raise _UsageError(message)
 
-    t0 = time.time()
-    if Path(args.out).exists() and not args.overwrite:
-        _die(f"{args.out} already exists; choose another --out or pass --overwrite")
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from stp_jax.checkpointing import CheckpointError
+    from stp_jax.convert.core import ConversionError
+
+    return ValueError, FileNotFoundError, FileExistsError, ConversionError, CheckpointError
+
+
+def _run(prog: str, fn: Callable[[], int]) -> int:
     try:
+        return fn()
+    except _user_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions...: the system's words, named as such
+        print(f"{prog}: error: I/O error: {e}", file=sys.stderr)
+        return 2
+
+
+def _config_args(p: argparse.ArgumentParser):
+    p.add_argument("--config", required=True, help="shipped config name or FILE.py, optionally :variant[,variant]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 --set mesh.fsdp=8 (repeatable)")
+
+
+# ---------------------------------------------------------------- stp-train
+
+
+def train_main(argv=None) -> int:
+    p = _Parser(prog="stp-train", description="Train SpaceTimePilot (resumes from WORKDIR).")
+    _config_args(p)
+    p.add_argument("--workdir", required=True)
+    def go():
+        args = p.parse_args(argv)
+        from stp_jax import config as config_lib
+        from stp_jax.parallel.distributed import maybe_initialize
+        from stp_jax.train import NonFiniteError, train_and_evaluate
+
+        maybe_initialize()  # before anything touches the backend (config validation asks for the process count)
+        cfg = config_lib.load(args.config, args.set)
+        try:
+            summary = train_and_evaluate(cfg, args.workdir)
+        except NonFiniteError as e:
+            print(f"stp-train: error: {e}", file=sys.stderr)
+            return 2
+        return 0 if summary["stopped"] in ("done", "time limit") else 3
+
+    return _run("stp-train", go)
+
+
+# ---------------------------------------------------------------- stp-sample
+
+
+def sample_main(argv=None) -> int:
+    from stp_jax.diffusion.sampler import SOLVERS
+
+    p = _Parser(prog="stp-sample", description="Re-render a video along a camera trajectory and an "
+                "animation-time schedule.")
+    p.add_argument("--checkpoint", required=True, help="training workdir (stp-train) or converted model folder")
+    p.add_argument("--video", help="source video (mp4...)")
+    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static) or trajectory file")
+    p.add_argument("--source-camera", help="the source's own camera poses (file); default: a static camera")
+    p.add_argument("--time", help="time preset (forward, reverse, freeze_mid, slowmo_first_half, zigzag@N...), "
+                                  "a comma list or a file")
+    p.add_argument("--jobs", help="JSONL of jobs (keys as the flags: video, camera, time, caption, seed...)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--caption")
+    p.add_argument("--text-embedding", help=".npy [tokens, text_dim] text states")
+    p.add_argument("--text-encoder", help="converted umT5 folder with tokenizer files (for --caption)")
+    p.add_argument("--negative", help="negative prompt for CFG (default: Wan's)")
+    p.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--shift", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--solver", default="euler", choices=SOLVERS)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's training size, else the video's)")
+    p.add_argument("--segments", type=int, default=1, help="autoregressive segments (long videos)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    def go():
+        args = p.parse_args(argv)
+        from stp_jax.sample import sample
+
+        kw = {k: v for k, v in vars(args).items() if k not in ("out",)}
+        out, n = sample(args.out, **kw)
+        print(f"wrote {out}/" + ("<job>/" if n > 1 else "") + "video.mp4, side_by_side.mp4, contact_sheet.png, "
+              "camera.png, settings.json")
+        return 0
+
+    return _run("stp-sample", go)
+
+
+# ---------------------------------------------------------------- stp-eval
+
+
+def eval_main(argv=None) -> int:
+    from stp_jax.evaluate import DEFAULT_CASES
+
+    p = _Parser(prog="stp-eval", description="Retiming and camera-control evaluation of a trained model on held-out "
+                "procedural Cam×Time scenes: PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines.")
+    p.add_argument("--checkpoint", required=True, help="a training workdir or its model/ folder (stp-train)")
+    p.add_argument("--out", help="where to write eval.md, eval.json and the videos (default CHECKPOINT/eval)")
+    p.add_argument("--scenes", type=int, default=8)
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                   help="comma list: time presets (fixed camera), moving:<preset> (the source's camera), "
+                        "cam:reverse_path, cam:last_view")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--shift", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (AlexNet features; the slowest metric)")
+    def go():
+        args = p.parse_args(argv)
+        from stp_jax.evaluate import evaluate_checkpoint, markdown_table
+
+        cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+        res, out = evaluate_checkpoint(args.checkpoint, args.out, scenes=args.scenes, cases=cases, steps=args.steps,
+                                       shift=args.shift, seed=args.seed, lpips=not args.no_lpips)
+        print(markdown_table(res))
+        print(f"\nwritten: {out}/eval.md, eval.json, <case>.mp4 (source | truth | model), <case>.png")
+        return 0
+
+    return _run("stp-eval", go)
+
+
+# ---------------------------------------------------------------- stp-precompute
+
+
+def precompute_main(argv=None) -> int:
+    p = _Parser(prog="stp-precompute", description="Encode a config's training pairs once (autoencoder latents) "
+                "into ArrayRecord files for data.source=latents.")
+    _config_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the dataset (new time warps each pass)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    def go():
+        args = p.parse_args(argv)
+        import json
+
+        from stp_jax import config as config_lib
+        from stp_jax.precompute import precompute
+
+        out = precompute(config_lib.load(args.config, args.set), args.out, epochs=args.epochs, batch=args.batch,
+                         overwrite=args.overwrite)
+        print(f"wrote {json.loads((out / 'meta.json').read_text())['count']} pairs to {out}")
+        return 0
+
+    return _run("stp-precompute", go)
+
+
+# ---------------------------------------------------------------- stp-aot
+
+
+def aot_main(argv=None) -> int:
+    p = _Parser(prog="stp-aot", description="Compile a config's train/sample step for a TPU topology on this "
+                "machine (libtpu) and report per-chip memory and step cost.")
+    _config_args(p)
+    p.add_argument("--topology", required=True, help="v5p-8, v5p-64, v6e-16, v5e-8, v5p-64x2, v5p:2x2x2 ...")
+    p.add_argument("--what", default="train", choices=["train", "sample"])
+    p.add_argument("--mesh", help="axis sizes, e.g. data=2,fsdp=8,context=2,tensor=1 (default: the config's)")
+    p.add_argument("--json", help="also write the report here")
+    def go():
+        args = p.parse_args(argv)
+        import dataclasses
+        import json
+
+        from stp_jax import config as config_lib
+        from stp_jax.aot import aot_report
+
+        report, advice = aot_report(config_lib.load(args.config, args.set), args.topology, args.what, args.mesh)
+        print("\n".join(report.lines()))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dataclasses.asdict(report), f, indent=2)
+        if advice:
+            print(f"stp-aot: {args.config} does not fit on {args.topology}; {advice}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _run("stp-aot", go)
+
+
+# ---------------------------------------------------------------- stp-convert
+
+
+def convert_main(argv=None) -> int:
+    from stp_jax.convert.checkpoint import FORMATS
+
+    p = _Parser(prog="stp-convert", description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT "
+                "checkpoint, a umT5 encoder (Wan .pth or transformers) or the Wan VAE (Wan2.1_VAE.pth or "
+                "diffusers) to stp_jax (Orbax params + config.json), or export an stp_jax DiT checkpoint back "
+                "to PyTorch safetensors.")
+    p.add_argument("src", help="checkpoint file (.safetensors, *.safetensors.index.json, .pth, .ckpt) or folder; "
+                               "with --export, a converted stp_jax folder")
+    p.add_argument("--out", required=True, help="output folder (convert) or .safetensors file (--export)")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="expected checkpoint format; auto detects it from the keys")
+    p.add_argument("--base", help="Wan base checkpoint that SRC (a fine-tune) is loaded over")
+    p.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
+                                                 "without a config.json)")
+    p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--export", action="store_true", help="reverse: stp_jax folder -> PyTorch safetensors")
+    p.add_argument("--layout", default="original", choices=["original", "diffusers"], help="key layout for --export")
+    def go():
+        args = p.parse_args(argv)
+        from pathlib import Path
+
+        from stp_jax.convert.checkpoint import convert_checkpoint, export_checkpoint
+
+        t0 = time.time()
+        if Path(args.out).exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
         if args.export:
-            import orbax.checkpoint as ocp
-
-            cfg = load_config(args.src)
-            meta_f = Path(args.src) / "conversion.json"
-            dtypes = json.loads(meta_f.read_text()).get("torch_dtypes") if meta_f.exists() else None
-            params = ocp.StandardCheckpointer().restore(Path(args.src).absolute() / "params")
-            sd = export_dit(params, cfg, args.layout, dtypes)
-            save_safetensors(sd, args.out, {"format": "pt", "stp_jax_layout": args.layout})
-            print(f"exported {len(sd)} tensors ({cfg.mode}, {args.layout} layout) to {args.out} "
-                  f"in {time.time() - t0:.1f}s")
-            return 0
-        from stp_jax.convert import umt5
-        from stp_jax.convert.core import read_state_dict
-
-        from stp_jax.convert import wan_vae
-
-        keys = read_state_dict(args.src).keys() if args.format == "auto" else ()
-        if args.format == "wan_vae" or wan_vae.is_wan_vae(keys):
-            cfg, params = wan_vae.convert_wan_vae(args.src, dtype=args.param_dtype)
-            meta = {"source": str(args.src), "layout": "wan_vae"}
-        elif args.format == "umt5" or umt5.is_umt5(keys):
-            src = Path(args.src)
-            hints_f = (src if src.is_dir() else src.parent) / "config.json"
-            hints = json.loads(hints_f.read_text()) if hints_f.exists() else {}
-            cfg, params, meta = umt5.convert_umt5(args.src, args.num_heads, args.param_dtype, hints)
-            meta["layout"] = "umt5"
+            line = export_checkpoint(args.src, args.out, args.layout)
         else:
-            cfg, params, meta = convert_dit(args.src, args.format, args.base, args.num_heads, args.param_dtype)
-        out = save_pretrained(args.out, cfg, params, meta, overwrite=args.overwrite)
-    except (ConversionError, FileExistsError, ValueError) as e:
-        _die(str(e))
-    if meta["layout"] == "umt5":
-        what = f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
-    elif meta["layout"] == "wan_vae":
-        what = f"Wan VAE (base_dim {cfg.base_dim}, z_dim {cfg.z_dim})"
-    else:
-        what = f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
-    print(f"converted {what}: {describe(params)} to {out} in {time.time() - t0:.1f}s")
-    return 0
+            line = convert_checkpoint(args.src, args.out, fmt=args.format, base=args.base, num_heads=args.num_heads,
+                                      param_dtype=args.param_dtype, overwrite=args.overwrite)
+        print(f"{line} in {time.time() - t0:.1f}s")
+        return 0
+
+    return _run("stp-convert", go)
+
+
+# ---------------------------------------------------------------- stp-render
+
+
+def render_main(argv=None) -> int:
+    p = _Parser(prog="stp-render", description="Render one procedural Cam×Time scene: the source clip (grid "
+                "diagonal), example target clips, and a contact sheet of the grid.")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (one seed = one scene)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=81, help="animation times T (= clip length), 1 + 4k")
+    p.add_argument("--cameras", type=int, default=81, help="camera poses C along the scene's path")
+    p.add_argument("--size", default="64x64", help="HxW pixels")
+    p.add_argument("--fps", type=float, default=15.0)
+    def go():
+        args = p.parse_args(argv)
+        from stp_jax.controls import timing
+        from stp_jax.data.camxtime import write_scene
+
+        try:
+            h, w = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size {args.size!r}: expected HEIGHTxWIDTH, e.g. 64x64") from None
+        if h < 1 or w < 1 or args.cameras < 1 or not args.fps > 0:
+            raise ValueError("--size, --cameras and --fps must be positive")
+        timing.check_frames(args.frames)
+        t0 = time.time()
+        files = write_scene(args.seed, args.out, args.frames, args.cameras, h, w, args.fps)
+        print(f"rendered scene {args.seed}: {args.cameras} cameras x {args.frames} times at {h}x{w} in "
+              f"{time.time() - t0:.1f}s -> {args.out}/ ({', '.join(files)})")
+        return 0
+
+    return _run("stp-render", go)
+
+
+COMMANDS = {"train": train_main, "sample": sample_main, "eval": eval_main, "precompute": precompute_main,
+            "aot": aot_main, "convert": convert_main, "render": render_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m stp_jax.cli {{{','.join(COMMANDS)}}} ARGS...", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":
-    sys.exit(convert_main())
-
-
-def render_main(argv=None):
-    ap = argparse.ArgumentParser(prog="stp-render", description="Render one procedural Cam×Time scene: the source "
-                                 "clip (grid diagonal), example target clips, and a contact sheet of the grid.")
-    ap.add_argument("--seed", type=int, default=0, help="scene seed (one seed = one scene)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--frames", type=int, default=81, help="animation times T (= clip length), 1 + 4k")
-    ap.add_argument("--cameras", type=int, default=81, help="camera poses C along the scene's path")
-    ap.add_argument("--size", default="64x64", help="HxW pixels")
-    ap.add_argument("--fps", type=float, default=15.0)
-    args = ap.parse_args(argv)
-
-    import numpy as np
-
-    from stp_jax.controls import timing
-    from stp_jax.data import camxtime as cx
-    from stp_jax.data.video_io import contact_sheet, write_video
-
-    try:
-        h, w = (int(x) for x in args.size.lower().split("x"))
-        timing.check_frames(args.frames)
-    except ValueError as e:
-        _die(f"--size must be HxW and --frames 1 + 4k ({e})")
-    t0 = time.time()
-    scene, cams = cx.make_scene(args.seed), cx.camera_path(args.seed, args.cameras)
-    grid = np.asarray(cx.render_grid_jit(scene, cams, args.frames, h, w))  # [C, T, H, W, 3]
-    out = Path(args.out)
-    ci, ti = cx.source_indices(args.frames, args.cameras)
-    clips = {"source": grid[ci, ti]}
-    for name in ("reverse", "freeze_mid", "slowmo_first_half", "pingpong"):  # the source's camera sweep
-        clips[f"target_{name}"] = grid[ci, timing.preset(name, args.frames)]
-    clips["target_fixed_camera_reverse"] = grid[np.zeros_like(ci), timing.preset("reverse", args.frames)]
-    for name, clip in clips.items():
-        write_video(out / f"{name}.mp4", clip, fps=args.fps)
-    from stp_jax.controls.camera import write_trajectory_json
-
-    write_trajectory_json(out / "source_camera.json", cams[ci])  # the source clip's own poses (--source-camera)
-    rows = [grid[i] for i in np.linspace(0, args.cameras - 1, 4).round().astype(int)]
-    contact_sheet(rows + [clips["source"]], out / "grid.png", every=max(1, args.frames // 8),
-                  labels=[f"cam {i}" for i in np.linspace(0, args.cameras - 1, 4).round().astype(int)] + ["source"])
-    print(f"rendered scene {args.seed}: {args.cameras} cameras x {args.frames} times at {h}x{w} in "
-          f"{time.time() - t0:.1f}s -> {out}/ ({', '.join(sorted(clips))}.mp4, grid.png, source_camera.json)")
-    return 0
+    sys.exit(main())

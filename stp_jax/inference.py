@@ -8,6 +8,7 @@ Videos are uint8 [B, T, H, W, 3] at the edges and floats in [-1, 1] inside.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,11 @@ import numpy as np
 
 from stp_jax.diffusion import flow
 from stp_jax.diffusion.sampler import denoise
-from stp_jax.models.vae import PatchAutoencoder
+from stp_jax.models.dit import COND_KEYS
+from stp_jax.models.vae import PatchAutoencoder, latent_frames
 
 WAN_SPATIAL = 8  # the Wan VAE's spatial downsampling
-COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",),
-             "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+WAN_Z_DIM = 16  # and its latent channels
 
 
 # ---------------------------------------------------------------- autoencoders
@@ -45,34 +46,60 @@ class Autoencoder:
         return jnp.clip(out, -1.0, 1.0)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        from stp_jax.models.vae import latent_frames
-
-        if height % self.spatial or width % self.spatial:
-            raise ValueError(f"frame size {height}x{width} is not divisible by the {self.kind} autoencoder's "
-                             f"spatial factor {self.spatial}")
-        return latent_frames(num_frames), height // self.spatial, width // self.spatial, self.latent_channels
+        return _latent_shape(self.kind, self.spatial, self.latent_channels, num_frames, height, width)
 
 
-def build_autoencoder(kind: str = "patch", spatial: int = 4, path: str | None = None) -> Autoencoder:
+def _latent_shape(kind, spatial, channels, num_frames, height, width) -> tuple[int, int, int, int]:
+    if height % spatial or width % spatial:
+        raise ValueError(f"frame size {height}x{width} is not divisible by the {kind} autoencoder's "
+                         f"spatial factor {spatial}")
+    return latent_frames(num_frames), height // spatial, width // spatial, channels
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderConfig:
+    """Which autoencoder makes the latents (a config's ``autoencoder`` section)."""
+    kind: str = "patch"  # patch (weightless PatchAutoencoder) | wan (a converted Wan VAE)
+    spatial: int = 4  # patch: pixels per side folded into channels (the Wan VAE's is 8)
+    path: str = ""  # wan: the converted Wan VAE folder (stp-convert)
+
+    def __post_init__(self):
+        if self.kind not in ("patch", "wan"):
+            raise ValueError(f"autoencoder.kind {self.kind!r} is unknown; expected 'patch' or 'wan'")
+        if self.spatial < 1:
+            raise ValueError(f"autoencoder.spatial must be >= 1, got {self.spatial}")
+
+    @property
+    def latent_channels(self) -> int:
+        return PatchAutoencoder(spatial=self.spatial).latent_channels if self.kind == "patch" else WAN_Z_DIM
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.spatial if self.kind == "patch" else WAN_SPATIAL
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(F', h, w, C) of one clip's latents, known without loading any weights."""
+        return _latent_shape(self.kind, self.spatial_factor, self.latent_channels, num_frames, height, width)
+
+
+def build_autoencoder(cfg: AutoencoderConfig = AutoencoderConfig()) -> Autoencoder:
     """``patch``: the weightless PatchAutoencoder; ``wan``: a converted Wan VAE folder."""
-    if kind == "patch":
-        ae = PatchAutoencoder(spatial=int(spatial))
+    if cfg.kind == "patch":
+        ae = PatchAutoencoder(spatial=cfg.spatial)
         return Autoencoder("patch", ae.latent_channels, ae.spatial, ae)
-    if kind == "wan":
-        if not path:
-            raise ValueError("autoencoder kind 'wan' needs the path of a converted Wan VAE (stp-convert --format wan_vae)")
-        from stp_jax.convert.store import load_pretrained
+    if not cfg.path:
+        raise ValueError("autoencoder kind 'wan' needs the path of a converted Wan VAE (stp-convert --format wan_vae)")
+    from stp_jax.convert.store import load_pretrained
 
-        vae, params = load_pretrained(path)
-        return Autoencoder("wan", vae.cfg.z_dim, WAN_SPATIAL, vae, params)
-    raise ValueError(f"autoencoder kind {kind!r} is unknown; expected 'patch' or 'wan'")
+    vae, params = load_pretrained(cfg.path)
+    return Autoencoder("wan", vae.cfg.z_dim, WAN_SPATIAL, vae, params)
 
 
 def autoencoder_for(in_channels: int, vae_path: str | None = None) -> Autoencoder:
     """The autoencoder a DiT with ``in_channels`` latent channels expects: a converted Wan VAE
     for 16 channels (``vae_path`` required), else the PatchAutoencoder with 4*s*s*3 channels."""
     if vae_path:
-        ae = build_autoencoder("wan", path=vae_path)
+        ae = build_autoencoder(AutoencoderConfig("wan", path=vae_path))
         if ae.latent_channels != in_channels:
             raise ValueError(f"the VAE at {vae_path} makes {ae.latent_channels}-channel latents but the model takes "
                              f"{in_channels}")
@@ -81,7 +108,7 @@ def autoencoder_for(in_channels: int, vae_path: str | None = None) -> Autoencode
     if s < 1 or 12 * s * s != in_channels:
         raise ValueError(f"the model takes {in_channels}-channel latents: pass --vae with a converted Wan VAE "
                          f"(16 channels) or use a model trained on PatchAutoencoder latents (4*s*s*3 channels)")
-    return build_autoencoder("patch", spatial=s)
+    return build_autoencoder(AutoencoderConfig("patch", spatial=s))
 
 
 def to_float(frames):
@@ -110,16 +137,44 @@ def load_text_embedding(path, text_dim: int) -> np.ndarray:
     return e.astype(np.float32)
 
 
-def text_context(spec: dict, batch: int, text_dim: int):
-    """[B, S, E] text states for every clip of a batch: ``null`` = zeros (Wan's states of an
-    empty prompt, zero-padded), ``file`` = one stored embedding for every clip."""
-    kind = spec.get("kind", "null")
-    if kind == "null":
-        return jnp.zeros((batch, int(spec.get("length", 8)), text_dim), jnp.float32)
-    if kind == "file":
-        e = load_text_embedding(spec["embedding"], text_dim)
-        return jnp.broadcast_to(jnp.asarray(e)[None], (batch,) + e.shape)
-    raise ValueError(f"text kind {kind!r} is unknown; expected 'null' or 'file'")
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """The text condition of every clip (a config's ``text`` section)."""
+    kind: str = "null"  # null (zeros: Wan's states of an empty prompt) | file (one stored embedding)
+    length: int = 8  # tokens S
+    embedding: str = ""  # file: a .npy [S, E] of text states
+
+    def __post_init__(self):
+        if self.kind not in ("null", "file"):
+            raise ValueError(f"text.kind {self.kind!r} is unknown; expected 'null' or 'file'")
+        if self.length < 1:
+            raise ValueError(f"text.length must be >= 1, got {self.length}")
+
+
+def text_context(cfg: TextConfig, batch: int, text_dim: int):
+    """[B, S, E] text states for every clip of a batch."""
+    if cfg.kind == "null":
+        return jnp.zeros((batch, cfg.length, text_dim), jnp.float32)
+    if not cfg.embedding:
+        raise ValueError("text.kind 'file' needs text.embedding (a .npy of [tokens, text_dim] states)")
+    e = load_text_embedding(cfg.embedding, text_dim)
+    return jnp.broadcast_to(jnp.asarray(e)[None], (batch,) + e.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Sampling defaults (a config's ``sample`` section; stored in run.json with the model)."""
+    steps: int = 50
+    shift: float = 5.0
+    cfg_scale: float = 5.0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sample.steps must be >= 1, got {self.steps}")
+        if not self.shift > 0:
+            raise ValueError(f"sample.shift must be > 0, got {self.shift}")
+        if not np.isfinite(self.cfg_scale):
+            raise ValueError(f"sample.cfg_scale must be finite, got {self.cfg_scale}")
 
 
 # ---------------------------------------------------------------- model batches
@@ -128,15 +183,14 @@ def text_context(spec: dict, batch: int, text_dim: int):
 def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context) -> dict:
     """A pipeline batch (uint8 frames, or stp-precompute latents; cameras, times) -> the train
     step's latent batch."""
-    if "target_latents" in batch:
-        out = {"target": batch["target_latents"].astype(jnp.float32),
-               "source": batch["source_latents"].astype(jnp.float32), "context": context}
+    if "tgt_latents" in batch:
+        out = {"target": batch["tgt_latents"].astype(jnp.float32),
+               "source": batch["src_latents"].astype(jnp.float32), "context": context}
     else:
-        out = {"target": ae.encode(to_float(batch["target_frames"])),
-               "source": ae.encode(to_float(batch["source_frames"])), "context": context}
-    names = {"tgt_cam": "target_cam", "src_cam": "source_cam", "tgt_time": "target_time", "src_time": "source_time"}
+        out = {"target": ae.encode(to_float(batch["tgt_frames"])),
+               "source": ae.encode(to_float(batch["src_frames"])), "context": context}
     for k in COND_KEYS[mode]:
-        out[k] = jnp.asarray(batch[names[k]], jnp.float32)
+        out[k] = jnp.asarray(batch[k], jnp.float32)
     return out
 
 
@@ -163,3 +217,40 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
         return to_uint8(ae.decode(lat))
 
     return gen
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: Path
+    model: Any
+    params: Any
+    ae: Autoencoder
+    run: dict
+
+
+def load_checkpoint(path, vae: str | None = None) -> Checkpoint:
+    """A training workdir (uses its ``model/``), or a converted model folder (stp-convert)."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"checkpoint {p} does not exist")
+    if (p / "model" / "config.json").exists():
+        p = p / "model"
+    if not (p / "config.json").exists():
+        raise ValueError(f"checkpoint {p}: neither a training workdir with model/ (stp-train) nor a converted "
+                         "model folder with config.json (stp-convert)")
+    from stp_jax.convert.store import load_pretrained
+
+    model, params = load_pretrained(p)
+    if not hasattr(model, "cfg") or not hasattr(model.cfg, "mode"):
+        raise ValueError(f"checkpoint {p} holds a {type(model).__name__}, not a SpaceTimeDiT")
+    run = json.loads((p / "run.json").read_text()) if (p / "run.json").exists() else {}
+    if vae:
+        ae = autoencoder_for(model.cfg.in_channels, vae)
+    elif run.get("autoencoder"):
+        ae = build_autoencoder(AutoencoderConfig(**run["autoencoder"]))
+    else:
+        ae = autoencoder_for(model.cfg.in_channels)
+    return Checkpoint(p, model, params, ae, run)

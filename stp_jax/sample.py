@@ -19,13 +19,10 @@ e.g. ``--camera orbit45 --time freeze_mid --segments 4`` orbits 0°->180° with 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shutil
-import sys
+import re
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,43 +32,7 @@ from stp_jax import inference
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls import timing
 from stp_jax.diffusion.sampler import SOLVERS
-
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    path: Path
-    model: Any
-    params: Any
-    ae: inference.Autoencoder
-    run: dict
-
-
-def load_checkpoint(path, vae: str | None = None) -> Checkpoint:
-    """A training workdir (uses its ``model/``), or a converted model folder (stp-convert)."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"checkpoint {p} does not exist")
-    if (p / "model" / "config.json").exists():
-        p = p / "model"
-    if not (p / "config.json").exists():
-        raise ValueError(f"checkpoint {p}: neither a training workdir with model/ (stp-train) nor a converted "
-                         "model folder with config.json (stp-convert)")
-    from stp_jax.convert.store import load_pretrained
-
-    model, params = load_pretrained(p)
-    if not hasattr(model, "cfg") or not hasattr(model.cfg, "mode"):
-        raise ValueError(f"checkpoint {p} holds a {type(model).__name__}, not a SpaceTimeDiT")
-    run = json.loads((p / "run.json").read_text()) if (p / "run.json").exists() else {}
-    if vae:
-        ae = inference.autoencoder_for(model.cfg.in_channels, vae)
-    elif run.get("autoencoder"):
-        a = run["autoencoder"]
-        ae = inference.build_autoencoder(a["kind"], a.get("spatial", 4), a.get("path"))
-    else:
-        ae = inference.autoencoder_for(model.cfg.in_channels)
-    return Checkpoint(p, model, params, ae, run)
-
+from stp_jax.files import atomic_output, inside
 
 # ---------------------------------------------------------------- jobs
 
@@ -100,7 +61,7 @@ def _size(text: str | None):
     return h, w
 
 
-def make_job(spec: dict, ck: Checkpoint, defaults: dict, text_states) -> Job:
+def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) -> Job:
     """Check one request and load its inputs; every problem raises one ValueError naming it."""
     from stp_jax.data.video_io import read_video
 
@@ -140,7 +101,7 @@ def make_job(spec: dict, ck: Checkpoint, defaults: dict, text_states) -> Job:
     return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), text_states(s), int(s["seed"]), settings)
 
 
-def _text_states_fn(ck: Checkpoint, text_encoder: str | None):
+def _text_states_fn(ck: inference.Checkpoint, text_encoder: str | None):
     """job spec -> [S, E] states (the caption through umT5, a .npy, or the trained null text)."""
     e_dim = ck.model.cfg.text_dim
     cache: dict[str, np.ndarray] = {}
@@ -155,7 +116,7 @@ def _text_states_fn(ck: Checkpoint, text_encoder: str | None):
             if caption and not text_encoder:
                 raise ValueError("--caption needs --text-encoder (a converted umT5 folder with its tokenizer) "
                                  "or pass --text-embedding FILE.npy")
-            return np.asarray(inference.text_context(ck.run.get("text", {"kind": "null"}), 1, e_dim))[0]
+            return np.asarray(inference.text_context(inference.TextConfig(**ck.run.get("text", {})), 1, e_dim))[0]
         if caption not in cache:
             enc = enc or _load_text_encoder(text_encoder)
             cache[caption] = enc(caption)
@@ -182,7 +143,7 @@ def _load_text_encoder(path):
 # ---------------------------------------------------------------- running
 
 
-def run_jobs(ck: Checkpoint, jobs: list[Job], *, steps: int, shift: float, cfg_scale: float, negative=None,
+def run_jobs(ck: inference.Checkpoint, jobs: list[Job], *, steps: int, shift: float, cfg_scale: float, negative=None,
              segments: int = 1, batch_size: int = 8, mesh=None, solver: str = "euler") -> list[np.ndarray]:
     """Generate every job (batched by equal shapes; the batch sharded over ``mesh``'s data
     axes when given). ``negative``: [S, E] unconditional states for CFG (None = no CFG).
@@ -272,6 +233,9 @@ def _read_jobs(path) -> list[dict]:
         if not isinstance(d, dict):
             raise ValueError(f"jobs file {p}, line {n}: expected an object with video/camera/time")
         d.setdefault("name", f"job{len(specs):03d}")
+        if not isinstance(d["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", d["name"]):
+            raise ValueError(f"jobs file {p}, line {n}: job name {d['name']!r} must be a plain name (letters, "
+                             "digits, '.', '_', '-'), not a path: it names the job's output folder")
         specs.append(d)
     if not specs:
         raise ValueError(f"jobs file {p} holds no jobs")
@@ -281,87 +245,57 @@ def _read_jobs(path) -> list[dict]:
     return specs
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="stp-sample", description="Re-render a video along a camera trajectory and "
-                                "an animation-time schedule.")
-    p.add_argument("--checkpoint", required=True, help="training workdir (stp-train) or converted model folder")
-    p.add_argument("--video", help="source video (mp4...)")
-    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static) or trajectory file")
-    p.add_argument("--source-camera", help="the source's own camera poses (file); default: a static camera")
-    p.add_argument("--time", help="time preset (forward, reverse, freeze_mid, slowmo_first_half, zigzag@N...), "
-                                  "a comma list or a file")
-    p.add_argument("--jobs", help="JSONL of jobs (keys as the flags: video, camera, time, caption, seed...)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--caption")
-    p.add_argument("--text-embedding", help=".npy [tokens, text_dim] text states")
-    p.add_argument("--text-encoder", help="converted umT5 folder with tokenizer files (for --caption)")
-    p.add_argument("--negative", help="negative prompt for CFG (default: Wan's)")
-    p.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--shift", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--solver", default="euler", help=f"one of {SOLVERS}")
-    p.add_argument("--frames", type=int)
-    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's training size, else the video's)")
-    p.add_argument("--segments", type=int, default=1, help="autoregressive segments (long videos)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        if out.exists() and not args.overwrite:
-            raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
-        if bool(args.jobs) == bool(args.video):
-            raise ValueError("give either --video (with --camera and --time) or --jobs FILE.jsonl")
-        if args.segments < 1:
-            raise ValueError(f"--segments must be >= 1, got {args.segments}")
-        specs = _read_jobs(args.jobs) if args.jobs else [
-            {"name": "job", "video": args.video, "camera": args.camera, "time": args.time,
-             "source_camera": args.source_camera, "caption": args.caption, "text_embedding": args.text_embedding}]
-        ck = load_checkpoint(args.checkpoint, vae=args.vae)
-        run_s = ck.run.get("sample", {})
-        defaults = {"steps": args.steps or run_s.get("steps", 50), "shift": args.shift or run_s.get("shift", 5.0),
-                    "cfg": args.cfg, "seed": args.seed, "solver": args.solver, "size": args.size,
-                    "frames": args.frames or ck.run.get("data", {}).get("num_frames", 81), "segments": args.segments}
-        states = _text_states_fn(ck, args.text_encoder)
-        jobs = [make_job(s, ck, defaults, states) for s in specs]
-        for key in ("steps", "shift", "cfg", "frames", "solver"):
-            if len({j.settings[key] for j in jobs}) > 1:
-                raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
-        negative = None
-        if args.text_encoder and args.cfg != 1.0:
-            from stp_jax.models.text import WAN_NEGATIVE_PROMPT
+def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time=None, jobs=None, caption=None,
+           text_embedding=None, text_encoder=None, negative=None, vae=None, steps=None, cfg: float = 5.0,
+           shift=None, seed: int = 0, solver: str = "euler", frames=None, size=None, segments: int = 1,
+           batch: int = 8, overwrite: bool = False) -> tuple[Path, int]:
+    """Re-render one video (``video``, ``camera``, ``time``) or a JSONL of ``jobs`` (``stp-sample``).
+    Every input is checked first; outputs go to ``OUT.partial``, renamed to ``out`` at the end.
+    Returns (out, number of jobs)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
+    if bool(jobs) == bool(video):
+        raise ValueError("give either --video (with --camera and --time) or --jobs FILE.jsonl")
+    if segments < 1:
+        raise ValueError(f"--segments must be >= 1, got {segments}")
+    specs = _read_jobs(jobs) if jobs else [
+        {"name": "job", "video": video, "camera": camera, "time": time, "source_camera": source_camera,
+         "caption": caption, "text_embedding": text_embedding}]
+    if out.exists():  # --overwrite must never delete what this run reads
+        inputs = [checkpoint, vae, text_encoder, jobs] + [sp.get(k) for sp in specs for k in
+                                                          ("video", "source_camera", "camera", "text_embedding")]
+        for i in inputs:
+            if i and Path(str(i).split(":")[0]).exists() and inside(i, out):
+                raise ValueError(f"--out {out} holds the input {i}; --overwrite would delete it. Choose another --out")
+    ck = inference.load_checkpoint(checkpoint, vae=vae)
+    run_s = ck.run.get("sample", {})
+    defaults = {"steps": steps or run_s.get("steps", 50), "shift": shift or run_s.get("shift", 5.0),
+                "cfg": cfg, "seed": seed, "solver": solver, "size": size,
+                "frames": frames or ck.run.get("data", {}).get("num_frames", 81), "segments": segments}
+    states = _text_states_fn(ck, text_encoder)
+    job_list = [make_job(spec, ck, defaults, states) for spec in specs]
+    for key in ("steps", "shift", "cfg", "frames", "solver"):
+        if len({j.settings[key] for j in job_list}) > 1:
+            raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
+    neg = None
+    if text_encoder and cfg != 1.0:
+        from stp_jax.models.text import WAN_NEGATIVE_PROMPT
 
-            negative = _load_text_encoder(args.text_encoder)(args.negative or WAN_NEGATIVE_PROMPT)
-        for j in jobs:
-            j.settings["cfg_applied"] = float(args.cfg) if negative is not None else None  # None: no CFG (no text encoder)
-            if negative is not None:
-                j.settings["negative"] = args.negative or "Wan default"
-        mesh = None
-        if jax.device_count() > 1:
-            from stp_jax.parallel.mesh import make_mesh
+        neg = _load_text_encoder(text_encoder)(negative or WAN_NEGATIVE_PROMPT)
+    for j in job_list:
+        j.settings["cfg_applied"] = float(cfg) if neg is not None else None  # None: no CFG (no text encoder)
+        if neg is not None:
+            j.settings["negative"] = negative or "Wan default"
+    mesh = None
+    if jax.device_count() > 1:
+        from stp_jax.parallel.mesh import make_mesh
 
-            mesh = make_mesh({"data": -1})
-        js = jobs[0].settings
-        outputs = run_jobs(ck, jobs, steps=int(js["steps"]), shift=float(js["shift"]), cfg_scale=float(js["cfg"]),
-                           negative=negative, segments=args.segments, batch_size=args.batch, mesh=mesh,
-                           solver=js["solver"])
-        shutil.rmtree(tmp, ignore_errors=True)
-        for job, frames in zip(jobs, outputs):
-            write_outputs(tmp / job.name if len(jobs) > 1 else tmp, job, frames)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except ValueError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"stp-sample: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}/" + ("<job>/" if len(jobs) > 1 else "") + "video.mp4, side_by_side.mp4, contact_sheet.png, "
-          "camera.png, settings.json")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        mesh = make_mesh({"data": -1})
+    js = job_list[0].settings
+    outputs = run_jobs(ck, job_list, steps=int(js["steps"]), shift=float(js["shift"]), cfg_scale=float(js["cfg"]),
+                       negative=neg, segments=segments, batch_size=batch, mesh=mesh, solver=js["solver"])
+    with atomic_output(out, folder=True) as tmp:
+        for job, frames_out in zip(job_list, outputs):
+            write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out)
+    return out, len(job_list)

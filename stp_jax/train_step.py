@@ -22,6 +22,7 @@ import optax
 from flax import struct
 
 from stp_jax.diffusion import flow
+from stp_jax.models.dit import COND_KEYS
 
 # Trainable subsets, as regexes over "/"-joined param paths.
 TRAINABLE = {
@@ -69,16 +70,46 @@ class Optimizer:
         return self.tx.update(grads, state, params)
 
 
-def make_optimizer(params, *, lr: float = 1e-4, warmup: int = 100, total_steps: int = 10_000,
-                   weight_decay: float = 0.01, clip: float = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   trainable: str = "all", accumulate: int = 1) -> Optimizer:
-    """AdamW with linear warmup + cosine decay and global-norm clipping on the trainable
-    subset; frozen leaves get zero updates and keep no Adam moments (nor accumulators)."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1), lr * 0.01)
-    train = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-    if accumulate > 1:
-        train = optax.MultiSteps(train, accumulate).gradient_transformation()
-    labels = trainable_labels(params, trainable)
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup + cosine decay to 1% and global-norm clipping (a config's
+    ``optim`` section)."""
+    lr: float = 1e-4
+    warmup: int = 100  # optimizer updates of linear warmup
+    weight_decay: float = 0.01
+    clip: float = 1.0  # global-norm clipping of the trainable gradients
+    b1: float = 0.9
+    b2: float = 0.999
+    accumulate: int = 1  # micro-steps per update (optax.MultiSteps)
+    trainable: str = "all"  # all | recammaster | spacetimepilot | a regex over param paths
+
+    def __post_init__(self):
+        problems = [f"optim.{k} must be > 0, got {getattr(self, k)}" for k in ("lr", "clip", "accumulate")
+                    if not getattr(self, k) > 0]
+        problems += [f"optim.{k} must be >= 0, got {getattr(self, k)}" for k in ("warmup", "weight_decay")
+                     if not getattr(self, k) >= 0]
+        problems += [f"optim.{k} must be in [0, 1), got {getattr(self, k)}" for k in ("b1", "b2")
+                     if not 0 <= getattr(self, k) < 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int):
+    """Learning rate per optimizer update (micro-steps / accumulate): the one schedule."""
+    updates = max(total_steps // optim.accumulate, 1)
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(optim.warmup, 1), max(updates, optim.warmup + 1),
+                                              optim.lr * 0.01)
+
+
+def make_optimizer(params, optim: OptimConfig = OptimConfig(), total_steps: int = 10_000) -> Optimizer:
+    """AdamW (``optim``) on the trainable subset; frozen leaves get zero updates and keep no
+    Adam moments (nor accumulators)."""
+    train = optax.chain(optax.clip_by_global_norm(optim.clip),
+                        optax.adamw(lr_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2,
+                                    weight_decay=optim.weight_decay))
+    if optim.accumulate > 1:
+        train = optax.MultiSteps(train, optim.accumulate).gradient_transformation()
+    labels = trainable_labels(params, optim.trainable)
     return Optimizer(optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels), labels)
 
 
@@ -110,31 +141,25 @@ def init_state(params, optimizer, ema: bool = False) -> TrainState:
                       ema=jax.tree.map(jnp.copy, params) if ema else None)
 
 
-def model_inputs(batch: dict, noisy_x):
-    cond = {k: batch[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time") if k in batch}
-    return dict(x=noisy_x, context=batch["context"], **cond)
-
-
-def loss_fn(model, params, batch, rng, *, shift: float = 5.0, timestep_mode: str = "uniform",
-            prediction: str = "velocity"):
+def loss_fn(model, params, batch, rng, flow_cfg: flow.FlowConfig = flow.FlowConfig()):
     """Masked flow-matching loss of one batch; returns (loss, aux metrics)."""
     target, source = batch["target"], batch["source"]
     k_sigma, k_noise = jax.random.split(rng)
-    sigma, t, weight = flow.sample_sigma(k_sigma, target.shape[0], mode=timestep_mode, shift=shift)
+    sigma, t, weight = flow.sample_sigma(k_sigma, target.shape[0], mode=flow_cfg.timestep_mode, shift=flow_cfg.shift)
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
     x = flow.noise_target_half(target, source, noise, sigma)
-    pred = model.apply({"params": params}, timestep=t, **model_inputs(batch, x))
-    loss = flow.flow_loss(pred, target, noise, weight, prediction)
+    cond = {k: batch[k] for k in COND_KEYS[model.cfg.mode]}
+    pred = model.apply({"params": params}, x, t, batch["context"], **cond)
+    loss = flow.flow_loss(pred, target, noise, weight, flow_cfg.prediction)
     return loss, {"sigma_mean": jnp.mean(sigma)}
 
 
-def train_step(model, optimizer, state: TrainState, batch: dict, rng, *, shift: float = 5.0,
-               timestep_mode: str = "uniform", ema_decay: float = 0.0, prediction: str = "velocity"):
+def train_step(model, optimizer, state: TrainState, batch: dict, rng, *,
+               flow_cfg: flow.FlowConfig = flow.FlowConfig(), ema_decay: float = 0.0):
     """One update. Returns (new state, metrics: loss, grad_norm (of the trainable leaves), update norm...)."""
     rng = jax.random.fold_in(rng, state.step)
-    (loss, aux), grads = _value_and_trainable_grad(
-        lambda p: loss_fn(model, p, batch, rng, shift=shift, timestep_mode=timestep_mode, prediction=prediction),
-        state.params, getattr(optimizer, "labels", None))
+    (loss, aux), grads = _value_and_trainable_grad(lambda p: loss_fn(model, p, batch, rng, flow_cfg),
+                                                   state.params, getattr(optimizer, "labels", None))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema

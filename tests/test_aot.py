@@ -3,11 +3,13 @@ the tiny config's real train step on a v5p-8 slice (splash attention inside), an
 config's forward on one v5p chip, with memory figures checked against bounds derived from the
 model's sizes."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stp_jax import aot, configs
+from stp_jax import aot
+from stp_jax import config as configs
 
 GIB = 1024 ** 3
 
@@ -73,9 +75,9 @@ def test_multichip_gradient_all_reduce_compiles_with_the_configs_tpu_options():
     small = ["model.num_layers=1", "model.dim=256", "model.num_heads=2", "model.ffn_dim=512", "data.height=128",
              "data.width=128", "data.num_frames=9", "data.global_batch=4", "optim.trainable=all"]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "stp_jax.aot", "--config", "stp_1_3b", "--topology", "v5p-8",
+        cmd = [sys.executable, "-m", "stp_jax.cli", "aot", "--config", "stp_1_3b", "--topology", "v5p-8",
                *[a for s in small for a in ("--set", s)], "--json", f"{tmp}/r.json"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
-        r = json.loads(open(f"{tmp}/r.json").read())
+        r = json.loads(Path(f"{tmp}/r.json").read_text())
     assert r["fits"] and r["chips"] == 4 and r["mesh"]["fsdp"] == 4

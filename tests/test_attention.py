@@ -1,10 +1,10 @@
 """Every attention backend and context-parallel mode against a plain softmax reference."""
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from stp_jax.models.attention import attention, resolve_backend
 from stp_jax.parallel.mesh import make_mesh

@@ -1,11 +1,11 @@
 """Cameras, time schedules and time warps."""
 import json
 
+import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
-import jax
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stp_jax.controls import camera as cam
 from stp_jax.controls import timing

@@ -1,12 +1,10 @@
 """Video I/O and the procedural Cam×Time renderer."""
+import jax
 import numpy as np
 import pytest
 
-import jax
-
 from stp_jax.data import camxtime as cx
 from stp_jax.data import video_io as vio
-
 
 # ---------------------------------------------------------------- video I/O
 

@@ -1,15 +1,14 @@
 """SpaceTimeDiT vs the real PyTorch references, through the real converter (stp-convert)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-
-import jax
-import jax.numpy as jnp
+from torch_ref import TorchSpaceTimeDiT, diffusers_to_wan_original, tiny_diffusers_wan
 
 from stp_jax.cli import convert_main
 from stp_jax.convert import load_pretrained
-from torch_ref import TorchSpaceTimeDiT, diffusers_to_wan_original, tiny_diffusers_wan
 
 B, F, HP, WP = 2, 3, 6, 10  # non-square 3x5 token grid, 3 latent frames
 TOL = 1e-4

@@ -1,9 +1,8 @@
 """Flow-matching schedule, noising, loss and Euler stepping."""
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from stp_jax.diffusion import flow
 
@@ -39,6 +38,8 @@ def test_training_weights():
     np.testing.assert_allclose(ts, 1000 * s, rtol=1e-6)
     s2, _, w2 = flow.sample_sigma(jax.random.PRNGKey(0), 64, mode="logit_normal")
     assert (w2 == 1).all() and (s2 > 0).all() and (s2 < 1).all()
+    s3, _, w3 = flow.sample_sigma(jax.random.PRNGKey(0), 4096, mode="uniform_sigma", shift=1.0)
+    assert (w3 == 1).all() and 0.12 < float((s3 < 0.15).mean()) < 0.18  # the clean end is trained too
     with pytest.raises(ValueError, match="logit_normal"):
         flow.sample_sigma(jax.random.PRNGKey(0), 2, mode="cosine")
 

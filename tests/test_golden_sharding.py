@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from stp_jax import configs
-from stp_jax.train import Trainer
+from stp_jax import config as configs
+from stp_jax.trainer import Trainer
 
 GOLDEN = Path(__file__).parent / "golden"
 MESHES = {"fsdp8": {"fsdp": 8}, "dp2_fsdp2_tp2": {"data": 2, "fsdp": 2, "tensor": 2},
@@ -32,7 +32,7 @@ def _diff(want: dict, got: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
-@pytest.mark.parametrize("config_name", configs.SHIPPED)
+@pytest.mark.parametrize("config_name", configs.shipped())
 def test_sharding_matches_golden(config_name, mesh_name):
     got = sharding_table(config_name, MESHES[mesh_name])
     path = GOLDEN / f"{config_name}__{mesh_name}.json"

@@ -26,7 +26,7 @@ def _env(devices: int, **extra) -> dict:
 
 def _run_two(workdir, steps: int):
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "stp_jax.train", *ARGS, "--set", f"total_steps={steps}",
+    procs = [subprocess.Popen([sys.executable, "-m", "stp_jax.cli", "train", *ARGS, "--set", f"total_steps={steps}",
                                "--workdir", str(workdir)],
                               env=_env(2, STP_COORDINATOR=f"127.0.0.1:{port}", STP_NUM_PROCESSES="2",
                                        STP_PROCESS_ID=str(i), STP_CPU_COLLECTIVES="gloo"),
@@ -53,7 +53,7 @@ def _params(workdir, step):
 
 def test_two_processes_match_one(tmp_path):
     one = tmp_path / "one"
-    r = subprocess.run([sys.executable, "-m", "stp_jax.train", *ARGS, "--set", "total_steps=3", "--workdir", str(one)],
+    r = subprocess.run([sys.executable, "-m", "stp_jax.cli", "train", *ARGS, "--set", "total_steps=3", "--workdir", str(one)],
                        env=_env(4), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     two = tmp_path / "two"

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-
 from stp_jax.data import pipeline as pl
 from stp_jax.parallel.mesh import make_mesh
 
@@ -21,12 +20,12 @@ def _eq(a, b):
 
 def test_batch_contents():
     b = next(iter(pl.make_loader(CFG)))
-    assert b["source_frames"].shape == (4, 9, 16, 16, 3) and b["source_frames"].dtype == np.uint8
-    assert b["target_frames"].shape == (4, 9, 16, 16, 3)
-    assert b["source_cam"].shape == (4, 3, 12) and b["target_cam"].dtype == np.float32
-    assert b["target_time"].shape == (4, 9) and (b["target_time"] >= 0).all() and (b["target_time"] < 9).all()
-    np.testing.assert_array_equal(b["source_time"], np.tile(np.arange(9), (4, 1)))
-    np.testing.assert_allclose(b["target_cam"][:, 0], np.tile(np.eye(4)[:3].reshape(12), (4, 1)), atol=1e-6)
+    assert b["src_frames"].shape == (4, 9, 16, 16, 3) and b["src_frames"].dtype == np.uint8
+    assert b["tgt_frames"].shape == (4, 9, 16, 16, 3)
+    assert b["src_cam"].shape == (4, 3, 12) and b["tgt_cam"].dtype == np.float32
+    assert b["tgt_time"].shape == (4, 9) and (b["tgt_time"] >= 0).all() and (b["tgt_time"] < 9).all()
+    np.testing.assert_array_equal(b["src_time"], np.tile(np.arange(9), (4, 1)))
+    np.testing.assert_allclose(b["tgt_cam"][:, 0], np.tile(np.eye(4)[:3].reshape(12), (4, 1)), atol=1e-6)
     assert len(set(b["seed"].tolist())) == 4
 
 
@@ -58,10 +57,10 @@ def test_target_is_exact_ground_truth():
     seed = int(b["seed"][0])
     grid = np.asarray(cx.render_grid_jit(cx.make_scene(seed), cx.camera_path(seed, 9), 9, 16, 16))
     ci, ti = cx.source_indices(9, 9)
-    np.testing.assert_array_equal(b["source_frames"][0], grid[ci, ti])
+    np.testing.assert_array_equal(b["src_frames"][0], grid[ci, ti])
     # find the camera path: each target frame equals grid[c, target_time] for some c
-    for j, t in enumerate(b["target_time"][0]):
-        assert any(np.array_equal(b["target_frames"][0, j], grid[c, t]) for c in range(9))
+    for j, t in enumerate(b["tgt_time"][0]):
+        assert any(np.array_equal(b["tgt_frames"][0, j], grid[c, t]) for c in range(9))
 
 
 def test_test_split_is_held_out():
@@ -72,9 +71,9 @@ def test_test_split_is_held_out():
 def test_global_arrays_on_mesh():
     mesh = make_mesh({"data": 2, "fsdp": 2, "context": 2})
     g = pl.to_global(next(iter(pl.make_loader(CFG))), mesh)
-    assert g["target_frames"].shape == (4, 9, 16, 16, 3)
-    assert len(g["target_frames"].addressable_shards) == 8
-    assert g["target_frames"].sharding.spec[0] == ("data", "fsdp")
+    assert g["tgt_frames"].shape == (4, 9, 16, 16, 3)
+    assert len(g["tgt_frames"].addressable_shards) == 8
+    assert g["tgt_frames"].sharding.spec[0] == ("data", "fsdp")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,7 @@ def test_tfds_source_matches_procedural(tfds_dir):
     seed = int(b["seed"][0])
     grid = np.asarray(cx.render_grid_jit(cx.make_scene(seed), cx.camera_path(seed, 9), 9, 16, 16))
     ci, ti = cx.source_indices(9, 9)
-    np.testing.assert_array_equal(b["source_frames"][0], grid[ci, ti])
+    np.testing.assert_array_equal(b["src_frames"][0], grid[ci, ti])
     a2 = next(iter(pl.make_loader(cfg)))
     _eq(b, a2)
 
@@ -152,19 +151,19 @@ def test_multicam_video_builder_and_pairs(tmp_path):
     cfg = pl.DataConfig(num_frames=9, num_cameras=9, height=16, width=16, global_batch=2, seed=0, source="tfds",
                         tfds_dir=str(tmp_path / "tfds"), tfds_name=f"multicam_video/{b.builder_config.name}")
     batch = next(iter(pl.make_loader(cfg)))
-    assert batch["source_frames"].shape == (2, 9, 16, 16, 3)
+    assert batch["src_frames"].shape == (2, 9, 16, 16, 3)
     # the target is another stored view at the warped times; the source is a stored view in order
     import tensorflow_datasets as tfds
 
     src = tfds.data_source(cfg.tfds_name, split="train", data_dir=cfg.tfds_dir)
     rec = next(r for r in (src[i] for i in range(len(src))) if int(r["seed"]) == int(batch["seed"][0]))
     vids = rec["videos"]
-    a = [v for v in range(views) if np.array_equal(vids[v], batch["source_frames"][0])]
-    b = [v for v in range(views) if np.array_equal(vids[v][batch["target_time"][0]], batch["target_frames"][0])]
+    a = [v for v in range(views) if np.array_equal(vids[v], batch["src_frames"][0])]
+    b = [v for v in range(views) if np.array_equal(vids[v][batch["tgt_time"][0]], batch["tgt_frames"][0])]
     assert len(a) == 1 and b and a[0] not in b
     assert vids.shape == (views, 9, 16, 16, 3) and read_video(
         tmp_path / "MultiCamVideo" / rec["scene"].decode() / "videos" / "cam01.mp4", size=(16, 16)).shape == (9, 16, 16, 3)
-    np.testing.assert_allclose(batch["source_cam"][:, 0], np.tile(np.eye(4)[:3].reshape(12), (2, 1)), atol=1e-6)
+    np.testing.assert_allclose(batch["src_cam"][:, 0], np.tile(np.eye(4)[:3].reshape(12), (2, 1)), atol=1e-6)
 
 
 def test_camxtime_blender_folder_builder(tmp_path):
@@ -190,8 +189,8 @@ def test_camxtime_blender_folder_builder(tmp_path):
                         tfds_dir=str(tmp_path / "tfds"), tfds_name=f"camxtime/{b.builder_config.name}")
     batch = next(iter(pl.make_loader(cfg)))
     cam0 = read_video(scene_dir / "videos" / "cam000.mp4", size=(16, 16))
-    np.testing.assert_array_equal(batch["source_frames"][0, 0], cam0[0])  # diagonal starts at camera 0, time 0
-    np.testing.assert_allclose(batch["source_cam"][0, 0], np.eye(4)[:3].reshape(12), atol=1e-6)
+    np.testing.assert_array_equal(batch["src_frames"][0, 0], cam0[0])  # diagonal starts at camera 0, time 0
+    np.testing.assert_allclose(batch["src_cam"][0, 0], np.eye(4)[:3].reshape(12), atol=1e-6)
 
 
 def test_iterator_state_through_orbax(tmp_path):

@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stp_jax.cli import convert_main
+from stp_jax.cli import convert_main, sample_main
 from stp_jax.data import camxtime as cx
 from stp_jax.data.video_io import read_video, write_video
-from stp_jax.sample import main as sample_main
 
 T, H = 9, 16
 

@@ -1,9 +1,8 @@
 """The denoise loop: exact on an oracle field, source untouched, CFG formula."""
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from stp_jax.diffusion.sampler import denoise
 

@@ -1,9 +1,8 @@
 """Sharded SpaceTimeDiT == one device; the published sizes initialise abstractly with specs."""
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 

@@ -1,10 +1,9 @@
 """umT5 encoder vs transformers' UMT5EncoderModel; tokenizer; PatchAutoencoder."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-import jax
-import jax.numpy as jnp
 
 from stp_jax.cli import convert_main
 from stp_jax.convert import load_pretrained
@@ -82,7 +81,8 @@ def test_relative_buckets_match_transformers(hf_umt5):
 
 
 def test_tokenizer_round_trip(tmp_path):
-    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = HFTok(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -112,7 +112,8 @@ def test_patch_autoencoder_exact(t, s):
 
 
 def test_text_cache_round_trip(hf_umt5, tmp_path):
-    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     from stp_jax.models.text import load_text_cache, precompute_text_cache
 

@@ -1,11 +1,10 @@
 """The train step: masked flow loss, trainable subsets, EMA, and sharded == one device."""
 import functools
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import linen as nn
 
 from stp_jax import train_step as ts
@@ -28,10 +27,12 @@ def setup():
     cfg = preset("tiny", mode="spacetimepilot", attention="xla")
     model = SpaceTimeDiT(cfg)
     batch = _batch(cfg)
-    init_inputs = ts.model_inputs(batch, jnp.concatenate([batch["target"], batch["source"]], 1))
+    x = jnp.concatenate([batch["target"], batch["source"]], 1)
+    cond = {k: batch[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+
     @jax.jit
     def init():  # fresh heads/encoders start at zero; perturb like pretrained weights would be
-        p = nn.unbox(model.init(jax.random.PRNGKey(0), timestep=jnp.zeros(4), **init_inputs))["params"]
+        p = nn.unbox(model.init(jax.random.PRNGKey(0), x, jnp.zeros(4), batch["context"], **cond))["params"]
         leaves, tree = jax.tree.flatten(p)
         keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
         return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
@@ -40,7 +41,7 @@ def setup():
 
 
 def _run(model, params, batch, steps, trainable="all", ema=0.0):
-    opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable=trainable)
+    opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, trainable=trainable), 100)
     state = ts.init_state(params, opt, ema=ema > 0)
     step = jax.jit(functools.partial(ts.train_step, model, opt, ema_decay=ema))
     losses = []
@@ -77,9 +78,9 @@ def test_sharded_train_step_matches_one_device(setup):
     one, l1 = _run(model, params, batch, 3)
     mesh = mesh_lib.make_mesh((2, 2, 2, 1))
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.logical_rules()):
-        abstract = jax.eval_shape(lambda: model.init(
-            jax.random.PRNGKey(0), timestep=jnp.zeros(4),
-            **ts.model_inputs(batch, jnp.concatenate([batch["target"], batch["source"]], 1))))
+        x = jnp.concatenate([batch["target"], batch["source"]], 1)
+        cond = {k: batch[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros(4), batch["context"], **cond))
         p_shard = mesh_lib.param_shardings(abstract, mesh)["params"]
         sharded = jax.device_put(params, p_shard)
         sbatch = {k: jax.device_put(v, mesh_lib.data_sharding(mesh, v.ndim)) for k, v in batch.items()}
@@ -93,7 +94,7 @@ def test_frozen_leaves_get_no_weight_gradient(setup):
     import dataclasses
 
     _, model, params, batch = setup
-    opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable="recammaster")
+    opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, trainable="recammaster"), 100)
     blind = dataclasses.replace(opt, labels=None)  # differentiates every leaf, then zeroes the frozen updates
     state = ts.init_state(params, opt)
     steps = {name: jax.jit(functools.partial(ts.train_step, model, o)) for name, o in (("subset", opt), ("all", blind))}
@@ -109,7 +110,7 @@ def test_frozen_leaves_get_no_weight_gradient(setup):
 
 def test_gradient_accumulation_updates_every_k_steps(setup):
     _, model, params, batch = setup
-    opt = ts.make_optimizer(params, lr=1e-3, warmup=1, total_steps=100, trainable="recammaster", accumulate=2)
+    opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, trainable="recammaster", accumulate=2), 100)
     state = ts.init_state(params, opt)
     step = jax.jit(functools.partial(ts.train_step, model, opt))
     kernel = lambda s: np.asarray(s.params["blocks"]["projector"]["kernel"])  # noqa: E731

@@ -1,10 +1,9 @@
 """WanVAE vs diffusers' AutoencoderKLWan (random weights, tiny config with the real layout)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-import jax
-import jax.numpy as jnp
 
 from stp_jax.cli import convert_main
 from stp_jax.convert import ConversionError, load_pretrained
@@ -146,7 +145,8 @@ def test_memory_flat_in_frames(ref):
 
 
 def test_bf16_and_spatially_sharded_encode(ref):
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from stp_jax.parallel.mesh import make_mesh
 

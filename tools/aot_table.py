@@ -1,6 +1,6 @@
 """The README / docs/SCALING.md tables: ``stp-aot`` over the shipped pod configs and topologies.
 
-Every row is its own ``python -m stp_jax.aot ... --json`` process (a compiler abort in one row
+Every row is its own ``python -m stp_jax.cli aot ... --json`` process (a compiler abort in one row
 cannot take the others down; it is reported as such). One clip per data-parallel group:
 global batch = chips / context.
 
@@ -25,13 +25,14 @@ REMATS = ["none", "dots_no_batch", "dots", "offload_dots", "full"]
 
 
 def run_row(config: str, topology: str, sets: list[str], what: str = "train", timeout: int = 1800) -> dict:
-    from stp_jax import aot, configs
+    from stp_jax import aot
+    from stp_jax import config as configs
 
     context = configs.load(config).mesh.get("context", 1)
     batch = max(aot.parse_topology(topology).chips // context, 1)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "stp_jax.aot", "--config", config, "--topology", topology, "--what", what,
+        cmd = [sys.executable, "-m", "stp_jax.cli", "aot", "--config", config, "--topology", topology, "--what", what,
                "--set", f"data.global_batch={batch}", *[a for s in sets for a in ("--set", s)], "--json", str(out)]
         t0 = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

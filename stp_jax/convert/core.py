@@ -57,7 +57,7 @@ class StateDict(Mapping):
     def dtype(self, key) -> str:
         return self._entries[key][2]
 
-    def renamed(self, fn: Callable[[str], str]) -> "StateDict":
+    def renamed(self, fn: Callable[[str], str]) -> StateDict:
         out = {}
         for k, v in self._entries.items():
             nk = fn(k)
@@ -66,12 +66,12 @@ class StateDict(Mapping):
             out[nk] = v
         return StateDict(out, self.source)
 
-    def merged_over(self, base: "StateDict") -> "StateDict":
+    def merged_over(self, base: StateDict) -> StateDict:
         """This state dict's tensors over ``base``'s (for a fine-tune checkpoint over a base model)."""
         return StateDict({**base._entries, **self._entries}, f"{self.source} over {base.source}")
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> "StateDict":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> StateDict:
         return cls({k: ((lambda a=a: a), tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}, source)
 
 
@@ -88,7 +88,7 @@ def _read_safetensors(files: Iterable[Path], source: str) -> StateDict:
             handle = safe_open(str(f), framework="numpy")
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise ConversionError(f"{f}: not a readable safetensors file ({e})") from e
-        for name in handle.keys():
+        for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
             sl = handle.get_slice(name)
             if name in entries:
                 raise ConversionError(f"{source}: tensor {name!r} appears in more than one shard")
@@ -267,12 +267,11 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
     """Write tensors to one safetensors file atomically (write to a temp name, then rename)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    from stp_jax.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def describe(tree: Any) -> str:

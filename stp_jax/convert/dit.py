@@ -13,8 +13,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from stp_jax.convert.core import (ConversionError, Rule, StateDict, apply_table, invert_table,
-                                  read_state_dict, strip_common_prefix)
+from stp_jax.convert.core import (
+    ConversionError,
+    Rule,
+    StateDict,
+    apply_table,
+    invert_table,
+    read_state_dict,
+    strip_common_prefix,
+)
 from stp_jax.models.dit import CAM_DIM, DiTConfig, SpaceTimeDiT, dummy_inputs
 
 FORMATS = ("auto", "diffusers", "wan", "recammaster", "spacetimepilot")
@@ -140,7 +147,7 @@ def dit_rules(cfg: DiTConfig) -> list[Rule]:
     for i in range(cfg.num_layers):
         b = f"blocks.{i}."
 
-        def r(key, path, shape, kind="reshape"):
+        def r(key, path, shape, kind="reshape", b=b, i=i):
             rules.append(Rule(b + key, ("blocks",) + path, shape, kind, layer=i))
 
         r("modulation", ("modulation",), (1, 6, d))

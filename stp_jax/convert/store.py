@@ -24,7 +24,6 @@ from stp_jax.models.text import UMT5Config, UMT5Encoder
 def _models():
     from stp_jax.convert.dit import abstract_params
     from stp_jax.convert.umt5 import umt5_abstract_params
-
     from stp_jax.convert.wan_vae import vae_abstract_params
     from stp_jax.models.wan_vae import WanVAE, WanVAEConfig
 
@@ -115,3 +114,40 @@ def load_pretrained(path, *, shardings=None, dtype: str | None = None, **runtime
                               abstract, shardings)
     params = ocp.StandardCheckpointer().restore(Path(path).absolute() / "params", target)
     return module_cls(cfg), params
+
+
+def load_for_mode(path, mcfg: DiTConfig, shardings):
+    """Params of a converted checkpoint for a model of config ``mcfg`` (sharded as
+    ``shardings``). A Wan checkpoint loaded into a conditioned mode (or ReCamMaster into
+    SpaceTimePilot) gets fresh camera/time modules: zero camera encoder, identity projector,
+    zero time output, so the model starts as the checkpoint's."""
+    from flax import linen as nn
+
+    from stp_jax.models.dit import dummy_inputs
+
+    stored = load_config(path)
+    if stored.mode == mcfg.mode:
+        return load_pretrained(path, shardings=shardings, dtype=mcfg.param_dtype)[1]
+    if stored.mode != "wan" and not (stored.mode == "recammaster" and mcfg.mode == "spacetimepilot"):
+        raise ValueError(f"init_from {path}: a {stored.mode} checkpoint cannot initialise a {mcfg.mode} model")
+    fresh = jax.jit(lambda: nn.unbox(SpaceTimeDiT(mcfg).init(jax.random.PRNGKey(0), **dummy_inputs(mcfg)))["params"],
+                    out_shardings=shardings)()
+    base_cfg = stored.replace(param_dtype=mcfg.param_dtype)
+    abstract = jax.eval_shape(lambda: nn.unbox(SpaceTimeDiT(base_cfg).init(
+        jax.random.PRNGKey(0), **dummy_inputs(stored)))["params"])
+    base = load_pretrained(path, shardings=_pick(shardings, abstract), dtype=mcfg.param_dtype)[1]
+    return _merge(fresh, base)
+
+
+def _pick(full, like):
+    """The subtree of ``full`` with the keys of ``like``."""
+    if isinstance(like, dict):
+        return {k: _pick(full[k], v) for k, v in like.items()}
+    return full
+
+
+def _merge(fresh, base):
+    """``fresh`` with every leaf that ``base`` also has taken from ``base``."""
+    if isinstance(fresh, dict):
+        return {k: _merge(v, base[k]) if k in base else v for k, v in fresh.items()}
+    return base

@@ -80,9 +80,8 @@ def infer_umt5_config(sd: StateDict, num_heads: int | None, hints: dict) -> UMT5
 
 
 def umt5_abstract_params(cfg: UMT5Config):
-    from flax import linen as nn
-
     import jax.numpy as jnp
+    from flax import linen as nn
 
     shapes = jax.eval_shape(lambda: UMT5Encoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
                                                           jnp.ones((1, 4), jnp.int32)))

@@ -296,3 +296,32 @@ def source_indices(num_frames: int, num_cameras: int):
     evenly when C != T)."""
     t = np.arange(num_frames)
     return np.round(t * (num_cameras - 1) / max(num_frames - 1, 1)).astype(np.int64), t
+
+
+def write_scene(seed: int, out, num_frames: int = 81, num_cameras: int = 81, height: int = 64, width: int = 64,
+                fps: float = 15.0) -> list[str]:
+    """Render one scene's grid and write its source clip (the grid diagonal), example targets
+    along the source's camera sweep (reverse, bullet time, slow motion, pingpong) and at a fixed
+    camera (reverse), the source's poses (``source_camera.json``) and a contact sheet of the
+    grid (``grid.png``) into ``out``. Returns the file names written."""
+    from pathlib import Path
+
+    from stp_jax.controls import timing
+    from stp_jax.controls.camera import write_trajectory_json
+    from stp_jax.data.video_io import contact_sheet, write_video
+
+    cams = camera_path(seed, num_cameras)
+    grid = np.asarray(render_grid_jit(make_scene(seed), cams, num_frames, height, width))  # [C, T, H, W, 3]
+    out = Path(out)
+    ci, ti = source_indices(num_frames, num_cameras)
+    clips = {"source": grid[ci, ti]}
+    for name in ("reverse", "freeze_mid", "slowmo_first_half", "pingpong"):
+        clips[f"target_{name}"] = grid[ci, timing.preset(name, num_frames)]
+    clips["target_fixed_camera_reverse"] = grid[np.zeros_like(ci), timing.preset("reverse", num_frames)]
+    for name, clip in clips.items():
+        write_video(out / f"{name}.mp4", clip, fps=fps)
+    write_trajectory_json(out / "source_camera.json", cams[ci])  # the source clip's own poses (--source-camera)
+    rows = np.linspace(0, num_cameras - 1, 4).round().astype(int)
+    contact_sheet([grid[i] for i in rows] + [clips["source"]], out / "grid.png", every=max(1, num_frames // 8),
+                  labels=[f"cam {i}" for i in rows] + ["source"])
+    return [f"{n}.mp4" for n in sorted(clips)] + ["grid.png", "source_camera.json"]

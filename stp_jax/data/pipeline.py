@@ -16,8 +16,9 @@ Pair sampling (deterministic per record, from Grain's per-record RNG):
 Because the target starts where the source starts, "relative to its own first frame"
 (what the published model is given) is also relative to the source's first camera.
 
-Each example: source_frames / target_frames uint8 [T, H, W, 3]; source_cam / target_cam
-float32 [F', 12]; source_time / target_time int32 [T]; seed int64.
+Each example (keys as the model's inputs, stp_jax.models.dit.COND_KEYS): src_frames /
+tgt_frames uint8 [T, H, W, 3]; src_cam / tgt_cam float32 [F', 12]; src_time / tgt_time
+int32 [T]; seed int64.
 Batches are numpy dicts per process; ``to_global`` assembles them into sharded jax.Arrays.
 The loader's iterator state is a small JSON-able dict (``get_state``/``set_state``),
 saved with the model checkpoint.
@@ -34,7 +35,7 @@ import numpy as np
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls.timing import check_frames
 from stp_jax.data import camxtime as cx
-from stp_jax.data import timewarp
+from stp_jax.data import latents, timewarp
 
 TEST_SEED_OFFSET = 1_000_000_000  # held-out scenes use seeds from here on
 TARGET_CAMERA_PATHS = ("static", "sweep", "fast_sweep", "half_sweep")
@@ -56,8 +57,10 @@ class DataConfig:
     worker_count: int = 0
     warp_probs: tuple[tuple[str, float], ...] | None = None  # None = published probabilities
     tfds_name: str = "camxtime_procedural"
-    tfds_dir: str | None = None
-    latents_dir: str | None = None  # source "latents": the output of stp-precompute
+    tfds_dir: str = ""  # "" = TFDS's default (or, for camxtime_procedural, DATA_CACHE)
+    latents_dir: str = ""  # source "latents": the output of stp-precompute
+
+    RUNTIME = ("split", "seed")  # set by the caller, not by a config's data section
 
     def __post_init__(self):
         check_frames(self.num_frames)
@@ -67,8 +70,51 @@ class DataConfig:
             raise ValueError("data source 'latents' needs latents_dir (the output folder of stp-precompute)")
         if self.split not in ("train", "test"):
             raise ValueError(f"split {self.split!r} is unknown; expected 'train' or 'test'")
+        for k in ("num_cameras", "height", "width", "num_scenes", "global_batch"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"data.{k} must be >= 1, got {getattr(self, k)}")
+        if self.worker_count < 0:
+            raise ValueError(f"data.worker_count must be >= 0, got {self.worker_count}")
         if self.global_batch % jax.process_count():
             raise ValueError(f"global_batch {self.global_batch} is not divisible by {jax.process_count()} processes")
+        if self.warp_probs is not None:
+            object.__setattr__(self, "warp_probs", tuple((str(k), float(v)) for k, v in self.warp_probs))
+            timewarp.probabilities(dict(self.warp_probs))  # validates names and values
+
+    @classmethod
+    def section_defaults(cls) -> dict:
+        """The fields a config's ``data`` section holds, with their defaults."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.RUNTIME}
+
+    @classmethod
+    def from_config(cls, config, split: str = "train", **overrides) -> DataConfig:
+        """From a config (its ``data`` section and ``seed``)."""
+        return cls(split=split, seed=int(config.seed), **{**dict(config.data), **overrides})
+
+
+DATA_CACHE = "~/.cache/stp_jax/tfds"  # where the embedded default's procedural dataset is built once
+
+
+def prepare(d: DataConfig, log=print) -> DataConfig:
+    """``tfds`` + bare ``camxtime_procedural``: render ``num_scenes`` grids of this size into an
+    ArrayRecord dataset once (process 0; reused afterwards) and point the loader at it."""
+    if d.source != "tfds" or d.tfds_name != "camxtime_procedural":
+        return d
+    import os
+
+    from stp_jax.data.tfds_builders.camxtime_procedural import build, config_name
+
+    data_dir = os.path.expanduser(d.tfds_dir or DATA_CACHE)
+    test = 8  # the held-out evaluation renders its own scenes; this split is for TFDS users
+    if jax.process_index() == 0:
+        log(f"procedural Cam×Time dataset: {d.num_scenes} scenes in {data_dir} (built once)")
+        build(data_dir, d.num_frames, d.num_cameras, d.height, d.width, train=d.num_scenes, test=test)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("camxtime_procedural built")
+    name = config_name(d.num_frames, d.num_cameras, d.height, d.width, d.num_scenes, test)
+    return dataclasses.replace(d, tfds_dir=data_dir, tfds_name=f"camxtime_procedural/{name}")
 
 
 # ---------------------------------------------------------------- sources
@@ -115,7 +161,7 @@ def tfds_source(cfg: DataConfig):
     from stp_jax.data.tfds_builders import camxtime, camxtime_procedural, multicam_video  # noqa: F401  (registers)
 
     try:
-        src = tfds.data_source(cfg.tfds_name, split=cfg.split, data_dir=cfg.tfds_dir)
+        src = tfds.data_source(cfg.tfds_name, split=cfg.split, data_dir=cfg.tfds_dir or None)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"TFDS dataset {cfg.tfds_name!r} (split {cfg.split!r}) in {cfg.tfds_dir}: cannot be "
                          f"opened ({type(e).__name__}: {e}); build it first") from e
@@ -181,10 +227,10 @@ class MakePair(grain.transforms.RandomMap):
             both = np.asarray(both)
             src, tgt = both[:t], both[t:]
         return {
-            "source_frames": src, "target_frames": tgt,
-            "source_cam": cam_lib.source_condition(cams[src_c], t),
-            "target_cam": cam_lib.target_condition(cams[tgt_c]),
-            "source_time": src_t.astype(np.int32), "target_time": tgt_t.astype(np.int32),
+            "src_frames": src, "tgt_frames": tgt,
+            "src_cam": cam_lib.source_condition(cams[src_c], t),
+            "tgt_cam": cam_lib.target_condition(cams[tgt_c]),
+            "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),
             "seed": np.int64(seed),
         }
 
@@ -201,10 +247,10 @@ class MakePair(grain.transforms.RandomMap):
         b = b + (b >= a) if v > 1 else 0  # a different view when there is one
         src_t = np.arange(t)
         return {
-            "source_frames": videos[a], "target_frames": videos[b][tgt_t],
-            "source_cam": cam_lib.source_condition(cams[a], t),
-            "target_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0]),
-            "source_time": src_t.astype(np.int32), "target_time": tgt_t.astype(np.int32),
+            "src_frames": videos[a], "tgt_frames": videos[b][tgt_t],
+            "src_cam": cam_lib.source_condition(cams[a], t),
+            "tgt_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0]),
+            "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),
             "seed": np.int64(seed),
         }
 
@@ -229,9 +275,7 @@ class DecodeLatents(grain.transforms.Map):
     """A stp-precompute record (msgpack bytes) -> its dict of arrays."""
 
     def map(self, element):
-        from stp_jax.precompute import deserialize
-
-        return deserialize(element)
+        return latents.deserialize(element)
 
 
 def latents_source(cfg: DataConfig):

@@ -6,11 +6,12 @@ so a failed write never leaves a half-written video behind.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from stp_jax.files import atomic_output
 
 
 class VideoError(ValueError):
@@ -79,21 +80,15 @@ def write_video(path, frames: np.ndarray, fps: float = 15.0, crf: int = 18) -> P
     if f.shape[1] % 2 or f.shape[2] % 2:
         f = np.pad(f, ((0, 0), (0, f.shape[1] % 2), (0, f.shape[2] % 2), (0, 0)), mode="edge")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.mp4")
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream("libx264", rate=round(fps))
-            stream.width, stream.height, stream.pix_fmt = f.shape[2], f.shape[1], "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for img in f:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_output(p) as tmp, av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = f.shape[2], f.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for img in f:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+        for packet in stream.encode():
+            container.mux(packet)
     return p
 
 

@@ -12,11 +12,30 @@ C channels.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
+TIMESTEP_MODES = ("uniform", "uniform_sigma", "logit_normal")
+PREDICTIONS = ("velocity", "x0")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """How training draws noise levels and what the model predicts (a config's ``flow`` section)."""
+    shift: float = 5.0  # sigma' = s * sigma / (1 + (s - 1) * sigma)
+    timestep_mode: str = "uniform"  # see sample_sigma
+    prediction: str = "velocity"  # velocity (published) | x0 (see flow_loss)
+
+    def __post_init__(self):
+        if not self.shift > 0:
+            raise ValueError(f"flow.shift must be > 0, got {self.shift}")
+        if self.timestep_mode not in TIMESTEP_MODES:
+            raise ValueError(f"flow.timestep_mode {self.timestep_mode!r} is unknown; expected one of {TIMESTEP_MODES}")
+        check_prediction(self.prediction)
 
 
 def shift_sigma(sigma, shift: float):
@@ -61,17 +80,23 @@ def sample_sigma(key, batch: int, *, mode: str = "uniform", shift: float = 5.0, 
                  logit_std: float = 1.0):
     """(sigma [B], timestep [B], weight [B]) for one training step.
 
-    uniform      a uniform index into the shifted training grid, with its Gaussian weight.
-    logit_normal sigma = shift(sigmoid(N(mean, std))), weight 1.
+    uniform        a uniform index into the shifted training grid, with its Gaussian weight
+                   (the published recipe: the ends of the schedule get almost no weight).
+    uniform_sigma  sigma = shift(u), u ~ U(0, 1), weight 1: every noise level is trained,
+                   the nearly clean end too (what an x0 predictor's last sampling step needs).
+    logit_normal   sigma = shift(sigmoid(N(mean, std))), weight 1.
     """
     if mode == "uniform":
         sig, t, w = (jnp.asarray(a) for a in training_schedule(shift))
         i = jax.random.randint(key, (batch,), 0, sig.shape[0])
         return sig[i], t[i], w[i]
+    if mode == "uniform_sigma":
+        s = shift_sigma(jax.random.uniform(key, (batch,), minval=1e-3, maxval=1.0), shift)
+        return s, s * NUM_TRAIN_TIMESTEPS, jnp.ones((batch,))
     if mode == "logit_normal":
         s = shift_sigma(jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch,))), shift)
         return s, s * NUM_TRAIN_TIMESTEPS, jnp.ones((batch,))
-    raise ValueError(f"timestep sampling {mode!r} is unknown; expected 'uniform' or 'logit_normal'")
+    raise ValueError(f"timestep sampling {mode!r} is unknown; expected one of {TIMESTEP_MODES}")
 
 
 def noise_target_half(target, source, noise, sigma):
@@ -80,9 +105,6 @@ def noise_target_half(target, source, noise, sigma):
     s = sigma.reshape(-1, 1, 1, 1, 1).astype(target.dtype)
     noisy = (1.0 - s) * target + s * noise
     return jnp.concatenate([noisy, source], axis=1)
-
-
-PREDICTIONS = ("velocity", "x0")
 
 
 def check_prediction(prediction: str) -> str:

@@ -26,9 +26,22 @@ from stp_jax.config_utils import JsonConfig
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
 from stp_jax.models.layers import (
-    MLP, AffineLayerNorm, Dense, HeadRMSNorm, apply_rope, identity_init, layer_norm, modulate, rope_tables, sinusoid)
+    MLP,
+    AffineLayerNorm,
+    Dense,
+    HeadRMSNorm,
+    apply_rope,
+    identity_init,
+    layer_norm,
+    modulate,
+    rope_tables,
+    sinusoid,
+)
 
 MODES = ("wan", "recammaster", "spacetimepilot")
+# The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
+# batch keys of the pipeline, the train step and the sampler).
+COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload_dots")
 CAM_DIM = 12
 

@@ -179,7 +179,7 @@ class Tokenizer:
         return self._decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
 
 
-def precompute_text_cache(path, prompts: dict[str, str], model: "UMT5Encoder", params, tokenizer: Tokenizer,
+def precompute_text_cache(path, prompts: dict[str, str], model: UMT5Encoder, params, tokenizer: Tokenizer,
                           text_len: int = TEXT_LEN, batch: int = 8) -> Path:
     """Encode every prompt once and store Wan's text states [N, text_len, D] by key (npz),
     so training and sampling never run the 5.7B-parameter encoder again."""

@@ -12,13 +12,15 @@ Configs can override single rules (``logical_rules_overrides``), as MaxText does
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
@@ -47,6 +49,20 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_frames", None),
     ("activation_text", None),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes (a config's ``mesh`` section); one may be -1 = the remaining devices."""
+    data: int = 1
+    fsdp: int = -1
+    context: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        sizes = dataclasses.asdict(self)
+        if any(v == 0 or v < -1 for v in sizes.values()) or list(sizes.values()).count(-1) > 1:
+            raise ValueError(f"mesh {sizes}: sizes must be >= 1, with at most one -1 (= the remaining devices)")
 
 
 def logical_rules(overrides: Mapping[str, Any] | None = None) -> tuple[tuple[str, Any], ...]:
@@ -124,3 +140,24 @@ def mesh_axis_size(mesh, axis) -> int:
     if isinstance(axis, str):
         axis = (axis,)
     return int(np.prod([dict(mesh.shape)[a] for a in axis]))
+
+
+def state_shardings(abstract_state, param_sh, mesh: Mesh):
+    """Shardings for every leaf of a training state: optimizer moments and EMA follow the
+    parameter at the same path (matched by path suffix, when the rank allows); scalars and
+    anything else are replicated."""
+    def key(k):
+        return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+    flat = {tuple(key(k) for k in path): s for path, s in jax.tree_util.tree_flatten_with_path(param_sh)[0]}
+    rep = NamedSharding(mesh, P())
+
+    def pick(path, leaf):
+        keys = tuple(key(k) for k in path)
+        for i in range(len(keys)):
+            s = flat.get(keys[i:])
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return rep
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)

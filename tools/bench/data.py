@@ -50,9 +50,10 @@ def train_step_clips_per_s(frames, height, width, batch, steps=5) -> float:
          "tgt_cam": jnp.zeros((batch, fh, 12)), "src_cam": jnp.zeros((batch, fh, 12)),
          "tgt_time": jnp.zeros((batch, frames)), "src_time": jnp.zeros((batch, frames))}
     model = SpaceTimeDiT(cfg)
-    inputs = ts.model_inputs(b, jnp.concatenate([z, z], axis=1))
-    params = jax.jit(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), timestep=jnp.zeros(batch), **inputs))["params"])()
-    opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=100)
+    cond = {k: b[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+    params = jax.jit(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), jnp.concatenate([z, z], axis=1),
+                                                 jnp.zeros(batch), b["context"], **cond))["params"])()
+    opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-4, warmup=1), 100)
     state = ts.init_state(params, opt)
     step = jax.jit(functools.partial(ts.train_step, model, opt))
     state, m = step(state, b, jax.random.PRNGKey(0))

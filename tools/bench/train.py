@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from common import machine, table, timeit, write_json  # noqa: E402
 
 
@@ -130,7 +129,7 @@ def main(argv=None):
                                                                                       "tgt_time", "src_time")}
         batch.update(extra)
         params = jax.tree.map(jnp.copy, params)  # the step donates the state; callers reuse params
-        opt = ts.make_optimizer(params, lr=1e-4, warmup=1, total_steps=1000, trainable=trainable)
+        opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-4, warmup=1, trainable=trainable), 1000)
         state = ts.init_state(params, opt)
         step = jax.jit(functools.partial(ts.train_step, model, opt), donate_argnums=0)
         holder = {"state": state}

