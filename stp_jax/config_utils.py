@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 
 class JsonConfig:
-    """Mixin for frozen dataclasses: replace / to_dict / from_dict / to_json / from_json.
+    """Mixin for frozen dataclasses: replace / to_dict / from_dict.
 
     Tuples are written as JSON lists and read back as tuples (by the field's default);
     unknown fields are an error naming them.
@@ -27,10 +26,3 @@ class JsonConfig:
             raise ValueError(f"{cls.__name__} got unknown fields {sorted(unknown)}; known: {sorted(fields)}")
         return cls(**{k: tuple(v) if isinstance(fields[k].default, tuple) and isinstance(v, list) else v
                       for k, v in d.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, s: str):
-        return cls.from_dict(json.loads(s))

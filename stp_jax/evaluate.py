@@ -7,7 +7,7 @@ Cases (``--cases``, comma-separated):
                          preset (``reverse``, ``freeze_mid``, ``slowmo_first_half``,
                          ``zigzag`` = 0→mid→0, ``forward``, or any stp_jax.controls.timing name).
   moving:<time preset>   retiming along the source's own moving camera (the released
-                         benchmark's protocol, REFERENCE.md §6.4): frame j keeps the source's
+                         benchmark's protocol, docs/REFERENCE.md §6.4): frame j keeps the source's
                          camera j, only time changes. ``moving:freeze_mid`` is an orbit at
                          frozen time.
   cam:reverse_path       the source's camera path backwards, normal time.
@@ -44,7 +44,6 @@ RETIMING = ("reverse", "freeze_mid", "slowmo_first_half", "zigzag", "forward")
 CAMERA_CASES = ("cam:reverse_path", "cam:last_view")
 DEFAULT_CASES = RETIMING + tuple(f"moving:{c}" for c in RETIMING[:4]) + CAMERA_CASES
 BASELINES = ("source", "preshuffled", "camera_matched", "first_frame", "temporal_mean")
-ROWS = ("model", "truth") + BASELINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +155,7 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
             ctx = inference.text_context(text or inference.TextConfig(), b, model.cfg.text_dim)
             noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), i0), (b,) + lat)
             outs.append(np.asarray(gen(params, sources[idx], cond, ctx, None, noise)))
-        rows = {"model": np.concatenate(outs), "truth": truth, **baselines(sources, cams, times, n_cam)}
+        rows = {"model": np.concatenate(outs), "truth": truth, **baselines(sources, cams, times, n_cam)}  # every row
         results[case] = {name: score(clip, truth, grids, cams, times, with_lpips) for name, clip in rows.items()}
         if out_dir is not None:
             _write_case(Path(out_dir), case, sources[0], truth[0], rows["model"][0])

@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stp_jax.controls.timing import latent_frames
+from stp_jax.data.video_io import to_float, to_uint8  # noqa: F401 (part of this module's interface)
 from stp_jax.diffusion import flow
 from stp_jax.diffusion.sampler import denoise
 from stp_jax.models.dit import COND_KEYS
-from stp_jax.models.vae import PatchAutoencoder, latent_frames
+from stp_jax.models.vae import PatchAutoencoder
 
 WAN_SPATIAL = 8  # the Wan VAE's spatial downsampling
 WAN_Z_DIM = 16  # and its latent channels
@@ -109,15 +111,6 @@ def autoencoder_for(in_channels: int, vae_path: str | None = None) -> Autoencode
         raise ValueError(f"the model takes {in_channels}-channel latents: pass --vae with a converted Wan VAE "
                          f"(16 channels) or use a model trained on PatchAutoencoder latents (4*s*s*3 channels)")
     return build_autoencoder(AutoencoderConfig("patch", spatial=s))
-
-
-def to_float(frames):
-    """uint8 [.., 3] -> float32 in [-1, 1]."""
-    return jnp.asarray(frames).astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(video):
-    return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 # ---------------------------------------------------------------- text

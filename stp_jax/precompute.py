@@ -67,8 +67,8 @@ def _write_records(tmp: Path, d, encode, records_per_shard: int) -> int:
 
     count, shard, writer = 0, 0, None
     for b in pl.make_loader(d):
-        lat = {"tgt_latents": np.asarray(encode(b["tgt_frames"]), np.float16),
-               "src_latents": np.asarray(encode(b["src_frames"]), np.float16)}
+        lat = {key: np.asarray(encode(b[frames]), np.float16)
+               for key, frames in zip(latents.LATENT_KEYS, ("tgt_frames", "src_frames"))}
         for i in range(len(b["seed"])):
             if writer is None:
                 writer = ArrayRecordWriter(str(tmp / f"latents-{shard:05d}.array_record"), "group_size:1")

@@ -105,7 +105,7 @@ def test_published_sizes_init_abstractly_with_full_specs(name, mesh_shape):
     wan_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
         jax.eval_shape(lambda: SpaceTimeDiT(wan).init(jax.random.PRNGKey(0), **dummy_inputs(wan)))))
     if name == "1.3b":
-        assert round(wan_params / 1e9, 3) == 1.419  # REFERENCE.md §2
+        assert round(wan_params / 1e9, 3) == 1.419  # docs/REFERENCE.md §2
         assert len(dit_rules(wan)) == 825
         assert 0.4e9 < n_params - wan_params < 0.6e9  # SpaceTimePilot adds ~0.5e9
     assert n_params > wan_params

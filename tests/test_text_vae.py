@@ -44,7 +44,7 @@ def test_umt5_parity(hf_umt5, layout, tmp_path):
     if layout == "transformers":
         hf_umt5.save_pretrained(tmp_path / "hf", safe_serialization=True)
         src = tmp_path / "hf"
-    else:  # Wan's original names (REFERENCE.md §4), written here from the transformers keys
+    else:  # Wan's original names (docs/REFERENCE.md §4), written here from the transformers keys
         ren = {"layer.0.layer_norm": "norm1", "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
                "layer.1.layer_norm": "norm2", "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
                "layer.1.DenseReluDense.wi_1": "ffn.fc1", "layer.1.DenseReluDense.wo": "ffn.fc2"}

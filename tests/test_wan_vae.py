@@ -125,7 +125,7 @@ def test_published_config_has_194_keys():
     from stp_jax.convert.wan_vae import vae_key_shapes
 
     shapes = vae_key_shapes(wan_vae.WanVAEConfig())
-    assert len(shapes) == 194  # REFERENCE.md §3
+    assert len(shapes) == 194  # docs/REFERENCE.md §3
     assert round(sum(int(np.prod(s)) for s in shapes.values()) / 1e8, 2) == 1.27
 
 

@@ -1,9 +1,9 @@
 """PyTorch references for the parity tests.
 
 * diffusers' WanTransformer3DModel in a tiny config, with every parameter randomised;
-* the rename table of REFERENCE.md §2 (diffusers -> Wan original names), written here
+* the rename table of docs/REFERENCE.md §2 (diffusers -> Wan original names), written here
   independently of stp_jax.convert;
-* ``TorchSpaceTimeDiT``: the ReCamMaster / SpaceTimePilot forward of REFERENCE.md §1
+* ``TorchSpaceTimeDiT``: the ReCamMaster / SpaceTimePilot forward of docs/REFERENCE.md §1
   built from diffusers' own Wan submodules plus torch Linear/Conv1d/GroupNorm additions.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def tiny_diffusers_wan(seed: int = 0, **kw):
     return randomize_(WanTransformer3DModel(**{**TINY, **kw}).eval(), seed)
 
 
-# REFERENCE.md §2, original -> diffusers; applied in reverse here.
+# docs/REFERENCE.md §2, original -> diffusers; applied in reverse here.
 _REF_RENAMES = [
     ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
     ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stp_jax.controls.timing import TIME_FACTOR, ScheduleError
+from stp_jax.controls.timing import latent_frames as _latent_frames
+
 
 class CameraError(ValueError):
     """A camera trajectory or file is not what was expected; the message says what."""
@@ -82,16 +85,18 @@ def normalise_source(c2w: np.ndarray, eps: float = 1e-2) -> np.ndarray:
     return rel
 
 
-def latent_frames(num_frames: int) -> int:
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise CameraError(f"frame count must be 1 + 4k (1, 5, ..., 81), got {num_frames}")
-    return 1 + (num_frames - 1) // 4
-
-
 def subsample_latent(poses: np.ndarray) -> np.ndarray:
     """Poses of raw frames 0, 4, 8, ... (one per latent frame) from [T, 4, 4], T = 1 + 4k."""
     latent_frames(len(poses))
-    return np.asarray(poses)[::4]
+    return np.asarray(poses)[::TIME_FACTOR]
+
+
+def latent_frames(num_frames: int) -> int:
+    """timing.latent_frames, failing as a CameraError (a trajectory of the wrong length)."""
+    try:
+        return _latent_frames(num_frames)
+    except ScheduleError as e:
+        raise CameraError(f"camera trajectory: {e}") from e
 
 
 def pack12(poses: np.ndarray) -> np.ndarray:
@@ -131,7 +136,7 @@ def _numbers(s: str, path, where) -> np.ndarray:
 
 def unreal_to_opencv(m: np.ndarray) -> np.ndarray:
     """One ReCamMaster/Unreal row-vector pose (cm) -> OpenCV camera axes, as published
-    (REFERENCE.md §1): transpose, columns [1, 2, 0, 3], negate column 1, translation / 100.
+    (docs/REFERENCE.md §1): transpose, columns [1, 2, 0, 3], negate column 1, translation / 100.
 
     This converts the *camera* axes only: the world stays Unreal's left-handed one, so the
     rotation has det -1. Relative poses (all the model sees) are unaffected by that;
@@ -332,7 +337,7 @@ PRESETS = {
     "arc_left": ("orbit left around the subject", lambda t, m: orbit(t, -m)),
     "arc_right": ("orbit right around the subject", lambda t, m: orbit(t, m)),
 }
-# ReCamMaster's cam01..cam10, in its order (REFERENCE.md §1)
+# ReCamMaster's cam01..cam10, in its order (docs/REFERENCE.md §1)
 RECAMMASTER_ORDER = ("pan_right", "pan_left", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "translate_up",
                      "translate_down", "arc_left", "arc_right")
 DEFAULT_MAGNITUDE = 30.0  # degrees for rotations and arcs; hundredths of a scene unit for zoom/translate

@@ -1,7 +1,7 @@
 """Animation-time schedules: which source frame each output frame shows.
 
 A schedule for T output frames is an int array [T] of source-frame indices. Published
-inference presets (REFERENCE.md §1) are defined for T = 81; here every preset is written
+inference presets (docs/REFERENCE.md §1) are defined for T = 81; here every preset is written
 for any T = 1 + 4k by scaling its landmarks (for T = 81 they equal the published lists).
 A pattern shorter than T is extended by cycling, a longer one is cut; overshooting
 patterns (bounce_*) are clipped to the source, as published.
@@ -24,10 +24,26 @@ class ScheduleError(ValueError):
     """A time schedule is malformed or out of range; the message says what was expected."""
 
 
+# The time-axis rule, its one home: a clip has T = 1 + 4k raw frames and F = 1 + k latent frames
+# (Wan's VAE folds frame 0 alone and then every 4 frames; the time embedding downsamples the same way).
+TIME_FACTOR = 4
+
+
 def check_frames(num_frames: int) -> int:
-    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % 4:
+    """``num_frames`` if it is 1 + 4k, else a ScheduleError naming it."""
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % TIME_FACTOR:
         raise ScheduleError(f"frame count must be 1 + 4k (1, 5, ..., 81), got {num_frames}")
     return int(num_frames)
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latent frames F of a clip of T = 1 + 4k raw frames: 1 + k."""
+    return 1 + (check_frames(num_frames) - 1) // TIME_FACTOR
+
+
+def raw_frames(num_latent: int) -> int:
+    """Raw frames T of F latent frames: 1 + 4(F - 1)."""
+    return 1 + TIME_FACTOR * (num_latent - 1)
 
 
 def fit_length(pattern, num_frames: int) -> np.ndarray:

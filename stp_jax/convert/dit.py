@@ -2,7 +2,7 @@
 
 The canonical PyTorch layout is Wan's original key naming (``blocks.{i}.self_attn.q``...),
 which ReCamMaster and SpaceTimePilot extend per block. diffusers' names are mapped onto
-it by one rename table (REFERENCE.md §2) and back again for export.
+it by one rename table (docs/REFERENCE.md §2) and back again for export.
 """
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def _rename_block(rest: str) -> str:
 
 
 def original_to_diffusers(sd: StateDict) -> StateDict:
-    """Wan2.1_VAE.pth names -> diffusers names (REFERENCE.md §3)."""
+    """Wan2.1_VAE.pth names -> diffusers names (docs/REFERENCE.md §3)."""
     ups = sorted({int(m[1]) for k in sd if (m := re.match(r"decoder\.upsamples\.(\d+)\.", k))})
     is_up = {n: any(k.startswith(f"decoder.upsamples.{n}.resample") for k in sd) for n in ups}
     where, stage, j = {}, 0, 0

@@ -9,11 +9,11 @@ with textures so rotation is visible. Each scene also has a camera path of C pos
 ``render(scene, c2w, time)`` ray-casts one image analytically; ``render_path`` renders
 any list of (camera, time) cells in fixed-size chunks (``vmap`` inside ``lax.map``: bounded
 memory, and bit-identical pixels however a cell is requested); ``render_grid`` is all
-C × T cells. A *source* clip is the grid diagonal (camera i at time i); a *target* is any path
+V × T cells. A *source* clip is the grid diagonal (camera i at time i); a *target* is any path
 of (camera, time) cells, so its ground truth is exact.
 
 World: y up, metres-ish; cameras are OpenCV camera-to-world (x right, y down, z forward).
-Letters: C cameras, T times, H/W pixels, K object slots.
+Letters as in stp_jax/models/layers.py: V cameras, T times, H/W pixels; and O object slots.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stp_jax.controls.camera import look_at
+from stp_jax.data.video_io import to_uint8
 
 N_SPHERES, N_BOXES, N_CAPSULES = 3, 2, 1
 FOV_DEG = 50.0
@@ -34,15 +35,15 @@ BIG = 1e9
 
 class Scene(NamedTuple):
     """All arrays; a pytree, so scenes can be stacked and vmapped."""
-    pos: jax.Array  # [K, 3] base centre (y = resting height)
-    size: jax.Array  # [K, 3] sphere: (r, r, r); box: half extents; capsule: (r, half-height, r)
-    color: jax.Array  # [K, 3]
-    color2: jax.Array  # [K, 3] texture colour
-    move: jax.Array  # [K, 4] amplitude, direction angle, cycles per clip, phase
-    bounce: jax.Array  # [K, 2] height, cycles per clip
-    spin: jax.Array  # [K] radians over the clip
-    recolor: jax.Array  # [K] hue-shift amount over the clip
-    active: jax.Array  # [K] 1.0 / 0.0
+    pos: jax.Array  # [O, 3] base centre (y = resting height)
+    size: jax.Array  # [O, 3] sphere: (r, r, r); box: half extents; capsule: (r, half-height, r)
+    color: jax.Array  # [O, 3]
+    color2: jax.Array  # [O, 3] texture colour
+    move: jax.Array  # [O, 4] amplitude, direction angle, cycles per clip, phase
+    bounce: jax.Array  # [O, 2] height, cycles per clip
+    spin: jax.Array  # [O] radians over the clip
+    recolor: jax.Array  # [O] hue-shift amount over the clip
+    active: jax.Array  # [O] 1.0 / 0.0
     sun: jax.Array  # [3] unit direction towards the sun
     ground: jax.Array  # [2, 3] checker colours
     sky: jax.Array  # [2, 3] horizon, zenith
@@ -78,7 +79,7 @@ def make_scene(seed: int) -> Scene:
 
 
 def camera_path(seed: int, num_cameras: int, kind: str | None = None) -> np.ndarray:
-    """[C, 4, 4] OpenCV c2w poses around the scene centre (deterministic for ``seed``)."""
+    """[V, 4, 4] OpenCV c2w poses around the scene centre (deterministic for ``seed``)."""
     g = np.random.default_rng(np.random.SeedSequence([int(seed), 0xCA3E]))
     kind = kind or PATH_KINDS[g.integers(len(PATH_KINDS))]
     if kind not in PATH_KINDS:
@@ -110,7 +111,7 @@ def _rot_y(a):
 
 
 def animate(scene: Scene, tau):
-    """Object centres [K, 3], spin angles [K], colours [K, 3] at normalised time tau in [0, 1]."""
+    """Object centres [O, 3], spin angles [O], colours [O, 3] at normalised time tau in [0, 1]."""
     amp, ang, cyc, ph = (scene.move[:, i] for i in range(4))
     d = jnp.sin(2 * jnp.pi * cyc * tau + ph) * amp
     hop = scene.bounce[:, 0] * jnp.abs(jnp.sin(jnp.pi * scene.bounce[:, 1] * tau))
@@ -172,7 +173,7 @@ def _hit_capsule(o, d, a, b, r):
 
 
 def _hits(scene: Scene, centre, rots, o, d):
-    """[K, ...] distances along rays to every object slot (BIG where missed/inactive)."""
+    """[O, ... distances along rays to every object slot (BIG where missed/inactive)."""
     ts = []
     for i in range(N_SPHERES):
         ts.append(_hit_sphere(o, d, centre[i], scene.size[i, 0]))
@@ -219,7 +220,7 @@ def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, wit
     c2w = jnp.asarray(c2w, jnp.float32)
     tau = jnp.asarray(time, jnp.float32) / max(num_times - 1, 1)
     centre, spin, color = animate(scene, tau)
-    rots = _rot_y(spin)  # [K, 3, 3]
+    rots = _rot_y(spin)  # [O, 3, 3]
     f = 0.5 * width / math.tan(math.radians(FOV_DEG) / 2)
     v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
     dirs = jnp.stack([(u + 0.5 - width / 2) / f, (v + 0.5 - height / 2) / f, jnp.ones_like(u)], -1)
@@ -227,7 +228,7 @@ def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, wit
     d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)  # [H, W, 3]
     o = jnp.broadcast_to(c2w[:3, 3], d.shape)
 
-    t_obj = _hits(scene, centre, rots, o, d)  # [K, H, W]
+    t_obj = _hits(scene, centre, rots, o, d)  # [O, H, W]
     obj = jnp.argmin(t_obj, 0)
     t_o = jnp.min(t_obj, 0)
     t_g = jnp.where(d[..., 1] < -1e-6, -o[..., 1] / jnp.where(d[..., 1] < -1e-6, d[..., 1], -1.0), BIG)
@@ -255,10 +256,6 @@ def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, wit
     return img
 
 
-def to_uint8(img):
-    return jnp.round(jnp.clip(img, 0, 1) * 255).astype(jnp.uint8)
-
-
 CELL_CHUNK = 8  # cells per compiled render body
 
 
@@ -275,13 +272,13 @@ def render_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: i
     n = ci.shape[0]
     pad = (-n) % CELL_CHUNK
     ci, ti = jnp.pad(ci, (0, pad)), jnp.pad(ti, (0, pad))
-    one = lambda c, t: to_uint8(render(scene, cams[c], t, num_times, height, width))  # noqa: E731
+    one = lambda c, t: to_uint8(render(scene, cams[c], t, num_times, height, width), (0.0, 1.0))  # noqa: E731
     chunks = jax.lax.map(lambda a: jax.vmap(one)(*a), (ci.reshape(-1, CELL_CHUNK), ti.reshape(-1, CELL_CHUNK)))
     return chunks.reshape(-1, height, width, 3)[:n]
 
 
 def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
-    """Every (camera, time) cell: [C, T, H, W, 3] uint8."""
+    """Every (camera, time) cell: [V, T, H, W, 3] uint8."""
     c = jnp.asarray(cams).shape[0]
     ci, ti = jnp.meshgrid(jnp.arange(c), jnp.arange(num_times), indexing="ij")
     return render_path(scene, cams, ci, ti, num_times, height, width).reshape(c, num_times, height, width, 3)
@@ -311,7 +308,7 @@ def write_scene(seed: int, out, num_frames: int = 81, num_cameras: int = 81, hei
     from stp_jax.data.video_io import contact_sheet, write_video
 
     cams = camera_path(seed, num_cameras)
-    grid = np.asarray(render_grid_jit(make_scene(seed), cams, num_frames, height, width))  # [C, T, H, W, 3]
+    grid = np.asarray(render_grid_jit(make_scene(seed), cams, num_frames, height, width))  # [V, T, H, W, 3]
     out = Path(out)
     ci, ti = source_indices(num_frames, num_cameras)
     clips = {"source": grid[ci, ti]}

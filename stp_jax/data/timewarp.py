@@ -6,7 +6,7 @@ seq((start + j) mod Lw) for j < T, with ``start`` uniform in [0, max(Lw - T, 0)]
 (a random crop, or cycling when the sequence is shorter than T), as in the released
 SpaceTimePilot data code. Everything has static shapes, so it traces once.
 
-Modes and the published default probabilities (REFERENCE.md §1):
+Modes and the published default probabilities (docs/REFERENCE.md §1):
   forward 0.45 · backward 0.10 · boomerang 0.10 · zigzag 0.10 · slow_global 0.10 ·
   slow_segment 0.10 · fixed_frame 0.05 · acceleration 0 · freeze 0
 (the paper also names acceleration and freezing; they are off by default).

@@ -70,6 +70,22 @@ def read_video(path, num_frames: int | None = None, size: tuple[int, int] | None
     return np.stack(frames)
 
 
+def to_uint8(x, value_range=(-1.0, 1.0)):
+    """Float frames in ``value_range`` -> uint8, rounded to nearest and clipped (jit-able); the
+    one rule for every float -> 8-bit conversion (model outputs in [-1, 1], renders in [0, 1])."""
+    import jax.numpy as jnp
+
+    lo, hi = value_range
+    return jnp.round(jnp.clip((x - lo) * (255.0 / (hi - lo)), 0.0, 255.0)).astype(jnp.uint8)
+
+
+def to_float(frames):
+    """uint8 frames -> float32 in [-1, 1] (the models' video range; the inverse of to_uint8)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(frames).astype(jnp.float32) / 127.5 - 1.0
+
+
 def write_video(path, frames: np.ndarray, fps: float = 15.0, crf: int = 18) -> Path:
     """Write uint8 [T, H, W, 3] frames as H.264 mp4 (odd sizes padded by one edge pixel)."""
     import av
@@ -90,22 +106,6 @@ def write_video(path, frames: np.ndarray, fps: float = 15.0, crf: int = 18) -> P
         for packet in stream.encode():
             container.mux(packet)
     return p
-
-
-def encode_mp4_bytes(frames: np.ndarray, fps: float = 15.0, crf: int = 18) -> bytes:
-    """The mp4 file bytes for frames (for storing videos inside datasets)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        return write_video(Path(d) / "v.mp4", frames, fps, crf).read_bytes()
-
-
-def decode_mp4_bytes(data: bytes, num_frames: int | None = None, size=None) -> np.ndarray:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "v.mp4").write_bytes(data)
-        return read_video(Path(d) / "v.mp4", num_frames, size)
 
 
 def contact_sheet(rows: list[np.ndarray], path, every: int = 8, labels: list[str] | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Flow matching as Wan / ReCamMaster / SpaceTimePilot use it (REFERENCE.md §1).
+"""Flow matching as Wan / ReCamMaster / SpaceTimePilot use it (docs/REFERENCE.md §1).
 
 Path: x_sigma = (1 - sigma) * x0 + sigma * noise, sigma in [0, 1]; the model predicts the
 velocity v = noise - x0 from the timestep t = 1000 * sigma. Schedules are shifted:
@@ -48,10 +48,6 @@ def sampling_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
         raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps}")
     s = np.linspace(1.0, 0.0, num_steps + 1)[:-1]
     return np.concatenate([shift_sigma(s, shift), [0.0]]).astype(np.float32)
-
-
-def timesteps_from_sigmas(sigmas) -> np.ndarray:
-    return (np.asarray(sigmas) * NUM_TRAIN_TIMESTEPS).astype(np.float32)
 
 
 def euler_step(x, v, sigma, sigma_next):

@@ -225,12 +225,12 @@ def _ring(q, k, v, *, axis: str, size: int):
     l = jnp.zeros((b, n, lq), jnp.float32)  # running sum
     perm = [(i, (i + 1) % size) for i in range(size)]
     for step in range(size):
-        s = jnp.einsum("bqnk,bsnk->bnqs", qf, k.astype(jnp.float32))
+        s = jnp.einsum("blnk,bsnk->bnls", qf, k.astype(jnp.float32))
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.exp(s - m_new[..., None])
         corr = jnp.exp(m - m_new)
         l = l * corr + p.sum(-1)
-        o = o * corr.transpose(0, 2, 1)[..., None] + jnp.einsum("bnqs,bsnk->bqnk", p, v.astype(jnp.float32))
+        o = o * corr.transpose(0, 2, 1)[..., None] + jnp.einsum("bnls,bsnk->blnk", p, v.astype(jnp.float32))
         m = m_new
         if step + 1 < size:
             k, v = jax.lax.ppermute((k, v), axis, perm)

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from stp_jax.controls.timing import TIME_FACTOR
 from stp_jax.models.layers import MLP, Dense, Dtype
 
-CHUNK = 4  # raw frames per latent frame after the first
+CHUNK = TIME_FACTOR  # raw frames per latent frame after the first
 
 
 def temporal_chunks(num_raw_frames: int) -> int:

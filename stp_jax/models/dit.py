@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from stp_jax.config_utils import JsonConfig
+from stp_jax.controls.timing import raw_frames
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
 from stp_jax.models.layers import (
@@ -98,7 +99,7 @@ class DiTConfig(JsonConfig):
 
 
 PRESETS: dict[str, DiTConfig] = {
-    # Published sizes (REFERENCE.md §2).
+    # Published sizes (docs/REFERENCE.md §2).
     "1.3b": DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "14b": DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # Tests: every code path, seconds on CPU. head_dim 16 -> RoPE split (8, 4, 4).
@@ -155,7 +156,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """One Wan block plus the mode's conditioning (REFERENCE.md §1, forward of one block)."""
+    """One Wan block plus the mode's conditioning (docs/REFERENCE.md §1, forward of one block)."""
     cfg: DiTConfig
     grid: tuple[int, int, int]  # (F, H, W) token grid of the whole sequence
 
@@ -288,7 +289,7 @@ class SpaceTimeDiT(nn.Module):
         check_cam("src_cam", src_cam)
         for name, v in (("tgt_time", tgt_time), ("src_time", src_time)):
             if v is None or v.ndim != 2 or v.shape[0] != b or temporal_chunks(v.shape[1]) != fh:
-                raise ValueError(f"{name} must be [B, T] raw frame indices with T = {4 * (fh - 1) + 1} "
+                raise ValueError(f"{name} must be [B, T] raw frame indices with T = {raw_frames(fh)} "
                                  f"for {fh} latent frames per half; got "
                                  f"{None if v is None else tuple(v.shape)}")
         t_sin = sinusoid(jnp.stack([tgt_time, src_time]).astype(jnp.float32), c.freq_dim)  # [2, B, T, Q]
@@ -301,7 +302,7 @@ def dummy_inputs(cfg: DiTConfig, batch: int = 1, latent_frames: int = 2, height:
     in the conditioned modes; height/width are latent pixels."""
     fh = latent_frames
     f = fh if cfg.mode == "wan" else 2 * fh
-    t = 4 * (fh - 1) + 1
+    t = raw_frames(fh)
     inputs = dict(x=jnp.zeros((batch, f, height, width, cfg.in_channels)), timestep=jnp.zeros((batch,)),
                   context=jnp.zeros((batch, text_len, cfg.text_dim)))
     if cfg.mode != "wan":

@@ -1,10 +1,11 @@
 """Building blocks shared by the DiT: sinusoids, 3D RoPE, norms, dense layers, AdaLN.
 
-Einsum letters used in this package's model files:
-  B batch        F latent frames     T raw frames     H/W token rows/cols
-  L tokens       D model dim         N heads          K head dim
-  S text tokens  C channels          E text-encoder width   M FFN hidden
-  P flattened patch vector (pt*ph*pw*C)   Q sinusoid width (freq_dim)
+Shape letters of the whole package (capitals in shape comments, the same letters in lower
+case in einsum strings); a file that needs more names them in its docstring:
+  B batch        F latent frames     T raw frames (animation times)   H/W rows/cols (tokens or pixels)
+  L (query) tokens   S key tokens (text tokens in cross-attention)   D model dim
+  N heads        K head dim          C channels       E text-encoder width   M FFN hidden
+  P flattened patch vector (pt*ph*pw*C)   Q sinusoid width (freq_dim)   V cameras (views)
 """
 from __future__ import annotations
 

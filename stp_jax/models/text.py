@@ -1,10 +1,11 @@
 """umT5 encoder (Wan's text encoder) and its tokenizer, loaded from a local folder.
 
-Per REFERENCE.md §4: T5-style RMS norm (no mean, no bias, fp32 statistics), per-layer
+Per docs/REFERENCE.md §4: T5-style RMS norm (no mean, no bias, fp32 statistics), per-layer
 relative position bias (32 bidirectional buckets, max distance 128), no 1/sqrt(d)
 attention scaling, gated-GELU(tanh) FFN, final norm. Padding keys are masked.
 
-Letters: B batch, S tokens, D d_model, N heads, K d_kv, M d_ff, V vocab, R buckets.
+Letters as in stp_jax/models/layers.py (L = S = the prompt's tokens; D d_model, K d_kv, M d_ff);
+R relative-position buckets.
 """
 from __future__ import annotations
 
@@ -36,12 +37,6 @@ class UMT5Config(JsonConfig):
     eps: float = 1e-6
     dtype: str = "float32"
     param_dtype: str = "float32"
-
-
-UMT5_PRESETS = {
-    "xxl": UMT5Config(),
-    "tiny": UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4),
-}
 
 
 def relative_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int) -> np.ndarray:
@@ -80,9 +75,9 @@ class UMT5Block(nn.Module):
         rel = self.param("pos_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.1), ("freq", "heads")),
                          (c.num_buckets, c.num_heads), jnp.dtype(c.param_dtype))
         pos_bias = jnp.take(rel, bias_buckets, axis=0).transpose(2, 0, 1)[None]  # [1, N, S, S]
-        scores = jnp.einsum("bqnk,bsnk->bnqs", q, k).astype(jnp.float32) + pos_bias.astype(jnp.float32) + mask_bias
+        scores = jnp.einsum("blnk,bsnk->bnls", q, k).astype(jnp.float32) + pos_bias.astype(jnp.float32) + mask_bias
         attn = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        o = jnp.einsum("bnqs,bsnk->bqnk", attn, v)
+        o = jnp.einsum("bnls,bsnk->blnk", attn, v)
         x = x + Dense((c.d_model,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(o)
         n2 = self.param("norm2", ones, (c.d_model,), jnp.dtype(c.param_dtype))
         h = rms_norm(x, n2, c.eps)
@@ -129,11 +124,6 @@ def wan_text_states(hidden, mask, text_len: int = TEXT_LEN):
     if s >= text_len:
         return h[:, :text_len]
     return jnp.pad(h, ((0, 0), (0, text_len - s), (0, 0)))
-
-
-def null_text_states(batch: int, d_model: int, text_len: int = TEXT_LEN):
-    """The unconditioned text input: all-zero states (what an empty prompt's padding gives)."""
-    return jnp.zeros((batch, text_len, d_model), jnp.float32)
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -14,17 +14,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-TIME_FACTOR = 4
-
-
-def latent_frames(num_frames: int) -> int:
-    if num_frames < 1 or (num_frames - 1) % TIME_FACTOR:
-        raise ValueError(f"video length must be 1 + 4k frames (1, 5, ..., 81), got {num_frames}")
-    return 1 + (num_frames - 1) // TIME_FACTOR
-
-
-def raw_frames(num_latent: int) -> int:
-    return 1 + TIME_FACTOR * (num_latent - 1)
+from stp_jax.controls.timing import TIME_FACTOR, latent_frames
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Wan2.1 causal 3D VAE in JAX, with the causal cache carried through ``lax.scan``.
 
-Per REFERENCE.md §3 / diffusers ``AutoencoderKLWan`` (Wan 2.1 variant): causal 3D convs
+Per docs/REFERENCE.md §3 / diffusers ``AutoencoderKLWan`` (Wan 2.1 variant): causal 3D convs
 (all time padding in front), RMS norm as L2-normalise over channels x sqrt(C) x gamma,
 residual blocks, one single-head spatial attention per frame in the middle blocks, 2D/3D
 down- and upsampling whose time convs are skipped on the first chunk.
@@ -15,7 +15,7 @@ not grow with the number of frames.
 Params are a nested dict mirroring diffusers' module names (``encoder/down_blocks/0/conv1``);
 ``stp_jax.convert.wan_vae`` builds it from diffusers or original Wan checkpoints.
 Tensors are channels-last: video [B, T, H, W, 3] in [-1, 1]; latents [B, F, H/8, W/8, z].
-Letters: B batch, T frames, H/W pixels, C channels.
+Letters as in stp_jax/models/layers.py (T frames, H/W pixels).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stp_jax.config_utils import JsonConfig
-from stp_jax.models.vae import latent_frames, raw_frames
+from stp_jax.controls.timing import latent_frames, raw_frames
 
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
                -0.1922, -0.9497, 0.2503, -0.2921)
@@ -124,8 +124,8 @@ def attention(x, p):
     y = rms_norm(x, p["norm"]["gamma"])
     qkv = _conv2d_frames(y, p["to_qkv"], pad=((0, 0), (0, 0))).reshape(b * t, hh * ww, 3 * c)
     q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
-    s = jnp.einsum("nqc,nkc->nqk", q, k, precision=jax.lax.Precision.HIGHEST) / math.sqrt(c)
-    a = jnp.einsum("nqk,nkc->nqc", jax.nn.softmax(s.astype(jnp.float32), -1).astype(v.dtype), v,
+    s = jnp.einsum("blc,bsc->bls", q, k, precision=jax.lax.Precision.HIGHEST) / math.sqrt(c)  # B = batch x frames
+    a = jnp.einsum("bls,bsc->blc", jax.nn.softmax(s.astype(jnp.float32), -1).astype(v.dtype), v,
                    precision=jax.lax.Precision.HIGHEST)
     o = _conv2d_frames(a.reshape(b, t, hh, ww, c), p["proj"], pad=((0, 0), (0, 0)))
     return x + o
@@ -215,8 +215,7 @@ def encode(cfg: WanVAEConfig, params, video, normalize: bool = True):
     (normalised with the published mean/std unless ``normalize=False``, which gives the
     raw mean that diffusers' ``encode`` returns)."""
     b, t, h, w, _ = video.shape
-    if t < 1 or (t - 1) % 4:
-        raise ValueError(f"video length must be 1 + 4k frames, got {t}")
+    latent_frames(t)  # 1 + 4k, or an error naming it
     if h % 8 or w % 8:
         raise ValueError(f"frame size {h}x{w} must be divisible by 8")
     x = video.astype(jnp.dtype(cfg.dtype))
