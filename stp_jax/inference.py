@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stp_jax.controls.timing import latent_frames
+from stp_jax.controls.timing import FRAMES_PER_LATENT, TIME_FACTOR, check_frames, model_times
 from stp_jax.data.video_io import to_float, to_uint8  # noqa: F401 (part of this module's interface)
 from stp_jax.diffusion import flow
 from stp_jax.diffusion.sampler import denoise
@@ -39,6 +39,7 @@ class Autoencoder:
     spatial: int
     impl: Any
     params: Any = None
+    time_factor: int = TIME_FACTOR  # raw frames per latent frame
 
     def encode(self, video):  # [B, T, H, W, 3] -> [B, F', h, w, C]
         return self.impl.encode(video) if self.params is None else self.impl.encode(self.params, video)
@@ -48,14 +49,15 @@ class Autoencoder:
         return jnp.clip(out, -1.0, 1.0)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return _latent_shape(self.kind, self.spatial, self.latent_channels, num_frames, height, width)
+        return _latent_shape(self.kind, self.spatial, self.latent_channels, self.time_factor, num_frames, height,
+                             width)
 
 
-def _latent_shape(kind, spatial, channels, num_frames, height, width) -> tuple[int, int, int, int]:
+def _latent_shape(kind, spatial, channels, time_factor, num_frames, height, width) -> tuple[int, int, int, int]:
     if height % spatial or width % spatial:
         raise ValueError(f"frame size {height}x{width} is not divisible by the {kind} autoencoder's "
                          f"spatial factor {spatial}")
-    return latent_frames(num_frames), height // spatial, width // spatial, channels
+    return 1 + (check_frames(num_frames) - 1) // time_factor, height // spatial, width // spatial, channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +66,22 @@ class AutoencoderConfig:
     kind: str = "patch"  # patch (weightless PatchAutoencoder) | wan (a converted Wan VAE)
     spatial: int = 4  # patch: pixels per side folded into channels (the Wan VAE's is 8)
     path: str = ""  # wan: the converted Wan VAE folder (stp-convert)
+    time_factor: int = TIME_FACTOR  # patch: raw frames per latent frame, 4 (Wan's mapping) or 1 (the Wan VAE's is 4)
 
     def __post_init__(self):
         if self.kind not in ("patch", "wan"):
             raise ValueError(f"autoencoder.kind {self.kind!r} is unknown; expected 'patch' or 'wan'")
         if self.spatial < 1:
             raise ValueError(f"autoencoder.spatial must be >= 1, got {self.spatial}")
+        if self.time_factor not in FRAMES_PER_LATENT or (self.kind == "wan" and self.time_factor != TIME_FACTOR):
+            raise ValueError(f"autoencoder.time_factor must be one of {FRAMES_PER_LATENT} (4 for the Wan VAE), "
+                             f"got {self.time_factor}")
 
     @property
     def latent_channels(self) -> int:
-        return PatchAutoencoder(spatial=self.spatial).latent_channels if self.kind == "patch" else WAN_Z_DIM
+        if self.kind == "wan":
+            return WAN_Z_DIM
+        return PatchAutoencoder(spatial=self.spatial, time_factor=self.time_factor).latent_channels
 
     @property
     def spatial_factor(self) -> int:
@@ -81,14 +89,15 @@ class AutoencoderConfig:
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(F', h, w, C) of one clip's latents, known without loading any weights."""
-        return _latent_shape(self.kind, self.spatial_factor, self.latent_channels, num_frames, height, width)
+        return _latent_shape(self.kind, self.spatial_factor, self.latent_channels, self.time_factor, num_frames,
+                             height, width)
 
 
 def build_autoencoder(cfg: AutoencoderConfig = AutoencoderConfig()) -> Autoencoder:
     """``patch``: the weightless PatchAutoencoder; ``wan``: a converted Wan VAE folder."""
     if cfg.kind == "patch":
-        ae = PatchAutoencoder(spatial=cfg.spatial)
-        return Autoencoder("patch", ae.latent_channels, ae.spatial, ae)
+        ae = PatchAutoencoder(spatial=cfg.spatial, time_factor=cfg.time_factor)
+        return Autoencoder("patch", ae.latent_channels, ae.spatial, ae, time_factor=cfg.time_factor)
     if not cfg.path:
         raise ValueError("autoencoder kind 'wan' needs the path of a converted Wan VAE (stp-convert --format wan_vae)")
     from stp_jax.convert.store import load_pretrained
@@ -173,9 +182,10 @@ class SampleConfig:
 # ---------------------------------------------------------------- model batches
 
 
-def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context) -> dict:
-    """A pipeline batch (uint8 frames, or stp-precompute latents; cameras, times) -> the train
-    step's latent batch."""
+def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context, frames_per_latent: int = TIME_FACTOR) -> dict:
+    """A pipeline batch (uint8 frames, or stp-precompute latents; cameras at the latent frame
+    rate, times per raw frame) -> the train step's latent batch (times as the DiT reads them,
+    stp_jax.controls.timing.model_times)."""
     if "tgt_latents" in batch:
         out = {"target": batch["tgt_latents"].astype(jnp.float32),
                "source": batch["src_latents"].astype(jnp.float32), "context": context}
@@ -183,7 +193,8 @@ def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context) -> dict
         out = {"target": ae.encode(to_float(batch["tgt_frames"])),
                "source": ae.encode(to_float(batch["src_frames"])), "context": context}
     for k in COND_KEYS[mode]:
-        out[k] = jnp.asarray(batch[k], jnp.float32)
+        v = jnp.asarray(batch[k], jnp.float32)
+        out[k] = model_times(v, frames_per_latent) if k.endswith("_time") else v
     return out
 
 
@@ -198,6 +209,7 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
     def gen(params, source, cond, context, null_context, noise):
         src = ae.encode(to_float(source))
         kw = {k: jnp.asarray(cond[k], jnp.float32) for k in COND_KEYS[mode]}
+        kw = {k: model_times(v, ae.time_factor) if k.endswith("_time") else v for k, v in kw.items()}
 
         def velocity(x, t, ctx):
             n = x.shape[0] // src.shape[0]  # 2 when the CFG pair is on the batch axis

@@ -55,12 +55,25 @@ def _lpips_fn():
     return jax.jit(lambda x, y: ev.lpips.apply(ev.params, x, y).reshape(-1))
 
 
+LPIPS_MIN_SIZE = 64  # AlexNet's five stages need frames at least this large (smaller: upsampled)
+
+
 def lpips(a, b, batch: int = 256) -> np.ndarray:
     """Per-frame LPIPS (AlexNet, v0.1 linear weights) of uint8 clips [..., T, H, W, 3] -> [..., T].
-    The published call order is (truth, prediction); the distance is symmetric."""
+    The published call order is (truth, prediction); the distance is symmetric. Frames smaller
+    than LPIPS_MIN_SIZE (the procedural demo's) are first upsampled by the smallest integer
+    factor that reaches it (bilinear): AlexNet's strided stages leave nothing of a 24-pixel frame."""
+    import jax
+    import jax.numpy as jnp
+
     a, b = np.asarray(a), np.asarray(b)
     lead = a.shape[:-3]
     fa, fb = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
+    h, w = fa.shape[1:3]
+    k = -(-LPIPS_MIN_SIZE // min(h, w))
+    if k > 1:
+        fa, fb = (np.asarray(jnp.round(jax.image.resize(jnp.asarray(f, jnp.float32), (len(f), h * k, w * k, 3),
+                                                           "bilinear")).astype(jnp.uint8)) for f in (fa, fb))
     fn = _lpips_fn()
     out = []
     for i in range(0, len(fa), batch):

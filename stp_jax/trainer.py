@@ -19,6 +19,7 @@ from flax import linen as nn
 from stp_jax import config as config_lib
 from stp_jax import inference
 from stp_jax import train_step as ts
+from stp_jax.controls.timing import raw_frames
 from stp_jax.data import pipeline as pl
 from stp_jax.models.dit import COND_KEYS, DiTConfig, SpaceTimeDiT, dummy_inputs, forward_flops
 from stp_jax.parallel import hardware
@@ -120,7 +121,7 @@ class Trainer:
 
     def _train_step(self, state, batch, rng, context):
         ae = None if "tgt_latents" in batch else self.ae
-        mb = inference.model_batch(self.mcfg.mode, ae, batch, context)
+        mb = inference.model_batch(self.mcfg.mode, ae, batch, context, self.ae_cfg.time_factor)
         nan_at = self.config.debug.nan_at_step
         if nan_at >= 0:  # testing hook: poison one step's latents
             mb["target"] = jnp.where(state.step == nan_at, jnp.nan, mb["target"])
@@ -163,7 +164,8 @@ class Trainer:
                 params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                       self.abstract_state.params, self.param_sh)
                 n = 2 * b  # the CFG pair on the batch axis
-                shapes = {"tgt_cam": (n, fh, 12), "src_cam": (n, fh, 12), "tgt_time": (n, t), "src_time": (n, t)}
+                tm = raw_frames(fh)  # the DiT reads 1 + 4(F - 1) times, whatever the autoencoder's frame mapping
+                shapes = {"tgt_cam": (n, fh, 12), "src_cam": (n, fh, 12), "tgt_time": (n, tm), "src_time": (n, tm)}
                 cond = {k: sds(shapes[k], jnp.float32) for k in COND_KEYS[self.mcfg.mode]}
                 fwd = jax.jit(lambda p, x, tt, ctx, cond: self.model.apply({"params": p}, x, tt, ctx, **cond),
                               compiler_options=self.compiler_options)

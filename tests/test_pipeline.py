@@ -63,6 +63,41 @@ def test_target_is_exact_ground_truth():
         assert any(np.array_equal(b["tgt_frames"][0, j], grid[c, t]) for c in range(9))
 
 
+def test_camera_paths_and_fixed_camera_pairs_are_exact_and_conditioned_on_the_source_camera():
+    """Every target path kind, and fixed-camera pairs: frames are the named grid cells, and
+    the target condition is relative to the source's first camera (the ReCamMaster rule), so a
+    path that starts elsewhere (reverse_sweep, hold) is expressible."""
+    from stp_jax.controls import camera as cam_lib
+    from stp_jax.data import camxtime as cx
+
+    seed, t = 5, 9
+    cams = cx.camera_path(seed, t)
+    grid = np.asarray(cx.render_grid_jit(cx.make_scene(seed), cams, t, 16, 16))
+    rng = np.random.default_rng(0)
+    fixed = pl.MakePair(pl.DataConfig(**{**CFG.__dict__, "fixed_camera_pairs": 1.0})).random_map(
+        {"seed": np.int64(seed), "grid": grid, "cameras": cams}, rng)
+    np.testing.assert_array_equal(fixed["src_frames"], grid[np.zeros(t, int), np.arange(t)])  # the first camera
+    np.testing.assert_array_equal(fixed["tgt_frames"], grid[np.zeros(t, int), fixed["tgt_time"]])
+    np.testing.assert_allclose(fixed["src_cam"], cam_lib.source_condition(None, t), atol=1e-6)
+    np.testing.assert_allclose(fixed["tgt_cam"], cam_lib.source_condition(None, t), atol=1e-6)
+    for kind in pl.TARGET_CAMERA_PATHS:
+        cfg = pl.DataConfig(**{**CFG.__dict__, "camera_paths": ((kind, 1.0),)})
+        pair = pl.MakePair(cfg).random_map({"seed": np.int64(seed), "grid": grid, "cameras": cams}, rng)
+        np.testing.assert_array_equal(pair["src_frames"], grid[np.arange(t), np.arange(t)])  # the diagonal
+        tgt_c = pl.target_camera_indices(kind, t, t, np.random.default_rng(1))
+        if kind == "reverse_sweep":
+            assert tgt_c[0] == t - 1
+            want = cam_lib.target_condition(cams[tgt_c], reference=cams[0])
+            np.testing.assert_allclose(pair["tgt_cam"], want, atol=1e-5)
+            assert not np.allclose(pair["tgt_cam"][:, :12][0], np.eye(4)[:3].reshape(12), atol=1e-3)
+        for j, tt in enumerate(pair["tgt_time"]):
+            assert any(np.array_equal(pair["tgt_frames"][j], grid[c, tt]) for c in range(t))
+    with pytest.raises(ValueError, match="camera_paths"):
+        pl.DataConfig(**{**CFG.__dict__, "camera_paths": (("sideways", 1.0),)})
+    with pytest.raises(ValueError, match="fixed_camera_pairs"):
+        pl.DataConfig(**{**CFG.__dict__, "fixed_camera_pairs": 1.5})
+
+
 def test_test_split_is_held_out():
     test = next(iter(pl.make_loader(pl.DataConfig(**{**CFG.__dict__, "split": "test"}))))
     assert (test["seed"] >= pl.TEST_SEED_OFFSET).all()

@@ -99,16 +99,33 @@ def test_tokenizer_round_trip(tmp_path):
         Tokenizer(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("t,s", [(1, 4), (5, 2), (17, 4)])
-def test_patch_autoencoder_exact(t, s):
-    ae = PatchAutoencoder(spatial=s)
+@pytest.mark.parametrize("t,s,k", [(1, 4, 4), (5, 2, 4), (17, 4, 4), (9, 4, 1), (9, 2, 2)])
+def test_patch_autoencoder_exact(t, s, k):
+    ae = PatchAutoencoder(spatial=s, time_factor=k)
     x = jnp.asarray(np.random.default_rng(t).uniform(-1, 1, (2, t, 8, 12, 3)).astype(np.float32))
     z = ae.encode(x)
-    assert z.shape == (2, 1 + (t - 1) // 4, 8 // s, 12 // s, 4 * s * s * 3)
+    assert z.shape == (2, 1 + (t - 1) // k, 8 // s, 12 // s, k * s * s * 3)
+    if k == 1:  # one latent frame per video frame: latent frame j is frame j alone
+        np.testing.assert_array_equal(np.asarray(z[:, 3]), np.asarray(PatchAutoencoder(s, time_factor=1).encode(
+            jnp.repeat(x[:, 3:4], 1, axis=1))[:, 0]))
     assert z.shape[:4] == (2,) + ae.latent_shape(t, 8, 12)[:3]
     np.testing.assert_array_equal(np.asarray(ae.decode(z)), np.asarray(x))
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         ae.encode(jnp.zeros((1, 4, 8, 8, 3)))
+    with pytest.raises(ValueError, match="time_factor"):
+        PatchAutoencoder(time_factor=3)
+
+
+def test_model_times_feed_the_dit_four_per_latent_frame():
+    """A clip's times as the DiT's time embedding reads them (1 + 4(F - 1) values)."""
+    from stp_jax.controls.timing import model_times
+    from stp_jax.models.conditioning import temporal_chunks
+
+    t = np.array([[0, 5, 6, 2, 9]])
+    assert model_times(t, 4) is t
+    one = model_times(t, 1)
+    assert one.tolist() == [[0, 5, 5, 5, 5, 6, 6, 6, 6, 2, 2, 2, 2, 9, 9, 9, 9]] and temporal_chunks(one.shape[1]) == 5
+    assert np.asarray(model_times(jnp.asarray(t), 2)).tolist() == [[0, 5, 5, 6, 6, 2, 2, 9, 9]]
 
 
 def test_text_cache_round_trip(hf_umt5, tmp_path):

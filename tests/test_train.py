@@ -118,13 +118,13 @@ def test_precompute_latents_round_trip_and_train(tmp_path):
     cfg = configs.load("tiny_camxtime:smoke", ["data.num_scenes=4"])
     out = precompute(cfg, tmp_path / "lat", epochs=2, batch=4)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["count"] == 8 and meta["latent_shape"] == [5, 8, 8, 192]
+    assert meta["count"] == 8 and meta["latent_shape"] == [17, 6, 6, 48]  # 24x24, per-frame latents
     d = dataclasses.replace(data_config(cfg), source="latents", latents_dir=str(out), shuffle=False, global_batch=4,
                             num_epochs=1)
     stored = next(iter(pl.make_loader(d)))
     assert sorted(stored["seed"].tolist()) == [0, 1, 2, 3]
     frames = next(iter(pl.make_loader(dataclasses.replace(data_config(cfg), shuffle=False, global_batch=4))))
-    ae = inference.build_autoencoder(inference.AutoencoderConfig("patch", 4))
+    ae = inference.build_autoencoder(inference.AutoencoderConfig(**cfg.autoencoder))
     back = np.asarray(inference.to_uint8(ae.decode(stored["tgt_latents"].astype(np.float32))))
     np.testing.assert_array_equal(back, frames["tgt_frames"])  # fp16 latents still round to the same pixels
     np.testing.assert_array_equal(stored["tgt_time"], frames["tgt_time"])

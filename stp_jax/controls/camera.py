@@ -85,10 +85,11 @@ def normalise_source(c2w: np.ndarray, eps: float = 1e-2) -> np.ndarray:
     return rel
 
 
-def subsample_latent(poses: np.ndarray) -> np.ndarray:
-    """Poses of raw frames 0, 4, 8, ... (one per latent frame) from [T, 4, 4], T = 1 + 4k."""
+def subsample_latent(poses: np.ndarray, frames_per_latent: int = TIME_FACTOR) -> np.ndarray:
+    """Poses of raw frames 0, 4, 8, ... (one per latent frame) from [T, 4, 4], T = 1 + 4k (every
+    ``frames_per_latent``-th frame for autoencoders with another frame mapping)."""
     latent_frames(len(poses))
-    return np.asarray(poses)[::TIME_FACTOR]
+    return np.asarray(poses)[::frames_per_latent]
 
 
 def latent_frames(num_frames: int) -> int:
@@ -104,20 +105,22 @@ def pack12(poses: np.ndarray) -> np.ndarray:
     return np.asarray(poses)[:, :3, :4].reshape(len(poses), 12).astype(np.float32)
 
 
-def target_condition(c2w: np.ndarray, name: str = "target trajectory", reference: np.ndarray | None = None) -> np.ndarray:
+def target_condition(c2w: np.ndarray, name: str = "target trajectory", reference: np.ndarray | None = None,
+                     frames_per_latent: int = TIME_FACTOR) -> np.ndarray:
     """[T, 4, 4] target poses -> [F', 12] model input, relative to the target's first frame
-    (published rule) or to ``reference`` (e.g. the source's first camera, for multi-view pairs)."""
+    (published rule) or to ``reference`` (e.g. the source's first camera, for training pairs)."""
     p = validate_poses(c2w, name)
     rel = relative_to_first(p) if reference is None else np.linalg.inv(np.asarray(reference, np.float64))[None] @ p
-    return pack12(subsample_latent(rel))
+    return pack12(subsample_latent(rel, frames_per_latent))
 
 
-def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "source trajectory") -> np.ndarray:
+def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "source trajectory",
+                     frames_per_latent: int = TIME_FACTOR) -> np.ndarray:
     """[T, 4, 4] source poses (or None = static identity camera) -> [F', 12] model input."""
     if c2w is None:
-        return pack12(np.tile(np.eye(4), (latent_frames(num_frames), 1, 1)))
+        c2w = np.tile(np.eye(4), (num_frames, 1, 1))
     p = validate_poses(c2w, name, frames=num_frames)
-    return pack12(subsample_latent(normalise_source(p)))
+    return pack12(subsample_latent(normalise_source(p), frames_per_latent))
 
 
 # ---------------------------------------------------------------- readers

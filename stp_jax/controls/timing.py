@@ -46,6 +46,27 @@ def raw_frames(num_latent: int) -> int:
     return 1 + TIME_FACTOR * (num_latent - 1)
 
 
+FRAMES_PER_LATENT = (1, 2, 4)  # autoencoders: 4 = Wan's frame mapping; 1 = one latent frame per video frame
+
+
+def model_times(times, frames_per_latent: int = TIME_FACTOR):
+    """The DiT's animation-time input [..., 1 + 4(F - 1)] for a clip's times [..., T] encoded by an
+    autoencoder of ``frames_per_latent`` raw frames per latent frame (F = 1 + (T - 1) / that).
+
+    The DiT always reads 4 times per latent frame after the first (its TemporalDownsampler):
+    with 4 frames per latent they are the clip's own times; with fewer, each raw frame's time
+    is repeated 4 / frames_per_latent times. Works on numpy and jax arrays."""
+    if frames_per_latent not in FRAMES_PER_LATENT:
+        raise ValueError(f"frames per latent frame must be one of {FRAMES_PER_LATENT}, got {frames_per_latent}")
+    if frames_per_latent == TIME_FACTOR:
+        return times
+    import jax.numpy as jnp
+
+    xp = jnp if not isinstance(times, np.ndarray) else np
+    return xp.concatenate([times[..., :1], xp.repeat(times[..., 1:], TIME_FACTOR // frames_per_latent, axis=-1)],
+                          axis=-1)
+
+
 def fit_length(pattern, num_frames: int) -> np.ndarray:
     """Cycle a shorter pattern, cut a longer one, to exactly ``num_frames`` entries."""
     p = np.asarray(pattern, np.int64).reshape(-1)

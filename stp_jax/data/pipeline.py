@@ -9,12 +9,15 @@ Sources, one pair sampler:
               expressed relative to the source's first camera).
 
 Pair sampling (deterministic per record, from Grain's per-record RNG):
-  source  the grid diagonal: camera i at time i (cameras spread evenly when C != T);
-  target  a camera path that starts at the source's first camera (static, the source's
-          sweep, a faster sweep that then holds, half a sweep), times from a random time
-          warp (stp_jax.data.timewarp, published probabilities by default).
-Because the target starts where the source starts, "relative to its own first frame"
-(what the published model is given) is also relative to the source's first camera.
+  source  the grid diagonal: camera i at time i (cameras spread evenly when C != T); with
+          probability ``fixed_camera_pairs`` source and target are both filmed from the first
+          camera instead (only time differs: no copy-by-camera shortcut, a clean time signal);
+  target  a camera path (``camera_paths``: static, the source's sweep, a faster sweep that
+          then holds, half a sweep, the sweep backwards, one held camera), times from a random
+          time warp (stp_jax.data.timewarp, published probabilities by default).
+Target cameras are conditioned relative to the source's first camera (the ReCamMaster
+training rule; for paths that start there it is also "relative to its own first frame", the
+published inference rule).
 
 Each example (keys as the model's inputs, stp_jax.models.dit.COND_KEYS): src_frames /
 tgt_frames uint8 [T, H, W, 3]; src_cam / tgt_cam float32 [F', 12]; src_time / tgt_time
@@ -33,12 +36,13 @@ import jax
 import numpy as np
 
 from stp_jax.controls import camera as cam_lib
-from stp_jax.controls.timing import check_frames
+from stp_jax.controls.timing import FRAMES_PER_LATENT, check_frames
 from stp_jax.data import camxtime as cx
 from stp_jax.data import latents, timewarp
 
 TEST_SEED_OFFSET = 1_000_000_000  # held-out scenes use seeds from here on
-TARGET_CAMERA_PATHS = ("static", "sweep", "fast_sweep", "half_sweep")
+TARGET_CAMERA_PATHS = ("static", "sweep", "fast_sweep", "half_sweep", "reverse_sweep", "hold")
+DEFAULT_CAMERA_PATHS = (("static", 0.25), ("sweep", 0.25), ("fast_sweep", 0.25), ("half_sweep", 0.25))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +60,19 @@ class DataConfig:
     num_epochs: int | None = None  # None = repeat forever
     worker_count: int = 0
     warp_probs: tuple[tuple[str, float], ...] | None = None  # None = published probabilities
+    # procedural pairs: target camera paths and their probabilities (None = DEFAULT_CAMERA_PATHS),
+    # and the probability of a fixed-camera pair (source and target both filmed from the path's first
+    # camera: only time differs, so time is all there is to learn from it)
+    camera_paths: tuple[tuple[str, float], ...] | None = None
+    fixed_camera_pairs: float = 0.0
     tfds_name: str = "camxtime_procedural"
     tfds_dir: str = ""  # "" = TFDS's default (or, for camxtime_procedural, DATA_CACHE)
     latents_dir: str = ""  # source "latents": the output of stp-precompute
 
-    RUNTIME = ("split", "seed")  # set by the caller, not by a config's data section
+    # raw frames per latent frame of the autoencoder (the cameras' rate): from the config's autoencoder
+    frames_per_latent: int = 4
+
+    RUNTIME = ("split", "seed", "frames_per_latent")  # set by the caller, not by a config's data section
 
     def __post_init__(self):
         check_frames(self.num_frames)
@@ -80,6 +92,13 @@ class DataConfig:
         if self.warp_probs is not None:
             object.__setattr__(self, "warp_probs", tuple((str(k), float(v)) for k, v in self.warp_probs))
             timewarp.probabilities(dict(self.warp_probs))  # validates names and values
+        if self.camera_paths is not None:
+            object.__setattr__(self, "camera_paths", tuple((str(k), float(v)) for k, v in self.camera_paths))
+            camera_path_probabilities(self.camera_paths)
+        if self.frames_per_latent not in FRAMES_PER_LATENT:
+            raise ValueError(f"frames_per_latent must be one of {FRAMES_PER_LATENT}, got {self.frames_per_latent}")
+        if not 0 <= self.fixed_camera_pairs <= 1:
+            raise ValueError(f"data.fixed_camera_pairs must be a probability in [0, 1], got {self.fixed_camera_pairs}")
 
     @classmethod
     def section_defaults(cls) -> dict:
@@ -89,7 +108,8 @@ class DataConfig:
     @classmethod
     def from_config(cls, config, split: str = "train", **overrides) -> DataConfig:
         """From a config (its ``data`` section and ``seed``)."""
-        return cls(split=split, seed=int(config.seed), **{**dict(config.data), **overrides})
+        fpl = int(config.autoencoder.get("time_factor", 4))
+        return cls(split=split, seed=int(config.seed), frames_per_latent=fpl, **{**dict(config.data), **overrides})
 
 
 DATA_CACHE = "~/.cache/stp_jax/tfds"  # where the embedded default's procedural dataset is built once
@@ -171,8 +191,26 @@ def tfds_source(cfg: DataConfig):
 # ---------------------------------------------------------------- pair sampling
 
 
+def camera_path_probabilities(paths) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, normalised probabilities) of target camera paths; unknown names or bad values raise."""
+    names = tuple(k for k, _ in paths)
+    p = np.array([v for _, v in paths], np.float64)
+    unknown = set(names) - set(TARGET_CAMERA_PATHS)
+    if unknown or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"data.camera_paths {paths}: expected (name, probability >= 0) pairs over "
+                         f"{TARGET_CAMERA_PATHS}, not all zero")
+    return names, p / p.sum()
+
+
 def target_camera_indices(kind: str, num_frames: int, num_cameras: int, rng: np.random.Generator) -> np.ndarray:
+    """Camera indices [T] of a target path. All but ``reverse_sweep`` and ``hold`` start at the
+    source's first camera; conditions are relative to that camera (the ReCamMaster training rule),
+    so paths that start elsewhere are expressible too."""
     src, _ = cx.source_indices(num_frames, num_cameras)
+    if kind == "reverse_sweep":  # the source's path backwards
+        return src[::-1].copy()
+    if kind == "hold":  # one random camera of the path, held
+        return np.full(num_frames, rng.integers(num_cameras), np.int64)
     if kind == "static":
         return np.zeros(num_frames, np.int64)
     if kind == "sweep":
@@ -208,8 +246,11 @@ class MakePair(grain.transforms.RandomMap):
             self._warp = _warp_fn(t, probs)
         seed = int(element["seed"])
         src_c, src_t = cx.source_indices(t, n_cam)
-        kind = TARGET_CAMERA_PATHS[rng.integers(len(TARGET_CAMERA_PATHS))]
+        names, probs = camera_path_probabilities(c.camera_paths or DEFAULT_CAMERA_PATHS)
+        kind = names[rng.choice(len(names), p=probs)]
         tgt_c = target_camera_indices(kind, t, n_cam, rng)
+        if c.fixed_camera_pairs > 0 and rng.uniform() < c.fixed_camera_pairs:  # only time differs
+            src_c = tgt_c = np.zeros_like(src_c)
         tgt_t, _ = self._warp(jax.random.PRNGKey(rng.integers(2 ** 31)))
         tgt_t = np.asarray(tgt_t, np.int64)
         if "videos" in element:  # multi-view record: an ordered camera pair, target warped in time
@@ -228,12 +269,12 @@ class MakePair(grain.transforms.RandomMap):
             src, tgt = both[:t], both[t:]
         return {
             "src_frames": src, "tgt_frames": tgt,
-            "src_cam": cam_lib.source_condition(cams[src_c], t),
-            "tgt_cam": cam_lib.target_condition(cams[tgt_c]),
+            "src_cam": cam_lib.source_condition(cams[src_c], t, frames_per_latent=c.frames_per_latent),
+            "tgt_cam": cam_lib.target_condition(cams[tgt_c], reference=cams[src_c[0]],
+                                                frames_per_latent=c.frames_per_latent),
             "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),
             "seed": np.int64(seed),
         }
-
 
     def _multiview_pair(self, element, seed, tgt_t, rng):
         c = self.cfg
@@ -248,8 +289,9 @@ class MakePair(grain.transforms.RandomMap):
         src_t = np.arange(t)
         return {
             "src_frames": videos[a], "tgt_frames": videos[b][tgt_t],
-            "src_cam": cam_lib.source_condition(cams[a], t),
-            "tgt_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0]),
+            "src_cam": cam_lib.source_condition(cams[a], t, frames_per_latent=c.frames_per_latent),
+            "tgt_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0],
+                                                frames_per_latent=c.frames_per_latent),
             "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),
             "seed": np.int64(seed),
         }

@@ -3,7 +3,10 @@
 PatchAutoencoder: no weights, exactly invertible. Frame 0 is folded alone (and repeated 4x
 so every latent frame has the same width); frames 1..T-1 are folded in groups of 4; each
 frame's s x s pixel blocks become channels. It is the embedded default's "VAE": the DiT
-learns on an exact, cheap latent space with no download.
+learns on an exact, cheap latent space with no download. ``time_factor`` (raw frames per
+latent frame) 4 is Wan's mapping; 1 keeps one latent frame per video frame (then retiming is
+moving whole tokens instead of permuting frames inside them; stp_jax.controls.timing.model_times
+feeds the DiT its times).
 
 Letters: B batch, T raw frames, F latent frames, H/W pixels, C channels, s spatial factor.
 Videos are channels-last floats in [-1, 1]: [B, T, H, W, 3].
@@ -14,7 +17,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from stp_jax.controls.timing import TIME_FACTOR, latent_frames
+from stp_jax.controls.timing import FRAMES_PER_LATENT, TIME_FACTOR, check_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,31 +25,36 @@ class PatchAutoencoder:
     """Weightless invertible causal space-time fold with WanVAE's frame mapping."""
     spatial: int = 4
     channels: int = 3
+    time_factor: int = TIME_FACTOR  # raw frames per latent frame (after the first)
+
+    def __post_init__(self):
+        if self.time_factor not in FRAMES_PER_LATENT:
+            raise ValueError(f"PatchAutoencoder time_factor must be one of {FRAMES_PER_LATENT}, got {self.time_factor}")
 
     @property
     def latent_channels(self) -> int:
-        return TIME_FACTOR * self.spatial * self.spatial * self.channels
+        return self.time_factor * self.spatial * self.spatial * self.channels
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         s = self.spatial
         if height % s or width % s:
             raise ValueError(f"frame size {height}x{width} is not divisible by the spatial factor {s}")
-        return latent_frames(num_frames), height // s, width // s, self.latent_channels
+        return 1 + (check_frames(num_frames) - 1) // self.time_factor, height // s, width // s, self.latent_channels
 
-    def encode(self, video):  # [B, T, H, W, c] -> [B, F, H/s, W/s, 4*s*s*c]
+    def encode(self, video):  # [B, T, H, W, c] -> [B, F, H/s, W/s, f*s*s*c]
         b, t, h, w, c = video.shape
         f, hs, ws, _ = self.latent_shape(t, h, w)
-        s = self.spatial
-        groups = jnp.concatenate([jnp.repeat(video[:, :1], TIME_FACTOR, axis=1), video[:, 1:]], axis=1)
-        g = groups.reshape(b, f, TIME_FACTOR, hs, s, ws, s, c)  # [B, F, 4, H/s, s, W/s, s, c]
-        g = g.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, F, H/s, W/s, 4, s, s, c]
+        s, k = self.spatial, self.time_factor
+        groups = jnp.concatenate([jnp.repeat(video[:, :1], k, axis=1), video[:, 1:]], axis=1)
+        g = groups.reshape(b, f, k, hs, s, ws, s, c)  # [B, F, k, H/s, s, W/s, s, c]
+        g = g.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, F, H/s, W/s, k, s, s, c]
         return g.reshape(b, f, hs, ws, self.latent_channels)
 
     def decode(self, latents):  # [B, F, H/s, W/s, C] -> [B, T, H, W, c]
         b, f, hs, ws, ch = latents.shape
         if ch != self.latent_channels:
             raise ValueError(f"latents have {ch} channels; this PatchAutoencoder makes {self.latent_channels}")
-        s, c = self.spatial, self.channels
-        g = latents.reshape(b, f, hs, ws, TIME_FACTOR, s, s, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        g = g.reshape(b, f * TIME_FACTOR, hs * s, ws * s, c)
-        return g[:, TIME_FACTOR - 1:]  # drop the 3 extra copies of frame 0
+        s, c, k = self.spatial, self.channels, self.time_factor
+        g = latents.reshape(b, f, hs, ws, k, s, s, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+        g = g.reshape(b, f * k, hs * s, ws * s, c)
+        return g[:, k - 1:]  # drop the extra copies of frame 0
