@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import linen as nn
 
 from stp_jax.config_utils import JsonConfig
@@ -226,9 +227,8 @@ class SpaceTimeDiT(nn.Module):
         f, hh, ww = ft // pt, hp // ph, wp // pw
         t_sin, cam = self._conditioning_inputs(b, f, tgt_cam, src_cam, tgt_time, src_time)
 
-        # patchify: [B, F, pt, H, ph, W, pw, C] -> [B, L, P] with P ordered (pt, ph, pw, C)
-        p = x.reshape(b, f, pt, hh, ph, ww, pw, ch).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-        p = p.reshape(b, f * hh * ww, pt * ph * pw * ch)
+        # patchify: tokens in raster order (f, h, w), each patch vector ordered (pt, ph, pw, C)
+        p = rearrange(x, "b (f pt) (h ph) (w pw) c -> b (f h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)  # [B, L, P]
         h = Dense((c.dim,), ("patch", "embed"), name="patch_embedding", **kw)(p)  # [B, L, D]
         h = _act(h, "activation_batch", "activation_length", "activation_embed")
 
@@ -257,8 +257,8 @@ class SpaceTimeDiT(nn.Module):
         h = modulate(layer_norm(h, c.eps), mod[:, 0:1], mod[:, 1:2]).astype(dtype)
         out = Dense((pt * ph * pw * c.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros,
                     name="head", **kw)(h)  # [B, L, P]
-        out = out.reshape(b, f, hh, ww, pt, ph, pw, c.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        return out.reshape(b, ft, hp, wp, c.out_channels).astype(jnp.float32)
+        out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
+        return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
 
     def _conditioning_inputs(self, b, f, tgt_cam, src_cam, tgt_time, src_time):
         """Validate the mode's inputs; return (t_sin [2, B, T, Q] | None, cam [B, F, 12] | None)."""

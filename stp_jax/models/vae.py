@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from einops import rearrange
 
 from stp_jax.controls.timing import FRAMES_PER_LATENT, TIME_FACTOR, check_frames
 
@@ -43,18 +44,15 @@ class PatchAutoencoder:
 
     def encode(self, video):  # [B, T, H, W, c] -> [B, F, H/s, W/s, f*s*s*c]
         b, t, h, w, c = video.shape
-        f, hs, ws, _ = self.latent_shape(t, h, w)
+        self.latent_shape(t, h, w)  # checks T = 1 + 4k and the frame size
         s, k = self.spatial, self.time_factor
-        groups = jnp.concatenate([jnp.repeat(video[:, :1], k, axis=1), video[:, 1:]], axis=1)
-        g = groups.reshape(b, f, k, hs, s, ws, s, c)  # [B, F, k, H/s, s, W/s, s, c]
-        g = g.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, F, H/s, W/s, k, s, s, c]
-        return g.reshape(b, f, hs, ws, self.latent_channels)
+        groups = jnp.concatenate([jnp.repeat(video[:, :1], k, axis=1), video[:, 1:]], axis=1)  # [B, F*k, H, W, c]
+        return rearrange(groups, "b (f k) (h s1) (w s2) c -> b f h w (k s1 s2 c)", k=k, s1=s, s2=s)
 
     def decode(self, latents):  # [B, F, H/s, W/s, C] -> [B, T, H, W, c]
         b, f, hs, ws, ch = latents.shape
         if ch != self.latent_channels:
             raise ValueError(f"latents have {ch} channels; this PatchAutoencoder makes {self.latent_channels}")
         s, c, k = self.spatial, self.channels, self.time_factor
-        g = latents.reshape(b, f, hs, ws, k, s, s, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        g = g.reshape(b, f * k, hs * s, ws * s, c)
+        g = rearrange(latents, "b f h w (k s1 s2 c) -> b (f k) (h s1) (w s2) c", k=k, s1=s, s2=s, c=c)
         return g[:, k - 1:]  # drop the extra copies of frame 0
