@@ -243,6 +243,9 @@ def load_checkpoint(path, vae: str | None = None) -> Checkpoint:
         raise ValueError(f"checkpoint {p} does not exist")
     if (p / "model" / "config.json").exists():
         p = p / "model"
+    elif (p / "checkpoints").is_dir():
+        raise ValueError(f"checkpoint {p}: a training workdir without an exported model/ (the run stopped before its "
+                         f"end); finish it with stp-train --workdir {p} (e.g. --set total_steps=<the step it reached>)")
     if not (p / "config.json").exists():
         raise ValueError(f"checkpoint {p}: neither a training workdir with model/ (stp-train) nor a converted "
                          "model folder with config.json (stp-convert)")

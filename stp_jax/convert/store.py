@@ -86,9 +86,9 @@ def load_config(path):
         raise ConversionError(f"{path}: not a converted stp_jax checkpoint (no config.json); "
                               "convert PyTorch weights first with stp-convert")
     d = json.loads(f.read_text())
-    name = d.pop("model", None)
+    name = d.pop("model", None) if isinstance(d, dict) else None
     models = _models()
-    if name not in models:
+    if not isinstance(name, str) or name not in models:
         raise ConversionError(f"{f}: unknown model {name!r}; expected one of {sorted(models)}")
     return models[name][0].from_dict(d)
 
