@@ -118,6 +118,100 @@ def test_plot_writes_png(tmp_path):
     assert (tmp_path / "cams.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# ---- ReCamMaster presets vs the published parametrisation (docs/REFERENCE.md §6.1), written out here
+
+
+def _formula_pose(cam: int, f: int) -> np.ndarray:
+    u = f / 80.5
+    k = 4 - 2 * np.sqrt(3)
+
+    def rx(a):
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+    def ry(a):
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+    d = np.deg2rad
+    r, t = {
+        1: (ry(d(20 * u)), (0, 0, 0)), 2: (ry(d(-20 * u)), (0, 0, 0)),
+        3: (rx(d(10 * u)), (0, 0, 0)), 4: (rx(d(-10 * u)), (0, 0, 0)),
+        5: (np.eye(3), (0, 0, 2 * u)), 6: (np.eye(3), (0, 0, -2 * u)),
+        7: (rx(-np.arctan(u / 4)), (0, -u, 0)), 8: (rx(np.arctan(u / 4)), (0, u, 0)),
+        9: (ry(np.arctan2(2 * u, 4 - k * u)), (-2 * u, 0, k * u)),
+        10: (ry(-np.arctan2(2 * u, 4 - k * u)), (2 * u, 0, k * u)),
+    }[cam]
+    p = np.eye(4)
+    p[:3, :3], p[:3, 3] = r, t
+    return p
+
+
+def _published_json(path):
+    """A camera_extrinsics.json in the published format, made from the formulas: Unreal row-vector
+    poses in cm, 6 significant digits, frame 0 at R = I, t = (3390, 1380, 240) cm for every camera."""
+    def to_cv(m):  # the published conversion, step by step
+        c = m.T[:, [1, 2, 0, 3]].copy()
+        c[:3, 1] *= -1
+        c[:3, 3] /= 100
+        return c
+
+    def from_cv(c):
+        a = c.copy()
+        a[:3, 3] *= 100
+        a[:3, 1] *= -1
+        b = np.empty_like(a)
+        b[:, [1, 2, 0, 3]] = a
+        return b.T
+
+    m0 = np.eye(4)
+    m0[3, :3] = (3390, 1380, 240)
+    c0 = to_cv(m0)
+    assert np.linalg.det(c0[:3, :3]) < 0  # OpenCV axes in Unreal's left-handed world
+    fmt = lambda m: "".join("[" + " ".join(f"{v:.6g}" for v in row) + "] " for row in m)  # noqa: E731
+    data = {f"frame{f}": {f"cam{i:02d}": fmt(from_cv(c0 @ _formula_pose(i, f))) for i in range(1, 11)}
+            for f in range(81)}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("i", range(1, 11))
+def test_recammaster_presets_equal_the_published_formulas(i, tmp_path):
+    want = np.stack([_formula_pose(i, f) for f in range(81)])
+    got = cam.preset(f"cam{i:02d}", 81)
+    assert np.abs(got - want).max() <= 1e-3  # measured: ~1e-15
+    np.testing.assert_allclose(got, cam.preset(cam.RECAMMASTER_ORDER[i - 1], 81), atol=0)
+    np.testing.assert_allclose(cam.target_condition(got), want[::4, :3, :].reshape(21, 12), atol=1e-6)
+    # any T: the same path, sampled at T frames (same end pose)
+    np.testing.assert_allclose(cam.preset(f"cam{i:02d}", 5)[[0, -1]], want[[0, -1]], atol=1e-12)
+
+
+def test_any_camera_of_a_published_json(tmp_path):
+    f = _published_json(tmp_path / "camera_extrinsics.json")
+    assert cam.recammaster_cameras(f) == [f"cam{i:02d}" for i in range(1, 11)]
+    for i in range(1, 11):
+        c2w = cam.camera_from_arg(f"{f}:cam{i:02d}", 81)
+        want = np.stack([_formula_pose(i, t) for t in range(81)])
+        assert np.abs(cam.relative_to_first(c2w) - want).max() <= 1e-3  # JSON rounding: ~5e-5
+    np.testing.assert_allclose(cam.camera_from_arg(str(f), 81), cam.camera_from_arg(f"{f}:cam01", 81))
+    with pytest.raises(cam.CameraError, match="no camera 'cam11'"):
+        cam.camera_from_arg(f"{f}:cam11", 81)
+    cam.write_trajectory_json(tmp_path / "ours.json", cam.preset("cam01", 5))
+    with pytest.raises(cam.CameraError, match="single-trajectory"):
+        cam.camera_from_arg(f"{tmp_path / 'ours.json'}:cam02", 5)
+
+
+def test_mirrored_world_poses_accepted_only_when_asked_and_consistent():
+    p = cam.preset("cam09", 9) @ np.diag([1.0, -1, 1, 1])  # det -1 everywhere (a mirrored world)
+    with pytest.raises(cam.CameraError, match="det"):
+        cam.validate_poses(p)
+    assert cam.validate_poses(p, mirrored_world=True).shape == (9, 4, 4)
+    mixed = p.copy()
+    mixed[3] = np.eye(4)
+    with pytest.raises(cam.CameraError, match="pose 3"):
+        cam.validate_poses(mixed, mirrored_world=True)
+
+
 _rot_angles = st.floats(-180, 180, allow_nan=False)
 
 
