@@ -256,27 +256,45 @@ def _r(a, b):
     return list(range(a, b + 1)) if b >= a else list(range(a, b - 1, -1))
 
 
+# docs/REFERENCE.md §6.3, both naming families (demo / evaluation), written out
 PUBLISHED_81 = {
-    "forward": _r(0, 80),
-    "reverse": _r(80, 0),
-    "pingpong": (_r(40, 80) + _r(80, 40))[:81],
-    "bounce_late": [min(x, 80) for x in (_r(60, 84) + _r(84, 20))[:81]],
-    "bounce_early": [min(x, 80) for x in (_r(20, 84) + _r(84, 60))[:81]],
-    "slowmo_first_half": [0] + [x for i in range(1, 41) for x in (i, i)],
-    "slowmo_second_half": [40] + [x for i in range(41, 81) for x in (i, i)],
-    "ramp_then_freeze": _r(0, 40) + [40] * 40,
-    "freeze_start": [0] * 81, "freeze_early": [20] * 81, "freeze_mid": [40] * 81, "freeze_late": [60] * 81,
-    "freeze_end": [80] * 81,
+    ("forward", "normal"): _r(0, 80),
+    ("reverse",): _r(80, 0),
+    ("pingpong", "bounce_40"): _r(40, 80) + _r(80, 41),
+    ("bounce_late", "zigzag_15_21_5"): _r(60, 84) + _r(84, 29),  # 81..84 unclipped, as published
+    ("bounce_early", "zigzag_5_21_15"): _r(20, 84) + _r(84, 69),
+    ("slowmo_first_half", "repeat_0to40_double"): [0] + [x for i in range(1, 41) for x in (i, i)],
+    ("slowmo_second_half", "start40_repeat_next"): [40] + [x for i in range(41, 81) for x in (i, i)],
+    ("ramp_then_freeze", "go_and_freeze"): _r(0, 40) + [40] * 40,
+    ("zigzag_0_10_0",): _r(0, 40) + _r(39, 0),
+    ("freeze_start", "fixed_0"): [0] * 81, ("freeze_early", "fixed_5"): [20] * 81,
+    ("freeze_mid", "fixed_10"): [40] * 81, ("freeze_late", "fixed_15"): [60] * 81,
+    ("freeze_end", "fixed_20"): [80] * 81,
 }
+PUBLISHED_NAMES = [n for names in PUBLISHED_81 for n in names]
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED_81))
-def test_published_presets_equal_index_lists(name):
-    assert timing.preset(name, 81).tolist() == PUBLISHED_81[name]
+@pytest.mark.parametrize("names", list(PUBLISHED_81))
+def test_published_time_modes_equal_index_lists(names):
+    want = PUBLISHED_81[names]
+    assert len(want) == 81
+    for name in names:
+        assert timing.preset(name, 81).tolist() == want, name
+        assert timing.schedule_from_arg(name, 81).tolist() == want, name  # what --time NAME gives
+    clipped = timing.preset(names[0], 81, clip=True).tolist()
+    assert clipped == [min(x, 80) for x in want]
+
+
+def test_overshoot_only_where_published():
+    assert timing.preset("bounce_late", 81).max() == 84 and timing.overshoot(81) == 4
+    with pytest.raises(timing.ScheduleError, match="index 81"):
+        timing.schedule_from_arg("0-79,81", 81)  # a user list may not overshoot
+    with pytest.raises(timing.ScheduleError, match="index 84"):
+        timing.preset("bounce_late", 81, source_frames=80)  # 84 > 79 + 4
 
 
 @pytest.mark.parametrize("t", [1, 5, 17, 33, 121])
-@pytest.mark.parametrize("name", list(PUBLISHED_81) + ["freeze@3", "ramp@2", "zigzag@3", "slowmo2", "slowmo3@0-2",
+@pytest.mark.parametrize("name", PUBLISHED_NAMES + ["freeze@3", "ramp@2", "zigzag@3", "slowmo2", "slowmo3@0-2",
                                                        "speed0.5", "bullet_time"])
 def test_presets_any_length_in_range(name, t):
     s = timing.preset(name, t, source_frames=max(t, 5), clip=True)
@@ -335,6 +353,19 @@ def test_warp_shapes_of_modes():
     assert (np.bincount(slow)[slow.min() + 1: slow.max()] == 2).all()
     fixed = np.asarray(tw.warp(k, tw.mode_id("fixed_frame"), 21, 81))
     assert len(set(fixed.tolist())) == 1
+
+
+def test_boomerang_is_the_published_sequence():
+    seq = tw.virtual_sequence("boomerang", 81)
+    assert seq.tolist() == list(range(81)) + list(range(80, -1, -1))  # length 162, frame 80 twice
+    keys = jax.random.split(jax.random.PRNGKey(1), 64)
+    outs = np.asarray(jax.jit(jax.vmap(lambda k: tw.warp(k, tw.mode_id("boomerang"), 81, 81)))(keys))
+    windows = {tuple(seq[s:s + 81].tolist()): s for s in range(162 - 81 + 1)}
+    starts = [windows[tuple(o.tolist())] for o in outs]  # every output is 81 consecutive entries
+    assert len(set(starts)) > 20  # from random starts in [0, 81]
+    zig = tw.virtual_sequence("zigzag", 81, jax.random.PRNGKey(5))
+    p = int(zig.max())
+    assert 41 <= p <= 80 and zig.tolist() == list(range(p + 1)) + list(range(p - 1, -1, -1))
 
 
 def test_random_mode_frequencies_match_probabilities():
