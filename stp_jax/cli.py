@@ -85,29 +85,42 @@ def train_main(argv=None) -> int:
 
 def sample_main(argv=None) -> int:
     from stp_jax.diffusion.sampler import SOLVERS
+    from stp_jax.inference import VAE_TILINGS
+    from stp_jax.models.dit import NUMERICS
 
     p = _Parser(prog="stp-sample", description="Re-render a video along a camera trajectory and an "
                 "animation-time schedule.")
     p.add_argument("--checkpoint", required=True, help="training workdir (stp-train) or converted model folder")
     p.add_argument("--video", help="source video (mp4...)")
-    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static) or trajectory file")
+    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static), a trajectory file, "
+                                    "or FILE.json:camNN (one camera of a ReCamMaster camera_extrinsics.json)")
     p.add_argument("--source-camera", help="the source's own camera poses (file); default: a static camera")
-    p.add_argument("--time", help="time preset (forward, reverse, freeze_mid, slowmo_first_half, zigzag@N...), "
+    p.add_argument("--time", help="time mode (forward, reverse, freeze_mid, bounce_late, slowmo_first_half, "
+                                  "or the evaluation names normal, fixed_10, zigzag_0_10_0...; zigzag@N...), "
                                   "a comma list or a file")
     p.add_argument("--jobs", help="JSONL of jobs (keys as the flags: video, camera, time, caption, seed...)")
     p.add_argument("--out", required=True)
     p.add_argument("--caption")
     p.add_argument("--text-embedding", help=".npy [tokens, text_dim] text states")
+    p.add_argument("--negative-embedding", help=".npy [tokens, text_dim] negative text states for CFG (with "
+                                                "--text-embedding; else CFG needs --text-encoder)")
     p.add_argument("--text-encoder", help="converted umT5 folder with tokenizer files (for --caption)")
     p.add_argument("--negative", help="negative prompt for CFG (default: Wan's)")
     p.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--preset", help="a sampling preset of the checkpoint's run.json (published checkpoints: demo = "
+                                    "20 steps as the published demo script, eval = 50)")
+    p.add_argument("--steps", type=int, help="default: run.json's (published: 50)")
+    p.add_argument("--cfg", type=float, help="CFG scale (default: run.json's, else 5)")
     p.add_argument("--shift", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--solver", default="euler", choices=SOLVERS)
+    p.add_argument("--seed", type=int, help="default: run.json's, else 0")
+    p.add_argument("--solver", choices=SOLVERS, help="default: run.json's, else euler")
+    p.add_argument("--numerics", choices=NUMERICS,
+                   help="reference: sample as the published pipeline (bf16 timesteps, float64 sinusoids, bf16 "
+                        "weights and compute, truncated 8-bit output); default: run.json's, else float32")
+    p.add_argument("--vae-tiling", choices=VAE_TILINGS, help="the Wan VAE's tiling (default: run.json's, else none)")
+    p.add_argument("--fps", type=float, help="output frame rate (default: run.json's: 30 published, else 8)")
     p.add_argument("--frames", type=int)
-    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's training size, else the video's)")
+    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's run.json size, else the video's)")
     p.add_argument("--segments", type=int, default=1, help="autoregressive segments (long videos)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")
@@ -218,7 +231,7 @@ def aot_main(argv=None) -> int:
 
 
 def convert_main(argv=None) -> int:
-    from stp_jax.convert.checkpoint import FORMATS
+    from stp_jax.convert.checkpoint import FORMATS, SAMPLING_DEFAULTS
 
     p = _Parser(prog="stp-convert", description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT "
                 "checkpoint, a umT5 encoder (Wan .pth or transformers) or the Wan VAE (Wan2.1_VAE.pth or "
@@ -233,6 +246,9 @@ def convert_main(argv=None) -> int:
     p.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
                                                  "without a config.json)")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--sampling-defaults", default="auto", choices=SAMPLING_DEFAULTS,
+                   help="DiTs: write run.json with the published sampling defaults (480x832x81, 50 steps, CFG 5, "
+                        "reference numerics, tiled VAE, 30 fps); auto: for published sizes (1.3B, 14B)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--export", action="store_true", help="reverse: stp_jax folder -> PyTorch safetensors")
     p.add_argument("--layout", default="original", choices=["original", "diffusers"], help="key layout for --export")
@@ -249,7 +265,8 @@ def convert_main(argv=None) -> int:
             line = export_checkpoint(args.src, args.out, args.layout)
         else:
             line = convert_checkpoint(args.src, args.out, fmt=args.format, base=args.base, num_heads=args.num_heads,
-                                      param_dtype=args.param_dtype, overwrite=args.overwrite)
+                                      param_dtype=args.param_dtype, overwrite=args.overwrite,
+                                      sampling_defaults=args.sampling_defaults)
         print(f"{line} in {time.time() - t0:.1f}s")
         return 0
 
