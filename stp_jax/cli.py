@@ -2,7 +2,7 @@
 
   stp-train       stp_jax.train.train_and_evaluate
   stp-sample      stp_jax.sample.sample
-  stp-eval        stp_jax.evaluate.evaluate_checkpoint
+  stp-eval        stp_jax.evaluate.evaluate_checkpoint; stp_jax.benchmark.run_benchmark / score
   stp-precompute  stp_jax.precompute.precompute
   stp-aot         stp_jax.aot.aot_report
   stp-convert     stp_jax.convert.checkpoint.convert_checkpoint / export_checkpoint
@@ -142,31 +142,94 @@ def sample_main(argv=None) -> int:
 
 def eval_main(argv=None) -> int:
     from stp_jax.evaluate import DEFAULT_CASES
+    from stp_jax.models.dit import NUMERICS
 
-    p = _Parser(prog="stp-eval", description="Retiming and camera-control evaluation of a trained model on held-out "
-                "procedural Cam×Time scenes: PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines.")
-    p.add_argument("--checkpoint", required=True, help="a training workdir or its model/ folder (stp-train)")
-    p.add_argument("--out", help="where to write eval.md, eval.json and the videos (default CHECKPOINT/eval)")
+    p = _Parser(prog="stp-eval", description="Evaluate a model. Default: retiming and camera control on held-out "
+                "procedural Cam×Time scenes (PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines). "
+                "--camxtime-eval DIR: predict the published Cam×Time benchmark (5 modes) into --out; "
+                "--score PRED --gt GT: its published metric.")
+    p.add_argument("--checkpoint", help="a training workdir or a converted model folder (not needed for --score)")
+    p.add_argument("--out", help="procedural: where to write eval.md, eval.json and the videos (default "
+                                 "CHECKPOINT/eval); --camxtime-eval: the predictions root; --score: where to write "
+                                 "scores.json / scores.md (default: PRED)")
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--cases", default=",".join(DEFAULT_CASES),
                    help="comma list: time presets (fixed camera), moving:<preset> (the source's camera), "
                         "cam:reverse_path, cam:last_view")
     p.add_argument("--steps", type=int)
     p.add_argument("--shift", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (AlexNet features; the slowest metric)")
+    b = p.add_argument_group("the published Cam×Time benchmark (docs/REFERENCE.md §6.4)")
+    b.add_argument("--camxtime-eval", metavar="DIR", help="a published eval_input folder (metadata.csv, videos/, "
+                                                          "src_cam/, cameras/): predict its 5 modes into --out")
+    b.add_argument("--score", metavar="PRED", help="score predictions <PRED>/<mode>/<stem>_cam_00.mp4 against --gt")
+    b.add_argument("--gt", metavar="DIR", help="ground truth <DIR>/<stem>/moving_<p>.mp4 (eval_gt_wan2.1_format)")
+    b.add_argument("--modes", help="comma list of benchmark modes (default: fixed_10,normal,reverse,slowmo,zigzag)")
+    b.add_argument("--text-encoder", help="converted umT5 folder for the scenes' captions")
+    b.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
+    b.add_argument("--cfg", type=float, help="CFG scale (default: run.json's, else 5)")
+    b.add_argument("--numerics", choices=NUMERICS, help="default: run.json's (published checkpoints: reference)")
+    b.add_argument("--frames", type=int, help="default: run.json's (published: 81)")
+    b.add_argument("--size", help="HEIGHTxWIDTH model input (default: run.json's, published 480x832)")
+    b.add_argument("--fps", type=float)
+    b.add_argument("--batch", type=int, default=1, help="modes of one scene generated together")
+    b.add_argument("--overwrite", action="store_true", help="redo predictions that exist (default: resume)")
+
     def go():
         args = p.parse_args(argv)
+        if args.camxtime_eval and args.score:
+            raise ValueError("give --camxtime-eval (predict) or --score (score predictions), not both")
+        if args.score:
+            return _score(args)
+        if not args.checkpoint:
+            raise ValueError("--checkpoint is required (except with --score)")
+        if args.camxtime_eval:
+            return _camxtime_eval(args)
         from stp_jax.evaluate import evaluate_checkpoint, markdown_table
 
         cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
         res, out = evaluate_checkpoint(args.checkpoint, args.out, scenes=args.scenes, cases=cases, steps=args.steps,
-                                       shift=args.shift, seed=args.seed, lpips=not args.no_lpips)
+                                       shift=args.shift, seed=args.seed or 0, lpips=not args.no_lpips)
         print(markdown_table(res))
         print(f"\nwritten: {out}/eval.md, eval.json, <case>.mp4 (source | truth | model), <case>.png")
         return 0
 
     return _run("stp-eval", go)
+
+
+def _camxtime_eval(args) -> int:
+    from stp_jax.benchmark import MODES, run_benchmark
+
+    if not args.out:
+        raise ValueError("--camxtime-eval needs --out PRED_ROOT (where <mode>/<stem>_cam_00.mp4 are written)")
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size {args.size!r}: expected HEIGHTxWIDTH, e.g. 480x832") from None
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else tuple(MODES)
+    s = run_benchmark(args.camxtime_eval, args.checkpoint, args.out, modes=modes, vae=args.vae,
+                      text_encoder=args.text_encoder, steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed,
+                      numerics=args.numerics, frames=args.frames, size=size, fps=args.fps, batch=args.batch,
+                      overwrite=args.overwrite)
+    print(f"{s['written']} predictions written ({s['scenes']} scenes x {len(s['modes'])} modes, existing kept) to "
+          f"{args.out}/<mode>/<stem>_cam_00.mp4; settings in {args.out}/benchmark.json")
+    return 0
+
+
+def _score(args) -> int:
+    from stp_jax.benchmark import markdown, score, write_scores
+
+    if not args.gt:
+        raise ValueError("--score needs --gt DIR (the ground truth: <DIR>/<stem>/moving_<p>.mp4)")
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else None
+    res = score(args.score, args.gt, modes=modes, lpips=not args.no_lpips)
+    out = write_scores(res, args.out or args.score)
+    print(markdown(res))
+    print(f"\nwritten: {out}/scores.json (per video too), {out}/scores.md")
+    return 0
 
 
 # ---------------------------------------------------------------- stp-precompute

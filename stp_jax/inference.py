@@ -177,6 +177,28 @@ def load_text_encoder(path, numerics: str = "default"):
     return encode
 
 
+def guidance(cfg: float, *, negative_embedding=None, encoder=None, negative: str | None = None,
+             text_embeddings: bool = False, text_dim: int = 0) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(negative states [S, E] or None, what they are, why guidance is off or None).
+
+    CFG runs when cfg != 1 and negative states exist: ``negative_embedding`` (a .npy), else the
+    negative prompt (``negative`` or Wan's) through the text encoder (``encoder``: a zero-argument
+    function returning it, or None). Otherwise the reason names what is missing."""
+    from stp_jax.models.text import WAN_NEGATIVE_PROMPT
+
+    if cfg == 1.0:
+        return None, None, "the CFG scale is 1"
+    if negative_embedding:
+        return load_text_embedding(negative_embedding, text_dim), str(negative_embedding), None
+    if encoder is not None:
+        return encoder()(negative or WAN_NEGATIVE_PROMPT), ("Wan default" if negative is None else negative), None
+    if text_embeddings:
+        return None, None, ("--text-embedding was given without --negative-embedding FILE.npy (or --text-encoder "
+                            "to encode the negative prompt): there are no negative states")
+    return None, None, ("the model is conditioned on its trained null text (no --caption or --text-embedding): "
+                        "there is no negative prompt to guide against")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
     """The text condition of every clip (a config's ``text`` section)."""

@@ -125,28 +125,6 @@ def _text_states_fn(ck: inference.Checkpoint, encoder):
     return states
 
 
-def guidance(cfg: float, *, negative_embedding=None, encoder=None, negative: str | None = None,
-             text_embeddings: bool = False, text_dim: int = 0) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(negative states [S, E] or None, what they are, why guidance is off or None).
-
-    CFG runs when cfg != 1 and negative states exist: ``negative_embedding`` (a .npy), else the
-    negative prompt (``negative`` or Wan's) through the text encoder (``encoder``: a zero-argument
-    function returning it, or None). Otherwise the reason names what is missing."""
-    from stp_jax.models.text import WAN_NEGATIVE_PROMPT
-
-    if cfg == 1.0:
-        return None, None, "the CFG scale is 1"
-    if negative_embedding:
-        return inference.load_text_embedding(negative_embedding, text_dim), str(negative_embedding), None
-    if encoder is not None:
-        return encoder()(negative or WAN_NEGATIVE_PROMPT), ("Wan default" if negative is None else negative), None
-    if text_embeddings:
-        return None, None, ("--text-embedding was given without --negative-embedding FILE.npy (or --text-encoder "
-                            "to encode the negative prompt): there are no negative states")
-    return None, None, ("the model is conditioned on its trained null text (no --caption or --text-embedding): "
-                        "there is no negative prompt to guide against")
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -212,11 +190,11 @@ def _data_size(mesh) -> int:
     return shape.get("data", 1) * shape.get("fsdp", 1)
 
 
-def write_outputs(out: Path, job: Job, frames: np.ndarray, fps: float = 8.0):
+def write_outputs(out: Path, job: Job, frames: np.ndarray, fps: float = 8.0, crf: int = 18):
     from stp_jax.data.video_io import contact_sheet, write_video
 
     out.mkdir(parents=True, exist_ok=True)
-    write_video(out / "video.mp4", frames, fps=fps)
+    write_video(out / "video.mp4", frames, fps=fps, crf=crf)
     src = np.concatenate([job.source] * (len(frames) // len(job.source)))
     write_video(out / "side_by_side.mp4", np.concatenate([src, frames], axis=2), fps=fps)
     every = max(1, len(frames) // 8)
@@ -282,7 +260,7 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
                 "cfg": run_s.get("cfg_scale", 5.0) if cfg is None else cfg,
                 "seed": run_s.get("seed", 0) if seed is None else seed, "solver": solver or run_s.get("solver", "euler"),
                 "size": size, "frames": frames, "segments": segments, "preset": preset,
-                "fps": float(fps or run_s.get("fps", 8.0))}
+                "fps": float(fps or run_s.get("fps", 8.0)), "crf": int(run_s.get("crf", 18))}
     encoder_cache = []
 
     def encoder():
@@ -299,10 +277,10 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
         if len({j.settings[key] for j in job_list}) > 1:
             raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
     js = job_list[0].settings
-    neg, neg_name, off = guidance(float(js["cfg"]), negative_embedding=negative_embedding,
-                                  encoder=encoder if text_encoder else None, negative=negative,
-                                  text_embeddings=any(j.settings["text_embedding"] for j in job_list),
-                                  text_dim=ck.model.cfg.text_dim)
+    neg, neg_name, off = inference.guidance(float(js["cfg"]), negative_embedding=negative_embedding,
+                                            encoder=encoder if text_encoder else None, negative=negative,
+                                            text_embeddings=any(j.settings["text_embedding"] for j in job_list),
+                                            text_dim=ck.model.cfg.text_dim)
     if off:
         print(f"stp-sample: note: classifier-free guidance is off: {off}", file=sys.stderr)
     for j in job_list:
@@ -318,5 +296,6 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
                        negative=neg, segments=segments, batch_size=batch, mesh=mesh, solver=js["solver"])
     with atomic_output(out, folder=True) as tmp:
         for job, frames_out in zip(job_list, outputs):
-            write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out, fps=float(js["fps"]))
+            write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out, fps=float(js["fps"]),
+                          crf=int(defaults["crf"]))
     return out, len(job_list)
