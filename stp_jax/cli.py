@@ -2,7 +2,7 @@
 
   stp-train       stp_jax.train.train_and_evaluate
   stp-sample      stp_jax.sample.sample
-  stp-eval        stp_jax.evaluate.evaluate_checkpoint
+  stp-eval        stp_jax.evaluate.evaluate_checkpoint; stp_jax.benchmark.run_benchmark / score
   stp-precompute  stp_jax.precompute.precompute
   stp-aot         stp_jax.aot.aot_report
   stp-convert     stp_jax.convert.checkpoint.convert_checkpoint / export_checkpoint
@@ -85,29 +85,42 @@ def train_main(argv=None) -> int:
 
 def sample_main(argv=None) -> int:
     from stp_jax.diffusion.sampler import SOLVERS
+    from stp_jax.inference import VAE_TILINGS
+    from stp_jax.models.dit import NUMERICS
 
     p = _Parser(prog="stp-sample", description="Re-render a video along a camera trajectory and an "
                 "animation-time schedule.")
     p.add_argument("--checkpoint", required=True, help="training workdir (stp-train) or converted model folder")
     p.add_argument("--video", help="source video (mp4...)")
-    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static) or trajectory file")
+    p.add_argument("--camera", help="camera preset (cam01..cam10, orbit<deg>[_el<deg>], static), a trajectory file, "
+                                    "or FILE.json:camNN (one camera of a ReCamMaster camera_extrinsics.json)")
     p.add_argument("--source-camera", help="the source's own camera poses (file); default: a static camera")
-    p.add_argument("--time", help="time preset (forward, reverse, freeze_mid, slowmo_first_half, zigzag@N...), "
+    p.add_argument("--time", help="time mode (forward, reverse, freeze_mid, bounce_late, slowmo_first_half, "
+                                  "or the evaluation names normal, fixed_10, zigzag_0_10_0...; zigzag@N...), "
                                   "a comma list or a file")
     p.add_argument("--jobs", help="JSONL of jobs (keys as the flags: video, camera, time, caption, seed...)")
     p.add_argument("--out", required=True)
     p.add_argument("--caption")
     p.add_argument("--text-embedding", help=".npy [tokens, text_dim] text states")
+    p.add_argument("--negative-embedding", help=".npy [tokens, text_dim] negative text states for CFG (with "
+                                                "--text-embedding; else CFG needs --text-encoder)")
     p.add_argument("--text-encoder", help="converted umT5 folder with tokenizer files (for --caption)")
     p.add_argument("--negative", help="negative prompt for CFG (default: Wan's)")
     p.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--preset", help="a sampling preset of the checkpoint's run.json (published checkpoints: demo = "
+                                    "20 steps as the published demo script, eval = 50)")
+    p.add_argument("--steps", type=int, help="default: run.json's (published: 50)")
+    p.add_argument("--cfg", type=float, help="CFG scale (default: run.json's, else 5)")
     p.add_argument("--shift", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--solver", default="euler", choices=SOLVERS)
+    p.add_argument("--seed", type=int, help="default: run.json's, else 0")
+    p.add_argument("--solver", choices=SOLVERS, help="default: run.json's, else euler")
+    p.add_argument("--numerics", choices=NUMERICS,
+                   help="reference: sample as the published pipeline (bf16 timesteps, float64 sinusoids, bf16 "
+                        "weights and compute, truncated 8-bit output); default: run.json's, else float32")
+    p.add_argument("--vae-tiling", choices=VAE_TILINGS, help="the Wan VAE's tiling (default: run.json's, else none)")
+    p.add_argument("--fps", type=float, help="output frame rate (default: run.json's: 30 published, else 8)")
     p.add_argument("--frames", type=int)
-    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's training size, else the video's)")
+    p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's run.json size, else the video's)")
     p.add_argument("--segments", type=int, default=1, help="autoregressive segments (long videos)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")
@@ -129,31 +142,94 @@ def sample_main(argv=None) -> int:
 
 def eval_main(argv=None) -> int:
     from stp_jax.evaluate import DEFAULT_CASES
+    from stp_jax.models.dit import NUMERICS
 
-    p = _Parser(prog="stp-eval", description="Retiming and camera-control evaluation of a trained model on held-out "
-                "procedural Cam×Time scenes: PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines.")
-    p.add_argument("--checkpoint", required=True, help="a training workdir or its model/ folder (stp-train)")
-    p.add_argument("--out", help="where to write eval.md, eval.json and the videos (default CHECKPOINT/eval)")
+    p = _Parser(prog="stp-eval", description="Evaluate a model. Default: retiming and camera control on held-out "
+                "procedural Cam×Time scenes (PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines). "
+                "--camxtime-eval DIR: predict the published Cam×Time benchmark (5 modes) into --out; "
+                "--score PRED --gt GT: its published metric.")
+    p.add_argument("--checkpoint", help="a training workdir or a converted model folder (not needed for --score)")
+    p.add_argument("--out", help="procedural: where to write eval.md, eval.json and the videos (default "
+                                 "CHECKPOINT/eval); --camxtime-eval: the predictions root; --score: where to write "
+                                 "scores.json / scores.md (default: PRED)")
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--cases", default=",".join(DEFAULT_CASES),
                    help="comma list: time presets (fixed camera), moving:<preset> (the source's camera), "
                         "cam:reverse_path, cam:last_view")
     p.add_argument("--steps", type=int)
     p.add_argument("--shift", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (AlexNet features; the slowest metric)")
+    b = p.add_argument_group("the published Cam×Time benchmark (docs/REFERENCE.md §6.4)")
+    b.add_argument("--camxtime-eval", metavar="DIR", help="a published eval_input folder (metadata.csv, videos/, "
+                                                          "src_cam/, cameras/): predict its 5 modes into --out")
+    b.add_argument("--score", metavar="PRED", help="score predictions <PRED>/<mode>/<stem>_cam_00.mp4 against --gt")
+    b.add_argument("--gt", metavar="DIR", help="ground truth <DIR>/<stem>/moving_<p>.mp4 (eval_gt_wan2.1_format)")
+    b.add_argument("--modes", help="comma list of benchmark modes (default: fixed_10,normal,reverse,slowmo,zigzag)")
+    b.add_argument("--text-encoder", help="converted umT5 folder for the scenes' captions")
+    b.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
+    b.add_argument("--cfg", type=float, help="CFG scale (default: run.json's, else 5)")
+    b.add_argument("--numerics", choices=NUMERICS, help="default: run.json's (published checkpoints: reference)")
+    b.add_argument("--frames", type=int, help="default: run.json's (published: 81)")
+    b.add_argument("--size", help="HEIGHTxWIDTH model input (default: run.json's, published 480x832)")
+    b.add_argument("--fps", type=float)
+    b.add_argument("--batch", type=int, default=1, help="modes of one scene generated together")
+    b.add_argument("--overwrite", action="store_true", help="redo predictions that exist (default: resume)")
+
     def go():
         args = p.parse_args(argv)
+        if args.camxtime_eval and args.score:
+            raise ValueError("give --camxtime-eval (predict) or --score (score predictions), not both")
+        if args.score:
+            return _score(args)
+        if not args.checkpoint:
+            raise ValueError("--checkpoint is required (except with --score)")
+        if args.camxtime_eval:
+            return _camxtime_eval(args)
         from stp_jax.evaluate import evaluate_checkpoint, markdown_table
 
         cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
         res, out = evaluate_checkpoint(args.checkpoint, args.out, scenes=args.scenes, cases=cases, steps=args.steps,
-                                       shift=args.shift, seed=args.seed, lpips=not args.no_lpips)
+                                       shift=args.shift, seed=args.seed or 0, lpips=not args.no_lpips)
         print(markdown_table(res))
         print(f"\nwritten: {out}/eval.md, eval.json, <case>.mp4 (source | truth | model), <case>.png")
         return 0
 
     return _run("stp-eval", go)
+
+
+def _camxtime_eval(args) -> int:
+    from stp_jax.benchmark import MODES, run_benchmark
+
+    if not args.out:
+        raise ValueError("--camxtime-eval needs --out PRED_ROOT (where <mode>/<stem>_cam_00.mp4 are written)")
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size {args.size!r}: expected HEIGHTxWIDTH, e.g. 480x832") from None
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else tuple(MODES)
+    s = run_benchmark(args.camxtime_eval, args.checkpoint, args.out, modes=modes, vae=args.vae,
+                      text_encoder=args.text_encoder, steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed,
+                      numerics=args.numerics, frames=args.frames, size=size, fps=args.fps, batch=args.batch,
+                      overwrite=args.overwrite)
+    print(f"{s['written']} predictions written ({s['scenes']} scenes x {len(s['modes'])} modes, existing kept) to "
+          f"{args.out}/<mode>/<stem>_cam_00.mp4; settings in {args.out}/benchmark.json")
+    return 0
+
+
+def _score(args) -> int:
+    from stp_jax.benchmark import markdown, score, write_scores
+
+    if not args.gt:
+        raise ValueError("--score needs --gt DIR (the ground truth: <DIR>/<stem>/moving_<p>.mp4)")
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else None
+    res = score(args.score, args.gt, modes=modes, lpips=not args.no_lpips)
+    out = write_scores(res, args.out or args.score)
+    print(markdown(res))
+    print(f"\nwritten: {out}/scores.json (per video too), {out}/scores.md")
+    return 0
 
 
 # ---------------------------------------------------------------- stp-precompute
@@ -218,7 +294,7 @@ def aot_main(argv=None) -> int:
 
 
 def convert_main(argv=None) -> int:
-    from stp_jax.convert.checkpoint import FORMATS
+    from stp_jax.convert.checkpoint import FORMATS, SAMPLING_DEFAULTS
 
     p = _Parser(prog="stp-convert", description="Convert a PyTorch Wan2.1 / ReCamMaster / SpaceTimePilot DiT "
                 "checkpoint, a umT5 encoder (Wan .pth or transformers) or the Wan VAE (Wan2.1_VAE.pth or "
@@ -233,6 +309,9 @@ def convert_main(argv=None) -> int:
     p.add_argument("--num-heads", type=int, help="attention heads (needed only for unpublished widths "
                                                  "without a config.json)")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--sampling-defaults", default="auto", choices=SAMPLING_DEFAULTS,
+                   help="DiTs: write run.json with the published sampling defaults (480x832x81, 50 steps, CFG 5, "
+                        "reference numerics, tiled VAE, 30 fps); auto: for published sizes (1.3B, 14B)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--export", action="store_true", help="reverse: stp_jax folder -> PyTorch safetensors")
     p.add_argument("--layout", default="original", choices=["original", "diffusers"], help="key layout for --export")
@@ -249,7 +328,8 @@ def convert_main(argv=None) -> int:
             line = export_checkpoint(args.src, args.out, args.layout)
         else:
             line = convert_checkpoint(args.src, args.out, fmt=args.format, base=args.base, num_heads=args.num_heads,
-                                      param_dtype=args.param_dtype, overwrite=args.overwrite)
+                                      param_dtype=args.param_dtype, overwrite=args.overwrite,
+                                      sampling_defaults=args.sampling_defaults)
         print(f"{line} in {time.time() - t0:.1f}s")
         return 0
 

@@ -31,22 +31,45 @@ WAN_Z_DIM = 16  # and its latent channels
 # ---------------------------------------------------------------- autoencoders
 
 
+VAE_TILINGS = ("none", "published")
+
+
 @dataclasses.dataclass(frozen=True)
 class Autoencoder:
-    """encode/decode between videos in [-1, 1] and latents, with the weights bound in."""
+    """encode/decode between videos in [-1, 1] and latents, with the weights bound in.
+    ``tiling`` "published": the Wan VAE runs over the published pipeline's overlapping spatial
+    tiles (stp_jax.models.wan_vae.decode_tiles / encode_tiles); the weightless PatchAutoencoder
+    has nothing to tile and ignores it."""
     kind: str  # patch | wan
     latent_channels: int
     spatial: int
     impl: Any
     params: Any = None
     time_factor: int = TIME_FACTOR  # raw frames per latent frame
+    tiling: str = "none"
+
+    def __post_init__(self):
+        if self.tiling not in VAE_TILINGS:
+            raise ValueError(f"VAE tiling {self.tiling!r} is unknown; expected one of {VAE_TILINGS}")
 
     def encode(self, video):  # [B, T, H, W, 3] -> [B, F', h, w, C]
-        return self.impl.encode(video) if self.params is None else self.impl.encode(self.params, video)
+        if self.params is None:
+            return self.impl.encode(video)
+        if self.tiling == "published":
+            return self.impl.encode_tiles(self.params, video)
+        return self.impl.encode(self.params, video)
 
     def decode(self, latents):  # [B, F', h, w, C] -> [B, T, H, W, 3]
-        out = self.impl.decode(latents) if self.params is None else self.impl.decode(self.params, latents)
+        if self.params is None:
+            out = self.impl.decode(latents)
+        elif self.tiling == "published":
+            out = self.impl.decode_tiles(self.params, latents)
+        else:
+            out = self.impl.decode(self.params, latents)
         return jnp.clip(out, -1.0, 1.0)
+
+    def with_tiling(self, tiling: str) -> Autoencoder:
+        return dataclasses.replace(self, tiling=tiling)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         return _latent_shape(self.kind, self.spatial, self.latent_channels, self.time_factor, num_frames, height,
@@ -93,8 +116,9 @@ class AutoencoderConfig:
                              height, width)
 
 
-def build_autoencoder(cfg: AutoencoderConfig = AutoencoderConfig()) -> Autoencoder:
-    """``patch``: the weightless PatchAutoencoder; ``wan``: a converted Wan VAE folder."""
+def build_autoencoder(cfg: AutoencoderConfig = AutoencoderConfig(), dtype: str | None = None) -> Autoencoder:
+    """``patch``: the weightless PatchAutoencoder; ``wan``: a converted Wan VAE folder
+    (``dtype``: its weights and compute in this dtype, e.g. bfloat16 as published; default as stored)."""
     if cfg.kind == "patch":
         ae = PatchAutoencoder(spatial=cfg.spatial, time_factor=cfg.time_factor)
         return Autoencoder("patch", ae.latent_channels, ae.spatial, ae, time_factor=cfg.time_factor)
@@ -102,15 +126,17 @@ def build_autoencoder(cfg: AutoencoderConfig = AutoencoderConfig()) -> Autoencod
         raise ValueError("autoencoder kind 'wan' needs the path of a converted Wan VAE (stp-convert --format wan_vae)")
     from stp_jax.convert.store import load_pretrained
 
-    vae, params = load_pretrained(cfg.path)
+    vae, params = load_pretrained(cfg.path, dtype=dtype)
+    if dtype is not None:
+        vae = type(vae)(vae.cfg.replace(dtype=dtype))
     return Autoencoder("wan", vae.cfg.z_dim, WAN_SPATIAL, vae, params)
 
 
-def autoencoder_for(in_channels: int, vae_path: str | None = None) -> Autoencoder:
+def autoencoder_for(in_channels: int, vae_path: str | None = None, dtype: str | None = None) -> Autoencoder:
     """The autoencoder a DiT with ``in_channels`` latent channels expects: a converted Wan VAE
     for 16 channels (``vae_path`` required), else the PatchAutoencoder with 4*s*s*3 channels."""
     if vae_path:
-        ae = build_autoencoder(AutoencoderConfig("wan", path=vae_path))
+        ae = build_autoencoder(AutoencoderConfig("wan", path=vae_path), dtype)
         if ae.latent_channels != in_channels:
             raise ValueError(f"the VAE at {vae_path} makes {ae.latent_channels}-channel latents but the model takes "
                              f"{in_channels}")
@@ -137,6 +163,49 @@ def load_text_embedding(path, text_dim: int) -> np.ndarray:
     if e.ndim != 2 or e.shape[1] != text_dim:
         raise ValueError(f"text embedding file {p}: expected [tokens, {text_dim}] float states, got shape {e.shape}")
     return e.astype(np.float32)
+
+
+def load_text_encoder(path, numerics: str = "default"):
+    """A converted umT5 folder with its tokenizer -> ``encode(caption) -> [512, E]`` text states
+    as Wan makes them (prompt cleaned, umT5, true tokens kept, zero-padded to 512). Under
+    reference numerics the encoder runs in bf16, as published."""
+    from stp_jax.convert.store import load_pretrained
+    from stp_jax.models import text as text_lib
+
+    dtype = NUMERICS_DTYPE.get(numerics)
+    model, params = load_pretrained(path, dtype=dtype)
+    if dtype:
+        model = type(model)(model.cfg.replace(dtype=dtype))
+    tok = text_lib.Tokenizer(path)
+    fn = jax.jit(lambda p, i, m: text_lib.wan_text_states(model.apply({"params": p}, i, m), m))
+
+    def encode(caption: str) -> np.ndarray:
+        ids, mask = tok([caption])
+        return np.asarray(fn(params, ids, mask), np.float32)[0]
+
+    return encode
+
+
+def guidance(cfg: float, *, negative_embedding=None, encoder=None, negative: str | None = None,
+             text_embeddings: bool = False, text_dim: int = 0) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(negative states [S, E] or None, what they are, why guidance is off or None).
+
+    CFG runs when cfg != 1 and negative states exist: ``negative_embedding`` (a .npy), else the
+    negative prompt (``negative`` or Wan's) through the text encoder (``encoder``: a zero-argument
+    function returning it, or None). Otherwise the reason names what is missing."""
+    from stp_jax.models.text import WAN_NEGATIVE_PROMPT
+
+    if cfg == 1.0:
+        return None, None, "the CFG scale is 1"
+    if negative_embedding:
+        return load_text_embedding(negative_embedding, text_dim), str(negative_embedding), None
+    if encoder is not None:
+        return encoder()(negative or WAN_NEGATIVE_PROMPT), ("Wan default" if negative is None else negative), None
+    if text_embeddings:
+        return None, None, ("--text-embedding was given without --negative-embedding FILE.npy (or --text-encoder "
+                            "to encode the negative prompt): there are no negative states")
+    return None, None, ("the model is conditioned on its trained null text (no --caption or --text-embedding): "
+                        "there is no negative prompt to guide against")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +248,45 @@ class SampleConfig:
             raise ValueError(f"sample.cfg_scale must be finite, got {self.cfg_scale}")
 
 
+# ---------------------------------------------------------------- source videos
+
+
+def video_settings(run: dict, frames: int | None = None, size: tuple[int, int] | None = None
+                   ) -> tuple[int, tuple[int, int] | None, str]:
+    """(frames, (H, W) or None = the video's own, resize rule) for sampling a checkpoint: the
+    arguments when given, else its run.json ``data`` (num_frames, height/width, resize), else 81
+    frames at the video's size. A published checkpoint's run.json (stp-convert) gives 81 frames
+    at 480x832 with the published cover-resize and centre crop."""
+    data = run.get("data", {})
+    frames = check_frames(int(frames or data.get("num_frames", 81)))
+    if size is None and "height" in data:
+        size = (int(data["height"]), int(data["width"]))
+    return frames, size, data.get("resize", "fast")
+
+
+def load_video(path, run: dict, frames: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A source video as the checkpoint expects it (``video_settings``): uint8 [T, H, W, 3]; a
+    shorter video repeats its last frame, as published."""
+    from stp_jax.data.video_io import read_video
+
+    frames, size, resize = video_settings(run, frames, size)
+    return read_video(path, num_frames=frames, size=size, resize=resize)
+
+
+def sampling_defaults(run: dict, preset: str | None = None) -> dict:
+    """run.json's ``sample`` section (steps, shift, cfg_scale, solver, fps, numerics, vae_tiling...)
+    with a named preset of it applied (a published checkpoint has ``demo``: 20 steps as the
+    published demo script; ``eval``: 50)."""
+    s = dict(run.get("sample", {}))
+    presets = s.pop("presets", {})
+    if preset is not None:
+        if preset not in presets:
+            raise ValueError(f"sampling preset {preset!r} is not defined by this checkpoint's run.json "
+                             f"(it defines: {', '.join(presets) or 'none'})")
+        s.update(presets[preset])
+    return s
+
+
 # ---------------------------------------------------------------- model batches
 
 
@@ -199,11 +307,15 @@ def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context, frames_
 
 
 def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scale: float = 1.0,
-                   prediction: str = "velocity", solver: str = "euler"):
+                   prediction: str = "velocity", solver: str = "euler", numerics: str | None = None):
     """A jitted ``gen(params, source uint8 [B,T,H,W,3], cond, context, null_context, noise) ->
     uint8 [B, T, H, W, 3]``; ``cond`` holds tgt_cam/src_cam [B, F', 12] and tgt_time/src_time
-    [B, T] (what the model's mode uses); noise [B, F', h, w, C]."""
+    [B, T] (what the model's mode uses); noise [B, F', h, w, C]. ``numerics`` (default: the
+    model's): "reference" samples as the published pipeline (diffusion/sampler.py) and writes
+    8-bit frames by truncation as it does."""
     mode = model.cfg.mode
+    numerics = numerics or model.cfg.numerics
+    rounding = "truncate" if numerics == "reference" else "nearest"
 
     @jax.jit
     def gen(params, source, cond, context, null_context, noise):
@@ -218,8 +330,8 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
             return out if prediction == "velocity" else flow.velocity_from_x0(x, out, t / flow.NUM_TRAIN_TIMESTEPS)
 
         lat = denoise(velocity, src, noise, context, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                      null_context=null_context, solver=solver)
-        return to_uint8(ae.decode(lat))
+                      null_context=null_context, solver=solver, numerics=numerics)
+        return to_uint8(ae.decode(lat), rounding=rounding)
 
     return gen
 
@@ -234,10 +346,18 @@ class Checkpoint:
     params: Any
     ae: Autoencoder
     run: dict
+    numerics: str = "default"
 
 
-def load_checkpoint(path, vae: str | None = None) -> Checkpoint:
-    """A training workdir (uses its ``model/``), or a converted model folder (stp-convert)."""
+NUMERICS_DTYPE = {"reference": "bfloat16"}  # everything in bf16, as the published pipeline runs
+
+
+def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, tiling: str | None = None) -> Checkpoint:
+    """A training workdir (uses its ``model/``), or a converted model folder (stp-convert).
+
+    ``numerics`` (default: run.json's ``sample.numerics``, else "default"): "reference" loads the
+    DiT and the VAE with bf16 weights and bf16 compute and the DiT's reference numerics.
+    ``tiling`` (default: run.json's ``sample.vae_tiling``, else "none"): the VAE's tiling."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"checkpoint {p} does not exist")
@@ -249,16 +369,24 @@ def load_checkpoint(path, vae: str | None = None) -> Checkpoint:
     if not (p / "config.json").exists():
         raise ValueError(f"checkpoint {p}: neither a training workdir with model/ (stp-train) nor a converted "
                          "model folder with config.json (stp-convert)")
-    from stp_jax.convert.store import load_pretrained
+    from stp_jax.convert.store import load_config, load_pretrained
+    from stp_jax.models.dit import NUMERICS
 
-    model, params = load_pretrained(p)
-    if not hasattr(model, "cfg") or not hasattr(model.cfg, "mode"):
-        raise ValueError(f"checkpoint {p} holds a {type(model).__name__}, not a SpaceTimeDiT")
     run = json.loads((p / "run.json").read_text()) if (p / "run.json").exists() else {}
+    numerics = numerics or run.get("sample", {}).get("numerics", "default")
+    if numerics not in NUMERICS:
+        raise ValueError(f"numerics {numerics!r} is unknown; expected one of {NUMERICS}")
+    dtype = NUMERICS_DTYPE.get(numerics)
+    if not hasattr(load_config(p), "mode"):
+        raise ValueError(f"checkpoint {p} holds a {type(load_config(p)).__name__}, not a SpaceTimeDiT")
+    model, params = load_pretrained(p, dtype=dtype)
+    runtime = {"numerics": numerics} | ({"dtype": dtype} if dtype else {})
+    model = type(model)(model.cfg.replace(**runtime))
     if vae:
-        ae = autoencoder_for(model.cfg.in_channels, vae)
+        ae = autoencoder_for(model.cfg.in_channels, vae, dtype)
     elif run.get("autoencoder"):
-        ae = build_autoencoder(AutoencoderConfig(**run["autoencoder"]))
+        ae = build_autoencoder(AutoencoderConfig(**run["autoencoder"]), dtype)
     else:
         ae = autoencoder_for(model.cfg.in_channels)
-    return Checkpoint(p, model, params, ae, run)
+    ae = ae.with_tiling(tiling or run.get("sample", {}).get("vae_tiling", "none"))
+    return Checkpoint(p, model, params, ae, run, numerics)

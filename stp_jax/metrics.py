@@ -23,15 +23,17 @@ import numpy as np
 MSE_FLOOR = 1.0 / 12.0  # the variance of 8-bit rounding
 
 
-def psnr(a, b) -> np.ndarray:
-    """Per-frame PSNR (dB) of uint8 clips [..., T, H, W, 3] -> [..., T] (MSE floored at MSE_FLOOR)."""
-    return _psnr_over(a, b, axes=(-3, -2, -1))
+def psnr(a, b, mse_floor: float = MSE_FLOOR) -> np.ndarray:
+    """Per-frame PSNR (dB) of uint8 clips [..., T, H, W, 3] -> [..., T] (MSE floored at ``mse_floor``;
+    0 gives scikit-image's ``peak_signal_noise_ratio(data_range=255)`` exactly, inf for equal frames)."""
+    return _psnr_over(a, b, axes=(-3, -2, -1), mse_floor=mse_floor)
 
 
-def _psnr_over(a, b, axes) -> np.ndarray:
+def _psnr_over(a, b, axes, mse_floor: float = MSE_FLOOR) -> np.ndarray:
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    mse = np.maximum(np.mean(d * d, axis=axes), MSE_FLOOR)
-    return 10.0 * np.log10(255.0 ** 2 / mse)
+    mse = np.maximum(np.mean(d * d, axis=axes), mse_floor)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(255.0 ** 2 / mse)
 
 
 def ssim(a, b) -> np.ndarray:

@@ -8,10 +8,17 @@ Every input is read and checked before anything is computed; outputs are written
 Each job writes: ``video.mp4`` (the output), ``side_by_side.mp4`` (source | output),
 ``contact_sheet.png``, ``camera.png`` (target and source frusta) and ``settings.json``.
 
+Defaults come from the checkpoint's run.json (a converted published checkpoint has the
+published pipeline's: 480x832x81 with the published resize and crop, 50 steps (``--preset
+demo``: 20), CFG 5 with Wan's negative prompt, shift 5, reference numerics, tiled VAE, 30 fps);
+every flag overrides them.
+
 Text: with a converted umT5 (``--text-encoder DIR`` holding the converted encoder and its
-tokenizer files), ``--caption`` is encoded and CFG uses Wan's default negative prompt;
-``--text-embedding FILE.npy`` gives precomputed states; models trained with a null text
-(the embedded default) use zeros and no CFG.
+tokenizer files), ``--caption`` is encoded (cleaned as Wan cleans prompts) and CFG uses Wan's
+default negative prompt (or ``--negative``); ``--text-embedding FILE.npy`` gives precomputed
+states, with ``--negative-embedding FILE.npy`` for CFG; models trained with a null text (the
+embedded default) use zeros. CFG is never off silently: when it is off, settings.json
+(``cfg_off_reason``) and stderr say why.
 
 Long videos (``--segments N``): segment k's source is segment k-1's output (its cameras
 and times become the source's), its target camera continues from the last pose reached,
@@ -22,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -63,21 +71,17 @@ def _size(text: str | None):
 
 def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) -> Job:
     """Check one request and load its inputs; every problem raises one ValueError naming it."""
-    from stp_jax.data.video_io import read_video
-
     s = {**defaults, **{k: v for k, v in spec.items() if v is not None}}
     name = str(s.get("name") or "job")
     for key in ("video", "camera", "time"):
         if not s.get(key):
             raise ValueError(f"job {name!r}: missing {key!r}")
-    frames = timing.check_frames(int(s["frames"]))
-    data = ck.run.get("data", {})
-    size = _size(s.get("size")) or ((data["height"], data["width"]) if data else None)
+    frames, size, resize = inference.video_settings(ck.run, s.get("frames"), _size(s.get("size")))
     video = Path(s["video"])
     if not video.is_file():
         raise ValueError(f"job {name!r}: video {video} does not exist")
     try:
-        source = read_video(video, num_frames=frames, size=size)
+        source = inference.load_video(video, ck.run, frames, size)
     except Exception as e:  # noqa: BLE001 - PyAV raises many types for corrupt files
         raise ValueError(f"job {name!r}: cannot read video {video} as {frames} frames "
                          f"({type(e).__name__}: {e}); expected a readable mp4/webm/mov") from e
@@ -94,50 +98,31 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
     if solver not in SOLVERS:
         raise ValueError(f"job {name!r}: solver {solver!r} is not available; expected one of {SOLVERS}")
     settings = {k: s.get(k) for k in ("video", "camera", "source_camera", "time", "caption", "text_embedding",
-                                      "steps", "cfg", "shift", "seed", "solver", "frames", "size", "segments")}
-    settings["checkpoint"] = str(ck.path)
+                                      "steps", "cfg", "shift", "seed", "solver", "segments", "preset", "fps")}
+    settings.update(frames=frames, size=list(source.shape[1:3]), resize=resize, numerics=ck.numerics,
+                    vae_tiling=ck.ae.tiling, checkpoint=str(ck.path))
     settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
     settings["time_schedule"] = [int(v) for v in times]
     return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), text_states(s), int(s["seed"]), settings)
 
 
-def _text_states_fn(ck: inference.Checkpoint, text_encoder: str | None):
-    """job spec -> [S, E] states (the caption through umT5, a .npy, or the trained null text)."""
+def _text_states_fn(ck: inference.Checkpoint, encoder):
+    """job spec -> [S, E] states (the caption through umT5, a .npy, or the trained null text).
+    ``encoder``: a zero-argument function returning the caption encoder (loaded on first use)."""
     e_dim = ck.model.cfg.text_dim
     cache: dict[str, np.ndarray] = {}
-    enc = None
 
     def states(spec: dict) -> np.ndarray:
-        nonlocal enc
         if spec.get("text_embedding"):
             return inference.load_text_embedding(spec["text_embedding"], e_dim)
         caption = spec.get("caption")
-        if caption is None or not text_encoder:
-            if caption and not text_encoder:
-                raise ValueError("--caption needs --text-encoder (a converted umT5 folder with its tokenizer) "
-                                 "or pass --text-embedding FILE.npy")
+        if caption is None:
             return np.asarray(inference.text_context(inference.TextConfig(**ck.run.get("text", {})), 1, e_dim))[0]
         if caption not in cache:
-            enc = enc or _load_text_encoder(text_encoder)
-            cache[caption] = enc(caption)
+            cache[caption] = encoder()(caption)
         return cache[caption]
 
     return states
-
-
-def _load_text_encoder(path):
-    from stp_jax.convert.store import load_pretrained
-    from stp_jax.models import text as text_lib
-
-    model, params = load_pretrained(path)
-    tok = text_lib.Tokenizer(path)
-    fn = jax.jit(lambda p, i, m: text_lib.wan_text_states(model.apply({"params": p}, i, m), m))
-
-    def encode(caption: str) -> np.ndarray:
-        ids, mask = tok([caption])
-        return np.asarray(fn(params, ids, mask))[0]
-
-    return encode
 
 
 # ---------------------------------------------------------------- running
@@ -206,11 +191,11 @@ def _data_size(mesh) -> int:
     return shape.get("data", 1) * shape.get("fsdp", 1)
 
 
-def write_outputs(out: Path, job: Job, frames: np.ndarray, fps: float = 8.0):
+def write_outputs(out: Path, job: Job, frames: np.ndarray, fps: float = 8.0, crf: int = 18):
     from stp_jax.data.video_io import contact_sheet, write_video
 
     out.mkdir(parents=True, exist_ok=True)
-    write_video(out / "video.mp4", frames, fps=fps)
+    write_video(out / "video.mp4", frames, fps=fps, crf=crf)
     src = np.concatenate([job.source] * (len(frames) // len(job.source)))
     write_video(out / "side_by_side.mp4", np.concatenate([src, frames], axis=2), fps=fps)
     every = max(1, len(frames) // 8)
@@ -247,12 +232,13 @@ def _read_jobs(path) -> list[dict]:
 
 
 def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time=None, jobs=None, caption=None,
-           text_embedding=None, text_encoder=None, negative=None, vae=None, steps=None, cfg: float = 5.0,
-           shift=None, seed: int = 0, solver: str = "euler", frames=None, size=None, segments: int = 1,
-           batch: int = 8, overwrite: bool = False) -> tuple[Path, int]:
+           text_embedding=None, negative_embedding=None, text_encoder=None, negative=None, vae=None, steps=None,
+           cfg=None, shift=None, seed=None, solver=None, frames=None, size=None, segments: int = 1, batch: int = 8,
+           numerics=None, preset=None, fps=None, vae_tiling=None, overwrite: bool = False) -> tuple[Path, int]:
     """Re-render one video (``video``, ``camera``, ``time``) or a JSONL of ``jobs`` (``stp-sample``).
-    Every input is checked first; outputs go to ``OUT.partial``, renamed to ``out`` at the end.
-    Returns (out, number of jobs)."""
+    Unset options take the checkpoint's run.json defaults (``preset`` applies one of its named
+    presets, e.g. ``demo``). Every input is checked first; outputs go to ``OUT.partial``, renamed
+    to ``out`` at the end. Returns (out, number of jobs)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -264,39 +250,53 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
         {"name": "job", "video": video, "camera": camera, "time": time, "source_camera": source_camera,
          "caption": caption, "text_embedding": text_embedding}]
     if out.exists():  # --overwrite must never delete what this run reads
-        inputs = [checkpoint, vae, text_encoder, jobs] + [sp.get(k) for sp in specs for k in
-                                                          ("video", "source_camera", "camera", "text_embedding")]
+        inputs = [checkpoint, vae, text_encoder, jobs, negative_embedding] + [
+            sp.get(k) for sp in specs for k in ("video", "source_camera", "camera", "text_embedding")]
         for i in inputs:
             if i and Path(str(i).split(":")[0]).exists() and inside(i, out):
                 raise ValueError(f"--out {out} holds the input {i}; --overwrite would delete it. Choose another --out")
-    ck = inference.load_checkpoint(checkpoint, vae=vae)
-    run_s = ck.run.get("sample", {})
+    ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics, tiling=vae_tiling)
+    run_s = inference.sampling_defaults(ck.run, preset)
     defaults = {"steps": steps or run_s.get("steps", 50), "shift": shift or run_s.get("shift", 5.0),
-                "cfg": cfg, "seed": seed, "solver": solver, "size": size,
-                "frames": frames or ck.run.get("data", {}).get("num_frames", 81), "segments": segments}
-    states = _text_states_fn(ck, text_encoder)
+                "cfg": run_s.get("cfg_scale", 5.0) if cfg is None else cfg,
+                "seed": run_s.get("seed", 0) if seed is None else seed, "solver": solver or run_s.get("solver", "euler"),
+                "size": size, "frames": frames, "segments": segments, "preset": preset,
+                "fps": float(fps or run_s.get("fps", 8.0)), "crf": int(run_s.get("crf", 18))}
+    encoder_cache = []
+
+    def encoder():
+        if not text_encoder:
+            raise ValueError("--caption needs --text-encoder (a converted umT5 folder with its tokenizer) "
+                             "or pass --text-embedding FILE.npy")
+        if not encoder_cache:
+            encoder_cache.append(inference.load_text_encoder(text_encoder, ck.numerics))
+        return encoder_cache[0]
+
+    states = _text_states_fn(ck, encoder)
     job_list = [make_job(spec, ck, defaults, states) for spec in specs]
     for key in ("steps", "shift", "cfg", "frames", "solver"):
         if len({j.settings[key] for j in job_list}) > 1:
             raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
-    neg = None
-    if text_encoder and cfg != 1.0:
-        from stp_jax.models.text import WAN_NEGATIVE_PROMPT
-
-        neg = _load_text_encoder(text_encoder)(negative or WAN_NEGATIVE_PROMPT)
+    js = job_list[0].settings
+    neg, neg_name, off = inference.guidance(float(js["cfg"]), negative_embedding=negative_embedding,
+                                            encoder=encoder if text_encoder else None, negative=negative,
+                                            text_embeddings=any(j.settings["text_embedding"] for j in job_list),
+                                            text_dim=ck.model.cfg.text_dim)
+    if off:
+        print(f"stp-sample: note: classifier-free guidance is off: {off}", file=sys.stderr)
     for j in job_list:
-        j.settings["cfg_applied"] = float(cfg) if neg is not None else None  # None: no CFG (no text encoder)
-        if neg is not None:
-            j.settings["negative"] = negative or "Wan default"
+        j.settings["cfg_applied"] = float(js["cfg"]) if neg is not None else None
+        j.settings["negative"] = neg_name
+        j.settings["cfg_off_reason"] = off
     mesh = None
     if jax.device_count() > 1:
         from stp_jax.parallel.mesh import make_mesh
 
         mesh = make_mesh({"data": -1})
-    js = job_list[0].settings
     outputs = run_jobs(ck, job_list, steps=int(js["steps"]), shift=float(js["shift"]), cfg_scale=float(js["cfg"]),
                        negative=neg, segments=segments, batch_size=batch, mesh=mesh, solver=js["solver"])
     with atomic_output(out, folder=True) as tmp:
         for job, frames_out in zip(job_list, outputs):
-            write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out)
+            write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out, fps=float(js["fps"]),
+                          crf=int(defaults["crf"]))
     return out, len(job_list)

@@ -145,7 +145,8 @@ def loss_fn(model, params, batch, rng, flow_cfg: flow.FlowConfig = flow.FlowConf
     """Masked flow-matching loss of one batch; returns (loss, aux metrics)."""
     target, source = batch["target"], batch["source"]
     k_sigma, k_noise = jax.random.split(rng)
-    sigma, t, weight = flow.sample_sigma(k_sigma, target.shape[0], mode=flow_cfg.timestep_mode, shift=flow_cfg.shift)
+    sigma, t, weight = flow.sample_sigma(k_sigma, target.shape[0], mode=flow_cfg.timestep_mode, shift=flow_cfg.shift,
+                                         bf16_timesteps=flow_cfg.bf16_timesteps)
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
     x = flow.noise_target_half(target, source, noise, sigma)
     cond = {k: batch[k] for k in COND_KEYS[model.cfg.mode]}

@@ -26,7 +26,7 @@ from stp_jax.parallel import hardware
 from stp_jax.parallel import mesh as mesh_lib
 
 # The model fields that describe how it runs, not its weights: a checkpoint may differ in them.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics")
 
 
 class Trainer:

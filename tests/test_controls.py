@@ -118,6 +118,100 @@ def test_plot_writes_png(tmp_path):
     assert (tmp_path / "cams.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# ---- ReCamMaster presets vs the published parametrisation (docs/REFERENCE.md §6.1), written out here
+
+
+def _formula_pose(cam: int, f: int) -> np.ndarray:
+    u = f / 80.5
+    k = 4 - 2 * np.sqrt(3)
+
+    def rx(a):
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+    def ry(a):
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+    d = np.deg2rad
+    r, t = {
+        1: (ry(d(20 * u)), (0, 0, 0)), 2: (ry(d(-20 * u)), (0, 0, 0)),
+        3: (rx(d(10 * u)), (0, 0, 0)), 4: (rx(d(-10 * u)), (0, 0, 0)),
+        5: (np.eye(3), (0, 0, 2 * u)), 6: (np.eye(3), (0, 0, -2 * u)),
+        7: (rx(-np.arctan(u / 4)), (0, -u, 0)), 8: (rx(np.arctan(u / 4)), (0, u, 0)),
+        9: (ry(np.arctan2(2 * u, 4 - k * u)), (-2 * u, 0, k * u)),
+        10: (ry(-np.arctan2(2 * u, 4 - k * u)), (2 * u, 0, k * u)),
+    }[cam]
+    p = np.eye(4)
+    p[:3, :3], p[:3, 3] = r, t
+    return p
+
+
+def _published_json(path):
+    """A camera_extrinsics.json in the published format, made from the formulas: Unreal row-vector
+    poses in cm, 6 significant digits, frame 0 at R = I, t = (3390, 1380, 240) cm for every camera."""
+    def to_cv(m):  # the published conversion, step by step
+        c = m.T[:, [1, 2, 0, 3]].copy()
+        c[:3, 1] *= -1
+        c[:3, 3] /= 100
+        return c
+
+    def from_cv(c):
+        a = c.copy()
+        a[:3, 3] *= 100
+        a[:3, 1] *= -1
+        b = np.empty_like(a)
+        b[:, [1, 2, 0, 3]] = a
+        return b.T
+
+    m0 = np.eye(4)
+    m0[3, :3] = (3390, 1380, 240)
+    c0 = to_cv(m0)
+    assert np.linalg.det(c0[:3, :3]) < 0  # OpenCV axes in Unreal's left-handed world
+    fmt = lambda m: "".join("[" + " ".join(f"{v:.6g}" for v in row) + "] " for row in m)  # noqa: E731
+    data = {f"frame{f}": {f"cam{i:02d}": fmt(from_cv(c0 @ _formula_pose(i, f))) for i in range(1, 11)}
+            for f in range(81)}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("i", range(1, 11))
+def test_recammaster_presets_equal_the_published_formulas(i, tmp_path):
+    want = np.stack([_formula_pose(i, f) for f in range(81)])
+    got = cam.preset(f"cam{i:02d}", 81)
+    assert np.abs(got - want).max() <= 1e-3  # measured: ~1e-15
+    np.testing.assert_allclose(got, cam.preset(cam.RECAMMASTER_ORDER[i - 1], 81), atol=0)
+    np.testing.assert_allclose(cam.target_condition(got), want[::4, :3, :].reshape(21, 12), atol=1e-6)
+    # any T: the same path, sampled at T frames (same end pose)
+    np.testing.assert_allclose(cam.preset(f"cam{i:02d}", 5)[[0, -1]], want[[0, -1]], atol=1e-12)
+
+
+def test_any_camera_of_a_published_json(tmp_path):
+    f = _published_json(tmp_path / "camera_extrinsics.json")
+    assert cam.recammaster_cameras(f) == [f"cam{i:02d}" for i in range(1, 11)]
+    for i in range(1, 11):
+        c2w = cam.camera_from_arg(f"{f}:cam{i:02d}", 81)
+        want = np.stack([_formula_pose(i, t) for t in range(81)])
+        assert np.abs(cam.relative_to_first(c2w) - want).max() <= 1e-3  # JSON rounding: ~5e-5
+    np.testing.assert_allclose(cam.camera_from_arg(str(f), 81), cam.camera_from_arg(f"{f}:cam01", 81))
+    with pytest.raises(cam.CameraError, match="no camera 'cam11'"):
+        cam.camera_from_arg(f"{f}:cam11", 81)
+    cam.write_trajectory_json(tmp_path / "ours.json", cam.preset("cam01", 5))
+    with pytest.raises(cam.CameraError, match="single-trajectory"):
+        cam.camera_from_arg(f"{tmp_path / 'ours.json'}:cam02", 5)
+
+
+def test_mirrored_world_poses_accepted_only_when_asked_and_consistent():
+    p = cam.preset("cam09", 9) @ np.diag([1.0, -1, 1, 1])  # det -1 everywhere (a mirrored world)
+    with pytest.raises(cam.CameraError, match="det"):
+        cam.validate_poses(p)
+    assert cam.validate_poses(p, mirrored_world=True).shape == (9, 4, 4)
+    mixed = p.copy()
+    mixed[3] = np.eye(4)
+    with pytest.raises(cam.CameraError, match="pose 3"):
+        cam.validate_poses(mixed, mirrored_world=True)
+
+
 _rot_angles = st.floats(-180, 180, allow_nan=False)
 
 
@@ -162,27 +256,45 @@ def _r(a, b):
     return list(range(a, b + 1)) if b >= a else list(range(a, b - 1, -1))
 
 
+# docs/REFERENCE.md §6.3, both naming families (demo / evaluation), written out
 PUBLISHED_81 = {
-    "forward": _r(0, 80),
-    "reverse": _r(80, 0),
-    "pingpong": (_r(40, 80) + _r(80, 40))[:81],
-    "bounce_late": [min(x, 80) for x in (_r(60, 84) + _r(84, 20))[:81]],
-    "bounce_early": [min(x, 80) for x in (_r(20, 84) + _r(84, 60))[:81]],
-    "slowmo_first_half": [0] + [x for i in range(1, 41) for x in (i, i)],
-    "slowmo_second_half": [40] + [x for i in range(41, 81) for x in (i, i)],
-    "ramp_then_freeze": _r(0, 40) + [40] * 40,
-    "freeze_start": [0] * 81, "freeze_early": [20] * 81, "freeze_mid": [40] * 81, "freeze_late": [60] * 81,
-    "freeze_end": [80] * 81,
+    ("forward", "normal"): _r(0, 80),
+    ("reverse",): _r(80, 0),
+    ("pingpong", "bounce_40"): _r(40, 80) + _r(80, 41),
+    ("bounce_late", "zigzag_15_21_5"): _r(60, 84) + _r(84, 29),  # 81..84 unclipped, as published
+    ("bounce_early", "zigzag_5_21_15"): _r(20, 84) + _r(84, 69),
+    ("slowmo_first_half", "repeat_0to40_double"): [0] + [x for i in range(1, 41) for x in (i, i)],
+    ("slowmo_second_half", "start40_repeat_next"): [40] + [x for i in range(41, 81) for x in (i, i)],
+    ("ramp_then_freeze", "go_and_freeze"): _r(0, 40) + [40] * 40,
+    ("zigzag_0_10_0",): _r(0, 40) + _r(39, 0),
+    ("freeze_start", "fixed_0"): [0] * 81, ("freeze_early", "fixed_5"): [20] * 81,
+    ("freeze_mid", "fixed_10"): [40] * 81, ("freeze_late", "fixed_15"): [60] * 81,
+    ("freeze_end", "fixed_20"): [80] * 81,
 }
+PUBLISHED_NAMES = [n for names in PUBLISHED_81 for n in names]
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED_81))
-def test_published_presets_equal_index_lists(name):
-    assert timing.preset(name, 81).tolist() == PUBLISHED_81[name]
+@pytest.mark.parametrize("names", list(PUBLISHED_81))
+def test_published_time_modes_equal_index_lists(names):
+    want = PUBLISHED_81[names]
+    assert len(want) == 81
+    for name in names:
+        assert timing.preset(name, 81).tolist() == want, name
+        assert timing.schedule_from_arg(name, 81).tolist() == want, name  # what --time NAME gives
+    clipped = timing.preset(names[0], 81, clip=True).tolist()
+    assert clipped == [min(x, 80) for x in want]
+
+
+def test_overshoot_only_where_published():
+    assert timing.preset("bounce_late", 81).max() == 84 and timing.overshoot(81) == 4
+    with pytest.raises(timing.ScheduleError, match="index 81"):
+        timing.schedule_from_arg("0-79,81", 81)  # a user list may not overshoot
+    with pytest.raises(timing.ScheduleError, match="index 84"):
+        timing.preset("bounce_late", 81, source_frames=80)  # 84 > 79 + 4
 
 
 @pytest.mark.parametrize("t", [1, 5, 17, 33, 121])
-@pytest.mark.parametrize("name", list(PUBLISHED_81) + ["freeze@3", "ramp@2", "zigzag@3", "slowmo2", "slowmo3@0-2",
+@pytest.mark.parametrize("name", PUBLISHED_NAMES + ["freeze@3", "ramp@2", "zigzag@3", "slowmo2", "slowmo3@0-2",
                                                        "speed0.5", "bullet_time"])
 def test_presets_any_length_in_range(name, t):
     s = timing.preset(name, t, source_frames=max(t, 5), clip=True)
@@ -241,6 +353,19 @@ def test_warp_shapes_of_modes():
     assert (np.bincount(slow)[slow.min() + 1: slow.max()] == 2).all()
     fixed = np.asarray(tw.warp(k, tw.mode_id("fixed_frame"), 21, 81))
     assert len(set(fixed.tolist())) == 1
+
+
+def test_boomerang_is_the_published_sequence():
+    seq = tw.virtual_sequence("boomerang", 81)
+    assert seq.tolist() == list(range(81)) + list(range(80, -1, -1))  # length 162, frame 80 twice
+    keys = jax.random.split(jax.random.PRNGKey(1), 64)
+    outs = np.asarray(jax.jit(jax.vmap(lambda k: tw.warp(k, tw.mode_id("boomerang"), 81, 81)))(keys))
+    windows = {tuple(seq[s:s + 81].tolist()): s for s in range(162 - 81 + 1)}
+    starts = [windows[tuple(o.tolist())] for o in outs]  # every output is 81 consecutive entries
+    assert len(set(starts)) > 20  # from random starts in [0, 81]
+    zig = tw.virtual_sequence("zigzag", 81, jax.random.PRNGKey(5))
+    p = int(zig.max())
+    assert 41 <= p <= 80 and zig.tolist() == list(range(p + 1)) + list(range(p - 1, -1, -1))
 
 
 def test_random_mode_frequencies_match_probabilities():

@@ -83,3 +83,39 @@ def test_bad_inputs_fail_clearly_without_output(assets, tmp_path, capsys, case, 
     err = capsys.readouterr().err
     assert rc == 2 and err.count("error:") == 1 and re.search(match, err), err
     assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_published_defaults_travel_with_the_checkpoint(assets, tmp_path, capsys):
+    from stp_jax.convert.checkpoint import published_run
+
+    pub = tmp_path / "pub"
+    assert convert_main([str(assets / "hf"), "--out", str(pub), "--sampling-defaults", "published"]) == 0
+    assert json.loads((pub / "run.json").read_text()) == published_run()
+    assert not (assets / "wan" / "run.json").exists()  # auto: a tiny model is not a published size
+    out = tmp_path / "o"
+    # run.json says 480x832x81; the flags override it (a 16x16 clip of 9 frames); --preset demo: 20 steps
+    assert sample_main(["--checkpoint", str(pub), "--out", str(out), "--video", str(assets / "src.mp4"),
+                        "--camera", "cam09", "--time", "fixed_10", "--frames", str(T), "--size", f"{H}x{H}",
+                        "--preset", "demo"]) == 0
+    s = json.loads((out / "settings.json").read_text())
+    assert (s["steps"], s["numerics"], s["fps"], s["resize"], s["vae_tiling"], s["cfg"]) == (
+        20, "reference", 30.0, "published", "published", 5.0)
+    assert s["time_schedule"] == [4] * T and read_video(out / "video.mp4").shape == (T, H, H, 3)
+    # CFG is never silently off: here the model's null text leaves nothing to guide against
+    assert s["cfg_applied"] is None and "null text" in s["cfg_off_reason"]
+    assert "classifier-free guidance is off" in capsys.readouterr().err
+
+
+def test_text_embedding_guidance_needs_negative_states(assets, tmp_path, capsys):
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "pos.npy", g.standard_normal((8, 32)).astype(np.float32))
+    np.save(tmp_path / "neg.npy", g.standard_normal((8, 32)).astype(np.float32))
+    common = ["--video", str(assets / "src.mp4"), "--camera", "static", "--time", "reverse", "--text-embedding",
+              str(tmp_path / "pos.npy")]
+    assert _run(assets, tmp_path / "a", *common) == 0
+    s = json.loads((tmp_path / "a" / "settings.json").read_text())
+    assert s["cfg_applied"] is None and "--negative-embedding" in s["cfg_off_reason"]
+    assert "--negative-embedding" in capsys.readouterr().err
+    assert _run(assets, tmp_path / "b", *common, "--negative-embedding", str(tmp_path / "neg.npy")) == 0
+    s = json.loads((tmp_path / "b" / "settings.json").read_text())
+    assert s["cfg_applied"] == 5.0 and s["cfg_off_reason"] is None and s["negative"].endswith("neg.npy")

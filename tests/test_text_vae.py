@@ -95,8 +95,18 @@ def test_tokenizer_round_trip(tmp_path):
     ids, mask = t(["a red ball bounces", "time freezes"], max_len=16)
     assert ids.shape == (2, 16) and mask[0].sum() > 1 and ids[0, mask[0].sum() - 1] == 1
     assert t.decode(ids[0]).strip() == "a red ball bounces"
+    messy, _ = t(["  a red&amp;nbsp;ball \n\t bounces  "], max_len=16)  # cleaned as Wan cleans prompts
+    np.testing.assert_array_equal(messy, ids[:1])
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         Tokenizer(tmp_path / "nowhere")
+
+
+def test_prompts_cleaned_as_wan_cleans_them():
+    from stp_jax.models.text import clean_prompt
+
+    # ftfy.fix_text (mojibake, curly quotes), html unescape twice, strip, whitespace collapsed
+    assert clean_prompt("  caf\u00c3\u00a9 \u201cbar\u201d\n\n&amp;amp; \t x ") == 'caf\u00e9 "bar" & x'
+    assert clean_prompt("a  dog&lt;3") == "a dog<3"
 
 
 @pytest.mark.parametrize("t,s,k", [(1, 4, 4), (5, 2, 4), (17, 4, 4), (9, 4, 1), (9, 2, 2)])

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 source tools/_venv.sh
 ruff check --quiet .
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
-exec python -m pytest -q "$@" tests
+exec python -m pytest -q "$@"

@@ -17,6 +17,7 @@ at the identity (or at ``start``, e.g. the last pose of a previous clip) and hav
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -38,8 +39,14 @@ BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flip the camera's Y and Z
 # ---------------------------------------------------------------- validation
 
 
-def validate_poses(poses, name: str = "trajectory", frames: int | None = None) -> np.ndarray:
-    """Check [T, 4, 4] camera-to-world poses; returns them as float64. Raises CameraError."""
+def validate_poses(poses, name: str = "trajectory", frames: int | None = None,
+                   mirrored_world: bool = False) -> np.ndarray:
+    """Check [T, 4, 4] camera-to-world poses; returns them as float64. Raises CameraError.
+
+    ``mirrored_world``: also accept poses whose rotations all have det -1, i.e. proper camera
+    axes in a mirrored (left-handed) world, as the published conversions of Unreal and Cam×Time
+    poses give (docs/REFERENCE.md §6.1, §6.4): the mirror cancels in the relative rules. A
+    trajectory that mixes det +1 and det -1 is refused either way."""
     p = np.asarray(poses, dtype=np.float64)
     if p.ndim != 3 or p.shape[1:] != (4, 4):
         raise CameraError(f"{name}: expected poses of shape [T, 4, 4], got {tuple(p.shape)}")
@@ -56,6 +63,12 @@ def validate_poses(poses, name: str = "trajectory", frames: int | None = None) -
     r = p[:, :3, :3]
     err = np.abs(np.einsum("tji,tjk->tik", r, r) - np.eye(3)).max(axis=(1, 2))
     det = np.linalg.det(r)
+    if mirrored_world and (det < 0).all():
+        det = -det
+    elif mirrored_world and (det < 0).any():
+        i = int(np.where((det < 0) != (det[0] < 0))[0][0])
+        raise CameraError(f"{name}: pose {i} has det {det[i]:.3g} but pose 0 has det {det[0]:.3g}; a trajectory in a "
+                          "mirrored world must be mirrored in every pose")
     bad = np.where((err > ORTHO_TOL) | (det < 0))[0]
     if bad.size:
         i = int(bad[0])
@@ -266,6 +279,9 @@ def load_trajectory(path, camera: str = "cam01") -> np.ndarray:
         head = path.read_text()[:4096]
         if re.search(r'"frame\d+"', head):
             return read_recammaster_json(path, camera)
+        if camera != "cam01":
+            raise CameraError(f"{path}: ':{camera}' selects a camera of a ReCamMaster camera_extrinsics.json, "
+                              "but this is a single-trajectory file")
         return read_trajectory_json(path)
     raise CameraError(f"{path}: unknown camera file type; expected .json (ours or ReCamMaster) or .npy (world-to-camera)")
 
@@ -325,33 +341,70 @@ def orbit(num_frames: int, degrees: float = 90.0, distance: float = 1.0, elevati
     return relative_to_first(np.stack(poses))
 
 
+# ReCamMaster's ten presets as published (docs/REFERENCE.md §6.1): relative poses
+# P_f = [R | t] of frame f, linear in u = f / 80.5 for the published 81 frames (not f / 80: the
+# last frame reaches u = 80/80.5); cams 07-10 rotate to keep looking at (0, 0, 4), and 09/10 move
+# along the chord to the 30-degree point of the radius-4 circle around it.
+PUBLISHED_FRAMES = 81
+U_END = 80.0 / 80.5  # u at the last frame of the published 81
+ARC_K = 4.0 - 2.0 * math.sqrt(3.0)  # forward motion per unit u of the arcs (chord to the 30-degree point)
+LOOK_AT_DEPTH = 4.0  # cams 07-10 look at (0, 0, 4)
+
+
+def _published(cam: int, u: np.ndarray) -> np.ndarray:
+    """Relative poses [T, 4, 4] of ReCamMaster camera ``cam`` (1..10) at path parameters u [T]."""
+    zero = np.zeros_like(u)
+    if cam in (1, 2):  # pan right / left: yaw 20 degrees per unit u
+        return _rot("y", (20.0 if cam == 1 else -20.0) * u)
+    if cam in (3, 4):  # tilt up / down: pitch 10 degrees per unit u
+        return _rot("x", (10.0 if cam == 3 else -10.0) * u)
+    if cam in (5, 6):  # zoom in / out: 2 units forward / back per unit u
+        return _trans(np.stack([zero, zero, (2.0 if cam == 5 else -2.0) * u], -1))
+    if cam in (7, 8):  # translate up / down 1 unit per unit u, pitching to keep (0, 0, 4) centred
+        sign = 1.0 if cam == 7 else -1.0
+        pitch = np.rad2deg(np.arctan(u / LOOK_AT_DEPTH))
+        return _trans(np.stack([zero, -sign * u, zero], -1)) @ _rot("x", -sign * pitch)
+    if cam in (9, 10):  # arc left / right along the chord, yawing to keep (0, 0, 4) centred
+        sign = 1.0 if cam == 9 else -1.0
+        yaw = np.rad2deg(np.arctan2(2.0 * u, LOOK_AT_DEPTH - ARC_K * u))
+        return _trans(np.stack([-sign * 2.0 * u, zero, ARC_K * u], -1)) @ _rot("y", sign * yaw)
+    raise CameraError(f"camera preset cam{cam:02d}: ReCamMaster presets are cam01..cam10")
+
+
+def published_u(num_frames: int, scale: float = 1.0) -> np.ndarray:
+    """Path parameter u [T] of the published presets: f / 80.5 for T = 81; for any other T the
+    same path sampled at T frames (u from 0 to 80/80.5), times ``scale``."""
+    if num_frames < 1:
+        raise CameraError(f"camera preset: the number of frames must be >= 1, got {num_frames}")
+    if num_frames == 1:
+        return np.zeros(1)
+    return np.arange(num_frames, dtype=np.float64) * (U_END * scale / (num_frames - 1))
+
+
+# name: (cam number, motion and magnitude at the last frame of the published path)
 PRESETS = {
-    # name: (description, builder(T, magnitude) -> relative poses [T, 4, 4])
-    "pan_right": ("rotate right about the camera's y axis", lambda t, m: _rot("y", np.linspace(0, m, t))),
-    "pan_left": ("rotate left about the camera's y axis", lambda t, m: _rot("y", np.linspace(0, -m, t))),
-    "tilt_up": ("rotate up about the camera's x axis", lambda t, m: _rot("x", np.linspace(0, m, t))),
-    "tilt_down": ("rotate down about the camera's x axis", lambda t, m: _rot("x", np.linspace(0, -m, t))),
-    "zoom_in": ("dolly forward along z", lambda t, m: _trans(np.outer(np.linspace(0, m / 100, t), [0, 0, 1]))),
-    "zoom_out": ("dolly backward along z", lambda t, m: _trans(np.outer(np.linspace(0, -m / 100, t), [0, 0, 1]))),
-    "translate_up": ("rise while tilting down to keep the subject",
-                     lambda t, m: _trans(np.outer(np.linspace(0, -m / 100, t), [0, 1, 0])) @ _rot("x", np.linspace(0, -m / 3, t))),
-    "translate_down": ("sink while tilting up to keep the subject",
-                       lambda t, m: _trans(np.outer(np.linspace(0, m / 100, t), [0, 1, 0])) @ _rot("x", np.linspace(0, m / 3, t))),
-    "arc_left": ("orbit left around the subject", lambda t, m: orbit(t, -m)),
-    "arc_right": ("orbit right around the subject", lambda t, m: orbit(t, m)),
+    "pan_right": (1, "pan right: yaw +19.88 deg (20 deg per unit u)"),
+    "pan_left": (2, "pan left: yaw -19.88 deg"),
+    "tilt_up": (3, "tilt up: pitch +9.94 deg (10 deg per unit u)"),
+    "tilt_down": (4, "tilt down: pitch -9.94 deg"),
+    "zoom_in": (5, "dolly forward 1.99 units (2 per unit u)"),
+    "zoom_out": (6, "dolly back 1.99 units"),
+    "translate_up": (7, "rise 0.99 units, pitching down 13.95 deg = atan(u/4) to keep (0, 0, 4) centred"),
+    "translate_down": (8, "sink 0.99 units, pitching up 13.95 deg"),
+    "arc_left": (9, "arc left around (0, 0, 4): 1.99 units left, 0.53 forward (|t| 2.06), yaw +29.82 deg"),
+    "arc_right": (10, "arc right around (0, 0, 4): 1.99 units right, 0.53 forward, yaw -29.82 deg"),
 }
-# ReCamMaster's cam01..cam10, in its order (docs/REFERENCE.md §1)
-RECAMMASTER_ORDER = ("pan_right", "pan_left", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "translate_up",
-                     "translate_down", "arc_left", "arc_right")
-DEFAULT_MAGNITUDE = 30.0  # degrees for rotations and arcs; hundredths of a scene unit for zoom/translate
+# ReCamMaster's cam01..cam10, in its order (docs/REFERENCE.md §6.1)
+RECAMMASTER_ORDER = tuple(PRESETS)
 
 
-def preset(name: str, num_frames: int = 81, magnitude: float = DEFAULT_MAGNITUDE,
-           start: np.ndarray | None = None) -> np.ndarray:
+def preset(name: str, num_frames: int = PUBLISHED_FRAMES, start: np.ndarray | None = None,
+           scale: float = 1.0) -> np.ndarray:
     """A named trajectory as [T, 4, 4] c2w. ``start``: continue from this pose (chained clips).
 
-    Names: the ReCamMaster ten (also as cam01..cam10), ``static``, and ``orbit<deg>`` /
-    ``orbit<deg>_el<deg>`` (e.g. orbit90, orbit-45_el20) for bullet-time orbits.
+    Names: the ReCamMaster ten as published (cam01..cam10 or pan_right, ...; ``scale`` multiplies
+    their motion), ``static``, and ``orbit<deg>`` / ``orbit<deg>_el<deg>`` (e.g. orbit90,
+    orbit-45_el20) for bullet-time orbits.
     """
     if m := re.fullmatch(r"cam(\d\d)", name):
         i = int(m[1])
@@ -363,7 +416,7 @@ def preset(name: str, num_frames: int = 81, magnitude: float = DEFAULT_MAGNITUDE
     elif m := re.fullmatch(r"orbit(-?\d+(?:\.\d+)?)(?:_el(-?\d+(?:\.\d+)?))?", name):
         rel = orbit(num_frames, float(m[1]), elevation=float(m[2] or 0.0))
     elif name in PRESETS:
-        rel = PRESETS[name][1](num_frames, magnitude)
+        rel = _published(PRESETS[name][0], published_u(num_frames, scale))
     else:
         raise CameraError(f"unknown camera preset {name!r}; known: static, orbit<deg>[_el<deg>], cam01..cam10, "
                           f"{', '.join(PRESETS)}")
@@ -372,9 +425,13 @@ def preset(name: str, num_frames: int = 81, magnitude: float = DEFAULT_MAGNITUDE
 
 
 def camera_from_arg(arg: str, num_frames: int) -> np.ndarray:
-    """A CLI --camera value: a preset name or a trajectory file path."""
-    if os.path.sep in arg or arg.endswith((".json", ".npy")):
-        p = load_trajectory(arg)
+    """A CLI --camera value: a preset name, a trajectory file path, or ``FILE.json:camNN`` (one
+    camera of a ReCamMaster ``camera_extrinsics.json``; a bare ReCamMaster file means cam01)."""
+    path, camera = arg, "cam01"
+    if m := re.fullmatch(r"(.+\.json):(cam\d+)", arg):
+        path, camera = m[1], m[2]
+    if os.path.sep in path or path.endswith((".json", ".npy")):
+        p = load_trajectory(path, camera)
         if len(p) != num_frames:
             raise CameraError(f"{arg}: has {len(p)} poses but the clip has {num_frames} frames")
         return p

@@ -1,10 +1,14 @@
 """Animation-time schedules: which source frame each output frame shows.
 
 A schedule for T output frames is an int array [T] of source-frame indices. Published
-inference presets (docs/REFERENCE.md §1) are defined for T = 81; here every preset is written
-for any T = 1 + 4k by scaling its landmarks (for T = 81 they equal the published lists).
-A pattern shorter than T is extended by cycling, a longer one is cut; overshooting
-patterns (bounce_*) are clipped to the source, as published.
+time modes (docs/REFERENCE.md §6.3) are defined for T = 81; here every one is written for any
+T = 1 + 4k by scaling its landmarks (for T = 81 they equal the published lists). Both
+published naming families are accepted: the demo scripts' (forward, pingpong, bounce_late,
+freeze_mid, ...) and the evaluation sets' (normal, bounce_40, zigzag_15_21_5, fixed_10,
+repeat_0to40_double, zigzag_0_10_0, ...). A pattern shorter than T is extended by cycling, a
+longer one is cut. The overshooting modes (bounce_late, bounce_early: up to frame 84 of 81) are
+fed to the model unclipped, as the published code does (the time embedding takes any frame
+index); ``clip=True`` clips them to the source.
 
 Parametric: ``freeze@<frame>``, ``slowmo<x>[@start-end]``, ``ramp@<frame>`` (play to
 the frame, then hold), ``zigzag@<pivot>``, ``speed<x>`` (fast forward). User schedules
@@ -83,7 +87,7 @@ def _r(a, b):
 def _published(name: str, t: int) -> np.ndarray:
     e = t - 1  # last index (80 for T = 81)
     q1, mid, q3 = round(e / 4), e // 2, round(3 * e / 4)
-    over = e + round(e / 20)  # bounce overshoot (84 for T = 81), clipped later
+    over = e + overshoot(t)  # bounce overshoot (84 for T = 81), unclipped as published
     table = {
         "forward": lambda: _r(0, e),
         "reverse": lambda: _r(e, 0),
@@ -93,6 +97,7 @@ def _published(name: str, t: int) -> np.ndarray:
         "slowmo_first_half": lambda: np.concatenate([[0], np.repeat(_r(1, mid), 2)]),
         "slowmo_second_half": lambda: np.concatenate([[mid], np.repeat(_r(mid + 1, e), 2)]),
         "ramp_then_freeze": lambda: np.concatenate([_r(0, mid), np.full(t, mid)]),
+        "zigzag_0_10_0": lambda: np.concatenate([_r(0, mid), _r(mid - 1, 0) if mid else []]).astype(np.int64),
         "freeze_start": lambda: np.full(t, 0),
         "freeze_early": lambda: np.full(t, q1),
         "freeze_mid": lambda: np.full(t, mid),
@@ -102,10 +107,25 @@ def _published(name: str, t: int) -> np.ndarray:
     return table[name]()
 
 
+# The demo scripts' names (and zigzag_0_10_0, which only the evaluation sets name).
 PUBLISHED = ("forward", "reverse", "pingpong", "bounce_late", "bounce_early", "slowmo_first_half",
              "slowmo_second_half", "ramp_then_freeze", "freeze_start", "freeze_early", "freeze_mid", "freeze_late",
-             "freeze_end")
-ALIASES = {"normal": "forward", "bullet_time": "freeze_mid", "backward": "reverse"}
+             "freeze_end", "zigzag_0_10_0")
+# The evaluation sets' names for the same lists (docs/REFERENCE.md §6.3). The published
+# camxtime_evaluation_set also maps zigzag_0_10_0 and fixed_15 to normal; the benchmark
+# (camxtime_identity_set, stp_jax.benchmark) feeds them as listed here.
+EVAL_NAMES = {"normal": "forward", "bounce_40": "pingpong", "zigzag_15_21_5": "bounce_late",
+              "zigzag_5_21_15": "bounce_early", "repeat_0to40_double": "slowmo_first_half",
+              "start40_repeat_next": "slowmo_second_half", "go_and_freeze": "ramp_then_freeze",
+              "fixed_0": "freeze_start", "fixed_5": "freeze_early", "fixed_10": "freeze_mid",
+              "fixed_15": "freeze_late", "fixed_20": "freeze_end"}
+ALIASES = {**EVAL_NAMES, "bullet_time": "freeze_mid", "backward": "reverse"}
+OVERSHOOTING = ("bounce_late", "bounce_early")  # reach past the last source frame, unclipped
+
+
+def overshoot(num_frames: int) -> int:
+    """How far the bounce modes reach past the last frame: 4 for T = 81 (frames 81..84)."""
+    return round((num_frames - 1) / 20)
 
 
 def _parametric(name: str, t: int) -> np.ndarray | None:
@@ -137,22 +157,24 @@ def _parametric(name: str, t: int) -> np.ndarray | None:
     return None
 
 
-def preset(name: str, num_frames: int = 81, source_frames: int | None = None, clip: bool | None = None) -> np.ndarray:
+def preset(name: str, num_frames: int = 81, source_frames: int | None = None, clip: bool = False) -> np.ndarray:
     """A named schedule of ``num_frames`` indices into a source of ``source_frames`` frames.
 
-    Published presets clip overshoot to the source; parametric ones and user schedules are
-    validated and raise when out of range unless ``clip=True``.
+    Published modes are the published lists (bounce_late/bounce_early reach ``overshoot(T)``
+    frames past the source's last one, unclipped as published); every other index out of range
+    raises. ``clip=True`` clips everything to the source instead.
     """
     t = check_frames(num_frames)
     n = source_frames or t
     name = ALIASES.get(name, name)
     if name in PUBLISHED:
-        return validate(fit_length(_published(name, t), t), n, clip=True if clip is None else clip, name=name)
+        extra = overshoot(t) if name in OVERSHOOTING and not clip else 0
+        return validate(fit_length(_published(name, t), t), n + extra, clip=clip, name=name)
     pattern = _parametric(name, t)
     if pattern is None:
         raise ScheduleError(f"unknown time preset {name!r}; known: {', '.join(PUBLISHED)}, "
                             f"{', '.join(ALIASES)}, freeze@N, ramp@N, zigzag@N, slowmo<x>[@a-b], speed<x>")
-    return validate(fit_length(pattern, t), n, clip=bool(clip), name=name)
+    return validate(fit_length(pattern, t), n, clip=clip, name=name)
 
 
 def validate(schedule, source_frames: int, clip: bool = False, name: str = "time schedule") -> np.ndarray:

@@ -11,6 +11,32 @@ from stp_jax.convert.dit import convert_dit, export_dit
 from stp_jax.convert.store import load_config, save_pretrained
 
 FORMATS = ("auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5", "wan_vae")
+SAMPLING_DEFAULTS = ("auto", "published", "none")
+# The published widths (docs/REFERENCE.md §2): (dim, layers, heads) of Wan2.1 1.3B and 14B.
+PUBLISHED_SIZES = {(1536, 30, 12), (5120, 40, 40)}
+
+
+def published_run() -> dict:
+    """run.json of a converted published DiT: the published pipeline's sampling defaults
+    (docs/REFERENCE.md §6.2), read by stp-sample / stp-eval (every flag still overrides).
+
+    data    81 frames at 480x832, cover-resized with PIL bilinear and the published rounding,
+            centre-cropped (``resize: published``)
+    sample  50 steps (preset ``demo``: 20, as the published demo script), CFG 5 with Wan's
+            negative prompt, shift 5, Euler, seed 0, reference numerics (bf16 timesteps,
+            float64 sinusoids, bf16 weights and compute), the published VAE tiling, 30 fps, H.264
+            at crf 25 (imageio's quality 5)."""
+    return {"published": True,
+            "data": {"num_frames": 81, "height": 480, "width": 832, "resize": "published"},
+            "sample": {"steps": 50, "shift": 5.0, "cfg_scale": 5.0, "negative_prompt": "wan", "solver": "euler",
+                       "seed": 0, "numerics": "reference", "vae_tiling": "published", "fps": 30.0, "crf": 25,
+                       "prediction": "velocity", "presets": {"demo": {"steps": 20}, "eval": {"steps": 50}}}}
+
+
+def is_published_dit(cfg) -> bool:
+    """A DiT of a published size on Wan VAE latents (16 channels, patch 1x2x2)."""
+    return ((cfg.dim, cfg.num_layers, cfg.num_heads) in PUBLISHED_SIZES and cfg.in_channels == 16
+            and tuple(cfg.patch_size) == (1, 2, 2))
 
 
 def detect_kind(src, fmt: str = "auto") -> str:
@@ -30,9 +56,15 @@ def detect_kind(src, fmt: str = "auto") -> str:
 
 
 def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int | None = None,
-                       param_dtype: str = "float32", overwrite: bool = False) -> str:
-    """Convert ``src`` to the folder ``out`` (written atomically); returns a one-line summary."""
+                       param_dtype: str = "float32", overwrite: bool = False, sampling_defaults: str = "auto") -> str:
+    """Convert ``src`` to the folder ``out`` (written atomically); returns a one-line summary.
+
+    ``sampling_defaults`` (DiTs): "auto" writes ``published_run()`` as run.json for a DiT of a
+    published size, "published" always, "none" never."""
+    if sampling_defaults not in SAMPLING_DEFAULTS:
+        raise ConversionError(f"sampling defaults {sampling_defaults!r} are unknown; expected one of {SAMPLING_DEFAULTS}")
     kind = detect_kind(src, fmt)
+    extra = {}
     if kind == "wan_vae":
         cfg, params = wan_vae.convert_wan_vae(src, dtype=param_dtype)
         meta = {"source": str(src), "layout": "wan_vae"}
@@ -47,7 +79,10 @@ def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int
     else:
         cfg, params, meta = convert_dit(src, fmt, base, num_heads, param_dtype)
         what = f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
-    written = save_pretrained(out, cfg, params, meta, overwrite=overwrite)
+        if sampling_defaults == "published" or (sampling_defaults == "auto" and is_published_dit(cfg)):
+            extra["run.json"] = json.dumps(published_run(), indent=2)
+            what += " with the published sampling defaults (run.json)"
+    written = save_pretrained(out, cfg, params, meta, overwrite=overwrite, extra_files=extra)
     return f"converted {what}: {describe(params)} to {written}"
 
 

@@ -1,10 +1,12 @@
 """Time-warp augmentation in pure JAX (jit- and vmap-able under a PRNG key).
 
 A warp maps T output frames to indices into a source clip of N frames. Each mode defines
-a *virtual* index sequence seq(u) of length Lw in closed form; the output is
-seq((start + j) mod Lw) for j < T, with ``start`` uniform in [0, max(Lw - T, 0)]
-(a random crop, or cycling when the sequence is shorter than T), as in the released
-SpaceTimePilot data code. Everything has static shapes, so it traces once.
+a *virtual* index sequence seq(u) of length Lw in closed form; as in the released
+SpaceTimePilot data code (docs/REFERENCE.md §6.5) the sequence is doubled until it is at least
+T long (length D = Lw * 2^k) and T consecutive entries are kept from a start uniform in
+[0, D - T]: the output is seq((start + j) mod Lw) for j < T. Boomerang is 0..N-1 then N-1..0
+(length 2N, the last frame shown twice: 162 for N = 81). Everything has static shapes, so it
+traces once.
 
 Modes and the published default probabilities (docs/REFERENCE.md §1):
   forward 0.45 · backward 0.10 · boomerang 0.10 · zigzag 0.10 · slow_global 0.10 ·
@@ -48,8 +50,8 @@ def _seq(mode_id, u, n, params):
     def backward():
         return n - 1 - u, n
 
-    def boomerang():  # 0..n-1, n-2..0
-        return jnp.where(u < n, u, 2 * n - 2 - u), 2 * n - 1
+    def boomerang():  # 0..n-1, n-1..0 (frame n-1 twice, as published)
+        return jnp.where(u < n, u, 2 * n - 1 - u), 2 * n
 
     def zigzag():  # 0..pivot, pivot-1..0
         return jnp.where(u <= pivot, u, 2 * pivot - u), 2 * pivot + 1
@@ -76,13 +78,10 @@ def _seq(mode_id, u, n, params):
     return jax.lax.switch(mode_id, branches)
 
 
-def warp(key: jax.Array, mode_id, num_frames: int, source_frames) -> jax.Array:
-    """[T] int32 source indices for mode ``MODES[mode_id]`` (mode_id may be traced).
-
-    ``num_frames`` (T) is static; ``source_frames`` (N >= 1) may be traced.
-    """
-    n = jnp.asarray(source_frames, jnp.int32)
-    k = jax.random.split(key, 7)
+def _params(key, n):
+    """The random parameters of every mode (drawn together so a mode's draw does not depend on
+    which mode was chosen): pivot, seg_start, seg_len, frame, accel, hold."""
+    k = jax.random.split(key, 6)
     pivot = jax.random.randint(k[0], (), n // 2 + 1, jnp.maximum(n, n // 2 + 2))  # U[N/2+1, N-1]
     pivot = jnp.minimum(pivot, n - 1)
     seg_len = jnp.minimum(jax.random.randint(k[1], (), SEGMENT_MIN, SEGMENT_MAX + 1), n)
@@ -90,13 +89,38 @@ def warp(key: jax.Array, mode_id, num_frames: int, source_frames) -> jax.Array:
     frame = jax.random.randint(k[3], (), 0, n)
     accel = jax.random.randint(k[4], (), 2, 4)  # 2x or 3x
     hold = jax.random.randint(k[5], (), 1, jnp.maximum(n // 2, 1) + 1)
+    return pivot, seg_start, seg_len, frame, accel, hold
+
+
+def warp(key: jax.Array, mode_id, num_frames: int, source_frames) -> jax.Array:
+    """[T] int32 source indices for mode ``MODES[mode_id]`` (mode_id may be traced).
+
+    ``num_frames`` (T) is static; ``source_frames`` (N >= 1) may be traced.
+    """
+    n = jnp.asarray(source_frames, jnp.int32)
+    k_params, k_start = jax.random.split(key)
+    params = _params(k_params, n)
     u = jnp.arange(num_frames, dtype=jnp.int32)
-    _, length = _seq(mode_id, u, n, (pivot, seg_start, seg_len, frame, accel, hold))
+    _, length = _seq(mode_id, u, n, params)
     length = jnp.maximum(length, 1)
-    start = jax.random.randint(k[6], (), 0, jnp.maximum(length - num_frames, 0) + 1)
+    doubled = length
+    for _ in range(max(1, int(num_frames).bit_length())):  # double until >= T (static trip count)
+        doubled = jnp.where(doubled < num_frames, 2 * doubled, doubled)
+    start = jax.random.randint(k_start, (), 0, doubled - num_frames + 1)
     pos = (start + u) % length
-    idx, _ = _seq(mode_id, pos, n, (pivot, seg_start, seg_len, frame, accel, hold))
+    idx, _ = _seq(mode_id, pos, n, params)
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
+
+
+def virtual_sequence(name: str, source_frames: int, key: jax.Array | None = None) -> np.ndarray:
+    """The whole virtual index sequence of mode ``name`` before the crop (host-side, for
+    inspection and tests), its random parameters drawn from ``key`` as ``warp`` draws them."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    n = jnp.asarray(source_frames, jnp.int32)
+    params = _params(jax.random.split(key)[0], n)
+    _, length = _seq(mode_id(name), jnp.zeros((1,), jnp.int32), n, params)
+    idx, _ = _seq(mode_id(name), jnp.arange(int(length), dtype=jnp.int32), n, params)
+    return np.asarray(idx)
 
 
 def random_warp(key: jax.Array, num_frames: int, source_frames, probs=None) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,4 @@
-"""mp4 read/write with PyAV; cover-resize + centre crop; contact sheets.
+"""mp4 read/write with PyAV; cover-resize + centre crop (ours, or the published rule); contact sheets.
 
 Frames are uint8 arrays [T, H, W, 3] (RGB). Writes are atomic (temp file, then rename),
 so a failed write never leaves a half-written video behind.
@@ -23,13 +23,38 @@ def _cover_size(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int]:
     return max(out_h, math.ceil(h * s)), max(out_w, math.ceil(w * s))
 
 
+RESIZE_RULES = ("fast", "published")
+
+
+def published_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The published pipeline's frame preprocessing (docs/REFERENCE.md §6.2 Video): PIL BILINEAR
+    resize to cover, scale = max(W_out / W, H_out / H), size (round(H * scale), round(W * scale)),
+    then torchvision's centre crop (offsets round((size - out) / 2)). uint8 [H, W, 3] -> [H_out, W_out, 3]."""
+    from PIL import Image
+
+    out_h, out_w = size
+    h, w = img.shape[:2]
+    scale = max(out_w / w, out_h / h)
+    rh, rw = round(h * scale), round(w * scale)
+    if rh < out_h or rw < out_w:
+        raise VideoError(f"published resize: {h}x{w} scaled by {scale:.6g} gives {rh}x{rw}, smaller than {out_h}x{out_w}")
+    if (rh, rw) != (h, w):
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((rw, rh), Image.Resampling.BILINEAR))
+    top, left = int(round((rh - out_h) / 2.0)), int(round((rw - out_w) / 2.0))
+    return img[top: top + out_h, left: left + out_w]
+
+
 def read_video(path, num_frames: int | None = None, size: tuple[int, int] | None = None, start: int = 0,
-               stride: int = 1) -> np.ndarray:
+               stride: int = 1, resize: str = "fast") -> np.ndarray:
     """Decode frames start, start+stride, ... of an mp4 (or any FFmpeg-readable video).
 
-    ``size`` (H, W): resize so the frame covers H x W, then centre-crop. If the video has
+    ``size`` (H, W): resize so the frame covers H x W, then centre-crop; ``resize`` "fast"
+    (FFmpeg's scaler, sizes rounded up) or "published" (``published_resize``: PIL bilinear and
+    the published rounding, as the published pipeline preprocesses its inputs). If the video has
     fewer than ``num_frames`` frames, the last one is repeated (with a warning).
     """
+    if resize not in RESIZE_RULES:
+        raise VideoError(f"{path}: resize rule {resize!r} is unknown; expected one of {RESIZE_RULES}")
     import av
 
     p = Path(path)
@@ -47,11 +72,13 @@ def read_video(path, num_frames: int | None = None, size: tuple[int, int] | None
             for i, frame in enumerate(container.decode(stream)):
                 if i < start or (i - start) % stride:
                     continue
-                if size is not None:
+                if size is not None and resize == "fast":
                     ch, cw = _cover_size(frame.height, frame.width, *size)
                     frame = frame.reformat(width=cw, height=ch)
                 img = frame.to_ndarray(format="rgb24")
-                if size is not None:
+                if size is not None and resize == "published":
+                    img = published_resize(img, size)
+                elif size is not None:
                     top, left = (img.shape[0] - size[0]) // 2, (img.shape[1] - size[1]) // 2
                     img = img[top: top + size[0], left: left + size[1]]
                 frames.append(img)
@@ -70,13 +97,19 @@ def read_video(path, num_frames: int | None = None, size: tuple[int, int] | None
     return np.stack(frames)
 
 
-def to_uint8(x, value_range=(-1.0, 1.0)):
-    """Float frames in ``value_range`` -> uint8, rounded to nearest and clipped (jit-able); the
-    one rule for every float -> 8-bit conversion (model outputs in [-1, 1], renders in [0, 1])."""
+def to_uint8(x, value_range=(-1.0, 1.0), rounding: str = "nearest"):
+    """Float frames in ``value_range`` -> uint8, clipped (jit-able); the one rule for every float
+    -> 8-bit conversion (model outputs in [-1, 1], renders in [0, 1]). ``rounding``: "nearest",
+    or "truncate" as the published pipeline writes its outputs ((x + 1) * 127.5, clipped, cast)."""
     import jax.numpy as jnp
 
     lo, hi = value_range
-    return jnp.round(jnp.clip((x - lo) * (255.0 / (hi - lo)), 0.0, 255.0)).astype(jnp.uint8)
+    y = jnp.clip((x - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    if rounding == "truncate":
+        return y.astype(jnp.uint8)
+    if rounding != "nearest":
+        raise ValueError(f"rounding {rounding!r} is unknown; expected 'nearest' or 'truncate'")
+    return jnp.round(y).astype(jnp.uint8)
 
 
 def to_float(frames):

@@ -29,6 +29,7 @@ class FlowConfig:
     shift: float = 5.0  # sigma' = s * sigma / (1 + (s - 1) * sigma)
     timestep_mode: str = "uniform"  # see sample_sigma
     prediction: str = "velocity"  # velocity (published) | x0 (see flow_loss)
+    bf16_timesteps: bool = False  # round t to bf16 before noising, the DiT and the loss weight (as published)
 
     def __post_init__(self):
         if not self.shift > 0:
@@ -36,6 +37,12 @@ class FlowConfig:
         if self.timestep_mode not in TIMESTEP_MODES:
             raise ValueError(f"flow.timestep_mode {self.timestep_mode!r} is unknown; expected one of {TIMESTEP_MODES}")
         check_prediction(self.prediction)
+
+
+def round_bf16(x):
+    """Values rounded to bfloat16 (and back to float32): what the published pipeline feeds its DiT
+    as the timestep (docs/REFERENCE.md §6.2, §6.5)."""
+    return jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32)
 
 
 def shift_sigma(sigma, shift: float):
@@ -48,6 +55,14 @@ def sampling_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
         raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps}")
     s = np.linspace(1.0, 0.0, num_steps + 1)[:-1]
     return np.concatenate([shift_sigma(s, shift), [0.0]]).astype(np.float32)
+
+
+def sampling_timesteps(num_steps: int, shift: float = 5.0, bf16: bool = False) -> np.ndarray:
+    """[N] timesteps the DiT is given at each step: 1000 * sigma (float32), rounded to bf16 when
+    ``bf16`` (the published pipeline: 50 steps give 1000, 996, 992, ...; 20 steps 1000, 988, 980,
+    964, ...)."""
+    t = sampling_sigmas(num_steps, shift)[:-1] * np.float32(NUM_TRAIN_TIMESTEPS)
+    return np.asarray(round_bf16(t)) if bf16 else t
 
 
 def euler_step(x, v, sigma, sigma_next):
@@ -73,7 +88,7 @@ def training_schedule(shift: float = 5.0, num: int = NUM_TRAIN_TIMESTEPS):
 
 
 def sample_sigma(key, batch: int, *, mode: str = "uniform", shift: float = 5.0, logit_mean: float = 0.0,
-                 logit_std: float = 1.0):
+                 logit_std: float = 1.0, bf16_timesteps: bool = False):
     """(sigma [B], timestep [B], weight [B]) for one training step.
 
     uniform        a uniform index into the shifted training grid, with its Gaussian weight
@@ -81,18 +96,31 @@ def sample_sigma(key, batch: int, *, mode: str = "uniform", shift: float = 5.0, 
     uniform_sigma  sigma = shift(u), u ~ U(0, 1), weight 1: every noise level is trained,
                    the nearly clean end too (what an x0 predictor's last sampling step needs).
     logit_normal   sigma = shift(sigmoid(N(mean, std))), weight 1.
+
+    ``bf16_timesteps`` (the published training, docs/REFERENCE.md §6.5): the timestep is rounded
+    to bf16 before it is used; on the grid (``uniform``) sigma and weight are then those of the
+    grid timestep nearest to the rounded one, as the published scheduler looks them up (294
+    distinct timesteps of the 1000); otherwise sigma = t / 1000.
     """
     if mode == "uniform":
         sig, t, w = (jnp.asarray(a) for a in training_schedule(shift))
         i = jax.random.randint(key, (batch,), 0, sig.shape[0])
-        return sig[i], t[i], w[i]
+        if not bf16_timesteps:
+            return sig[i], t[i], w[i]
+        tb = round_bf16(t[i])
+        j = jnp.argmin(jnp.abs(t[None, :] - tb[:, None]), axis=1)
+        return sig[j], tb, w[j]
     if mode == "uniform_sigma":
         s = shift_sigma(jax.random.uniform(key, (batch,), minval=1e-3, maxval=1.0), shift)
-        return s, s * NUM_TRAIN_TIMESTEPS, jnp.ones((batch,))
-    if mode == "logit_normal":
+    elif mode == "logit_normal":
         s = shift_sigma(jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch,))), shift)
-        return s, s * NUM_TRAIN_TIMESTEPS, jnp.ones((batch,))
-    raise ValueError(f"timestep sampling {mode!r} is unknown; expected one of {TIMESTEP_MODES}")
+    else:
+        raise ValueError(f"timestep sampling {mode!r} is unknown; expected one of {TIMESTEP_MODES}")
+    t = s * NUM_TRAIN_TIMESTEPS
+    if bf16_timesteps:
+        t = round_bf16(t)
+        s = t / NUM_TRAIN_TIMESTEPS
+    return s, t, jnp.ones((batch,))
 
 
 def noise_target_half(target, source, noise, sigma):

@@ -4,6 +4,12 @@ Only the target half is integrated; the clean source half is concatenated before
 model call and never changes. With CFG the conditional and unconditional passes share
 one batched call (the pair on the batch axis): v = v_u + scale * (v_c - v_u).
 
+Numerics: ``default`` integrates in float32 and feeds the DiT the float32 timestep.
+``reference`` runs as the published pipeline does (docs/REFERENCE.md §6.2): the timestep is
+rounded to bf16 before the DiT (1000, 996, 992, ... for 50 steps), latents, velocities and the
+CFG combination stay bf16 (each op rounded to bf16 as PyTorch does), the sigma table is float32
+and the Euler update x + v * (sigma_next - sigma) is rounded to bf16.
+
 Letters: B batch, F' latent frames per half, h/w latent rows/cols, C channels.
 """
 from __future__ import annotations
@@ -14,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from stp_jax.diffusion import flow
+from stp_jax.models.dit import NUMERICS
 
 # velocity(x [B, 2F', h, w, C], timestep [B], context [B, S, E]) -> [B, 2F', h, w, C]
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -23,36 +30,49 @@ SOLVERS = ("euler", "unipc")
 
 
 def denoise(velocity: VelocityFn, source, noise, context, *, steps: int = 50, shift: float = 5.0,
-            cfg_scale: float = 5.0, null_context=None, solver: str = "euler"):
+            cfg_scale: float = 5.0, null_context=None, solver: str = "euler", numerics: str = "default"):
     """Integrate the target half from ``noise`` (sigma 1) to sigma 0.
 
     source, noise  [B, F', h, w, C]; context [B, S, E]; null_context [B, S, E] for CFG
-    (None or cfg_scale == 1 disables guidance). Returns the target latents [B, F', h, w, C].
+    (None or cfg_scale == 1 disables guidance); ``numerics`` default | reference (module doc).
+    Returns the target latents [B, F', h, w, C] (float32; bf16 values under reference numerics).
     """
+    if numerics not in NUMERICS:
+        raise ValueError(f"numerics {numerics!r} is unknown; expected one of {NUMERICS}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r} is unknown; expected one of {SOLVERS}")
+    ref = numerics == "reference"
+    if ref and solver != "euler":
+        raise ValueError(f"reference numerics reproduce the published Euler sampler; solver {solver!r} has no "
+                         "published reference (use --solver euler or --numerics default)")
     sig = jnp.asarray(flow.sampling_sigmas(steps, shift))
     f = source.shape[1]
     guided = null_context is not None and cfg_scale != 1.0
+    state = jnp.bfloat16 if ref else jnp.float32
+    source = source.astype(state)
 
     def v_target(x, sigma):
         inp = jnp.concatenate([x, source], axis=1)
-        t = jnp.full((x.shape[0],), sigma * flow.NUM_TRAIN_TIMESTEPS)
+        t = sigma * flow.NUM_TRAIN_TIMESTEPS
+        t = jnp.full((x.shape[0],), flow.round_bf16(t) if ref else t)
         if not guided:
-            return velocity(inp, t, context)[:, :f]
+            return velocity(inp, t, context)[:, :f].astype(state)
         both = velocity(jnp.concatenate([inp, inp]), jnp.concatenate([t, t]), jnp.concatenate([context, null_context]))
-        v_c, v_u = jnp.split(both[:, :f], 2)
-        return v_u + cfg_scale * (v_c - v_u)
+        v_c, v_u = jnp.split(both[:, :f].astype(state), 2)
+        return v_u + cfg_scale * (v_c - v_u)  # in bf16 under reference numerics: each op rounded
 
     if solver == "unipc":
         return _unipc(v_target, noise.astype(jnp.float32), sig)
-    if solver != "euler":
-        raise ValueError(f"solver {solver!r} is unknown; expected one of {SOLVERS}")
 
     def body(x, s):
         sigma, sigma_next = s
+        if ref:  # PyTorch: bf16 * float32 scalar -> bf16, then bf16 + bf16 -> bf16
+            step = (v_target(x, sigma).astype(jnp.float32) * (sigma_next - sigma)).astype(state)
+            return (x.astype(jnp.float32) + step.astype(jnp.float32)).astype(state), None
         return flow.euler_step(x, v_target(x, sigma), sigma, sigma_next), None
 
-    x, _ = jax.lax.scan(body, noise.astype(jnp.float32), (sig[:-1], sig[1:]))
-    return x
+    x, _ = jax.lax.scan(body, noise.astype(state), (sig[:-1], sig[1:]))
+    return x.astype(jnp.float32)
 
 
 # ---------------------------------------------------------------- UniPC

@@ -38,9 +38,14 @@ from stp_jax.models.layers import (
     modulate,
     rope_tables,
     sinusoid,
+    sinusoid_f64,
 )
 
 MODES = ("wan", "recammaster", "spacetimepilot")
+# default: float32 timestep and sinusoids. reference: as the published pipeline runs the model
+# (docs/REFERENCE.md §6.2): the timestep rounded to bf16, every sinusoid computed to float64
+# accuracy and cast to the compute dtype, the time embedding in the compute dtype.
+NUMERICS = ("default", "reference")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -71,6 +76,7 @@ class DiTConfig(JsonConfig):
     context_parallel: str = "none"  # none | ulysses | ring
     splash_block: int = 512
     remat: str = "none"  # none | full | dots | dots_no_batch | offload_dots
+    numerics: str = "default"  # default | reference (NUMERICS)
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -83,6 +89,8 @@ class DiTConfig(JsonConfig):
             problems.append(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention not in attn_lib.BACKENDS:
             problems.append(f"attention {self.attention!r} is not one of {attn_lib.BACKENDS}")
+        if self.numerics not in NUMERICS:
+            problems.append(f"numerics {self.numerics!r} is not one of {NUMERICS}")
         if self.context_parallel not in attn_lib.CONTEXT_PARALLEL:
             problems.append(f"context_parallel {self.context_parallel!r} is not one of {attn_lib.CONTEXT_PARALLEL}")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
@@ -232,11 +240,15 @@ class SpaceTimeDiT(nn.Module):
         h = Dense((c.dim,), ("patch", "embed"), name="patch_embedding", **kw)(p)  # [B, L, D]
         h = _act(h, "activation_batch", "activation_length", "activation_embed")
 
-        t_emb = sinusoid(timestep.astype(jnp.float32), c.freq_dim)  # [B, Q]
-        e = MLP(c.dim, c.dim, "silu", ("freq", "mlp"), ("mlp", "embed"), param_dtype=pdtype,
-                name="time_embedding")(t_emb)  # [B, D] f32
-        e0 = Dense((6, c.dim), ("embed", "modulation", "mlp"), param_dtype=pdtype,
-                   name="time_projection")(jax.nn.silu(e))  # [B, 6, D]
+        if c.numerics == "reference":  # bf16 timestep, float64 sinusoid cast to the compute dtype
+            t_emb = sinusoid_f64(timestep.astype(jnp.bfloat16), c.freq_dim).astype(dtype)  # [B, Q]
+            t_dtype = dtype
+        else:
+            t_emb, t_dtype = sinusoid(timestep.astype(jnp.float32), c.freq_dim), jnp.float32  # [B, Q]
+        e = MLP(c.dim, c.dim, "silu", ("freq", "mlp"), ("mlp", "embed"), dtype=t_dtype, param_dtype=pdtype,
+                name="time_embedding")(t_emb).astype(jnp.float32)  # [B, D]
+        e0 = Dense((6, c.dim), ("embed", "modulation", "mlp"), dtype=t_dtype, param_dtype=pdtype,
+                   name="time_projection")(jax.nn.silu(e).astype(t_dtype)).astype(jnp.float32)  # [B, 6, D]
         ctx = MLP(c.dim, c.dim, "gelu_tanh", ("text_embed", "mlp"), ("mlp", "embed"), name="text_embedding",
                   **kw)(context)
         ctx = _act(ctx, "activation_batch", "activation_text", "activation_embed")  # [B, S, D]
@@ -292,7 +304,11 @@ class SpaceTimeDiT(nn.Module):
                 raise ValueError(f"{name} must be [B, T] raw frame indices with T = {raw_frames(fh)} "
                                  f"for {fh} latent frames per half; got "
                                  f"{None if v is None else tuple(v.shape)}")
-        t_sin = sinusoid(jnp.stack([tgt_time, src_time]).astype(jnp.float32), c.freq_dim)  # [2, B, T, Q]
+        times = jnp.stack([tgt_time, src_time]).astype(jnp.float32)
+        if c.numerics == "reference":
+            t_sin = sinusoid_f64(times, c.freq_dim).astype(jnp.dtype(c.dtype))  # [2, B, T, Q]
+        else:
+            t_sin = sinusoid(times, c.freq_dim)  # [2, B, T, Q]
         return t_sin, jnp.concatenate([tgt_cam, src_cam], axis=1)
 
 

@@ -35,6 +35,43 @@ def sinusoid(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def _top_bits(x64: np.ndarray, bits: int) -> np.ndarray:
+    """float64 values cut to their ``bits`` leading significant bits (exact in float32)."""
+    m, e = np.frexp(np.asarray(x64, np.float64))
+    return np.ldexp(np.trunc(m * 2.0 ** bits), e - bits).astype(np.float32)
+
+
+def _split3(x64: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 -> three float32 parts (12, 12 and 24 leading bits) whose sum is x to ~2^-48."""
+    a = _top_bits(x64, 12)
+    rest = np.asarray(x64, np.float64) - a
+    b = _top_bits(rest, 12)
+    return a, b, (rest - b).astype(np.float32)
+
+
+def sinusoid_f64(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
+    """``sinusoid`` as the published pipeline computes it, in float64 (docs/REFERENCE.md §6.2),
+    emulated in float32 arithmetic (JAX runs without x64): the frequencies are split on the host
+    into exact 12-bit pieces, positions into two 12-bit halves, so every large product is exact,
+    and the angle is reduced modulo 2*pi with a three-piece 2*pi before cos/sin. Agrees with
+    float64 to ~5e-7 (plain float32: ~6e-5 at positions near 1000) for |positions| < 2.5e4.
+    positions [...] -> [..., dim] float32."""
+    if dim % 2:
+        raise ValueError(f"sinusoid width must be even, got {dim}")
+    half = dim // 2
+    f1, f2, f3 = (jnp.asarray(v) for v in _split3(base ** (-np.arange(half, dtype=np.float64) / half)))
+    c1, c2, c3 = (jnp.asarray(v) for v in _split3(np.array(2.0 * np.pi)))
+    p = positions.astype(jnp.float32)[..., None]  # [..., 1]
+    hi = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(p, jnp.uint32) & jnp.uint32(0xFFFFF000),
+                                      jnp.float32)  # 12 leading bits (sign, exponent, 11 mantissa bits)
+    lo = p - hi  # exact: the remaining 12 bits
+    k = jnp.round(p * (f1 + f2) / c1)  # whole turns (< 4096: the products below stay exact)
+    big = hi * f1 - k * c1  # two exact products of nearly equal size: an exact difference
+    small = (hi * f2 - k * c2) + lo * f1 + (lo * f2 + (p * f3 - k * c3))
+    ang = big + small  # the angle modulo 2*pi, within ~3e-7
+    return jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
+
+
 # ---------------------------------------------------------------- 3D rotary embedding
 
 

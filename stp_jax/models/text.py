@@ -10,7 +10,9 @@ R relative-position buckets.
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -129,9 +131,20 @@ def wan_text_states(hidden, mask, text_len: int = TEXT_LEN):
 # ---------------------------------------------------------------- tokenizer
 
 
+def clean_prompt(text: str) -> str:
+    """A prompt as Wan cleans it before tokenizing (docs/REFERENCE.md §6.2): ``ftfy.fix_text``,
+    HTML entities unescaped twice, stripped, runs of whitespace collapsed to one space."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+
 class Tokenizer:
     """umT5 tokenizer from a local folder (``tokenizer.json`` via tokenizers, or
-    ``spiece.model`` via sentencepiece). Appends </s> (id 1) as T5 does; pads with 0."""
+    ``spiece.model`` via sentencepiece). Cleans each prompt as Wan does (``clean_prompt``),
+    appends </s> (id 1) as T5 does; pads with 0."""
 
     def __init__(self, path):
         p = Path(path)
@@ -160,7 +173,7 @@ class Tokenizer:
         ids = np.zeros((len(texts), max_len), np.int32)
         mask = np.zeros((len(texts), max_len), np.int32)
         for i, t in enumerate(texts):
-            toks = list(self._encode(t))[: max_len - 1] + [self.eos_id]
+            toks = list(self._encode(clean_prompt(t)))[: max_len - 1] + [self.eos_id]
             ids[i, : len(toks)] = toks
             mask[i, : len(toks)] = 1
         return ids, mask

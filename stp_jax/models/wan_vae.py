@@ -316,6 +316,78 @@ def encode_tiled(cfg: WanVAEConfig, params, video, tile: int = 256, overlap: int
     return _tiled(enc, video, tile // 8, overlap // 8, 8, 1, latent_frames(video.shape[1]), cfg.z_dim)
 
 
+# The published pipeline's tiling (docs/REFERENCE.md §6.2): decode tiles of 30 x 52 latent pixels
+# at a stride of 15 x 26 (3 x 3 tiles for 480 x 832), encode tiles of 8x that in pixels; a tile
+# overlapping a neighbour fades in/out over (tile - stride) output pixels with the ramp
+# (i + 1) / width, the two axes combined by min, and the blend is normalised by the summed weights.
+PUBLISHED_TILE = (30, 52)
+PUBLISHED_STRIDE = (15, 26)
+
+
+def published_tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile starts along one axis as published: every ``stride`` from 0, skipping a start whose
+    previous tile already reached the end (the last tile may overhang the edge)."""
+    return [s for s in range(0, size, stride) if not (s - stride >= 0 and s - stride + tile >= size)]
+
+
+def published_ramp(length: int, first: bool, last: bool, width: int) -> np.ndarray:
+    """[length] blend weights of one tile: 1, with linear ramps (i + 1) / width at the sides that
+    have a neighbour (``first``/``last``: the tile touches that edge of the frame)."""
+    w = np.ones(length, np.float32)
+    r = (np.arange(width, dtype=np.float32) + 1) / width
+    if width > 0 and not first:
+        w[:width] = r[:length]
+    if width > 0 and not last:
+        w[-width:] = r[::-1][-length:]
+    return w
+
+
+def published_tiled(fn, x, tile, stride, num: int, den: int, dtype):
+    """fn over the published tiles of x [B, T, H, W, C] (tile/stride in x's pixels), outputs
+    (spatially num/den x the input) blended as published, accumulated in ``dtype``. Equal-shaped
+    tiles go through one ``lax.map`` (one copy of fn in the program)."""
+    h, w = x.shape[2:4]
+    (th, tw), (sh, sw) = tile, stride
+    tiles = [(y0, x0) for y0 in published_tile_starts(h, th, sh) for x0 in published_tile_starts(w, tw, sw)]
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y0, x0 in tiles:
+        groups.setdefault((min(y0 + th, h) - y0, min(x0 + tw, w) - x0), []).append((y0, x0))
+    out = weight = None
+    for (gh, gw), starts in groups.items():
+        stack = jnp.stack([x[:, :, y0:y0 + gh, x0:x0 + gw] for y0, x0 in starts])
+        ys = jax.lax.map(fn, stack)  # [N, B, T', gh*num/den, gw*num/den, C']
+        if out is None:
+            b, t_out, _, _, c_out = ys.shape[1:]
+            out = jnp.zeros((b, t_out, h * num // den, w * num // den, c_out), dtype)
+            weight = jnp.zeros((1, 1, h * num // den, w * num // den, 1), dtype)
+        for y, (y0, x0) in zip(ys, starts):
+            wy = published_ramp(gh * num // den, y0 == 0, y0 + th >= h, (th - sh) * num // den)
+            wx = published_ramp(gw * num // den, x0 == 0, x0 + tw >= w, (tw - sw) * num // den)
+            m = jnp.asarray(np.minimum(wy[:, None], wx[None, :]), dtype)[None, None, :, :, None]
+            sl = (slice(None), slice(None), slice(y0 * num // den, y0 * num // den + y.shape[2]),
+                  slice(x0 * num // den, x0 * num // den + y.shape[3]))
+            out = out.at[sl].add((y.astype(dtype) * m).astype(dtype))
+            weight = weight.at[sl].add(m)
+    return out / weight
+
+
+def decode_tiles(cfg: WanVAEConfig, params, latents, tile=PUBLISHED_TILE, stride=PUBLISHED_STRIDE,
+                 normalized: bool = True):
+    """decode() over the published tiles (latent pixels), blended as published in the compute
+    dtype (bf16 buffers when the VAE runs in bf16, as published); clamped to [-1, 1]."""
+    out = published_tiled(lambda z: decode(cfg, params, z, normalized), latents, tile, stride, 8, 1,
+                           jnp.dtype(cfg.dtype))
+    return jnp.clip(out.astype(jnp.float32), -1.0, 1.0)
+
+
+def encode_tiles(cfg: WanVAEConfig, params, video, tile=PUBLISHED_TILE, stride=PUBLISHED_STRIDE,
+                 normalize: bool = True):
+    """encode() over the published tiles (given in latent pixels, x8 in the video), blended as published."""
+    out = published_tiled(lambda v: encode(cfg, params, v, normalize), video, (tile[0] * 8, tile[1] * 8),
+                           (stride[0] * 8, stride[1] * 8), 1, 8, jnp.dtype(cfg.dtype))
+    return out.astype(jnp.float32)
+
+
 def latent_stats() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(LATENT_MEAN, np.float32), np.asarray(LATENT_STD, np.float32)
 
@@ -330,3 +402,9 @@ class WanVAE:
 
     def decode(self, params, latents, normalized: bool = True):
         return decode(self.cfg, params, latents, normalized)
+
+    def decode_tiles(self, params, latents):
+        return decode_tiles(self.cfg, params, latents)
+
+    def encode_tiles(self, params, video):
+        return encode_tiles(self.cfg, params, video)
