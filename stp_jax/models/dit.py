@@ -80,6 +80,13 @@ class DiTConfig(JsonConfig):
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        sizes = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels", "text_dim", "freq_dim",
+                 "time_groups", "splash_block")
+        small = [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        small += [f"patch_size {self.patch_size}"] if min(self.patch_size, default=0) < 1 else []
+        small += [] if self.eps > 0 else [f"eps {self.eps}"]
+        if small:
+            raise ValueError(f"invalid DiTConfig: sizes must be >= 1 and eps > 0, got {', '.join(small)}")
         problems = []
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is not one of {MODES}")
