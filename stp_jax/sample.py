@@ -143,7 +143,11 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
                     vae_tiling=ck.ae.tiling, checkpoint=str(ck.path))
     settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
     settings["time_schedule"] = [int(v) for v in times]
-    return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), text_states(s), int(s["seed"]), settings)
+    try:
+        context = text_states(s)
+    except ValueError as e:  # a caption without --text-encoder, a bad embedding file
+        raise ValueError(f"job {name!r}: {e}") from None
+    return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), context, int(s["seed"]), settings)
 
 
 def _text_states_fn(ck: inference.Checkpoint, encoder):

@@ -40,7 +40,10 @@ class Trainer:
         self.optim = config_lib.section_of(c, "optim")
         self.ae_cfg = config_lib.section_of(c, "autoencoder")
         self.text_cfg = config_lib.section_of(c, "text")
-        self.mesh = mesh_lib.make_mesh(dict(c.mesh), devices=devices)
+        try:
+            self.mesh = mesh_lib.make_mesh(dict(c.mesh), devices=devices)
+        except ValueError as e:
+            raise ValueError(f"config mesh ({', '.join(f'mesh.{k}={v}' for k, v in c.mesh.items())}): {e}") from None
         self.rules = mesh_lib.logical_rules(dict(c.logical_rules_overrides))
         self.mcfg = DiTConfig.from_dict(dict(c.model))
         self.model = SpaceTimeDiT(self.mcfg)

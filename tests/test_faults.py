@@ -85,7 +85,32 @@ def test_train_rejects_bad_overrides_and_writes_nothing(tmp_path, capsys, overri
     assert not wd.exists()
 
 
+@pytest.mark.parametrize("override,named", [("mesh.fsdp=3", "mesh.fsdp=3"), ("data.num_cameras=" + "9" * 30,
+                                                                                  "data.num_cameras"),
+                                            ("autoencoder.spatial=5", "autoencoder.spatial"),
+                                            ("autoencoder.spatial=1", "autoencoder.spatial"),
+                                            ("model.dtype=0", "dtype '0'"), ("model.dtype=2**31", "dtype '2**31'")])
+def test_train_config_errors_name_the_key(tmp_path, capsys, override, named):
+    """Found by tests/test_fuzz.py: messages that named no config key (mesh shape, latent
+    shape), and an OverflowError traceback for a huge data.num_cameras."""
+    _fails(capsys, train_main, ["--config", "tiny_camxtime:smoke", "--workdir", str(tmp_path / "wd"), "--set",
+                                override], named, root=tmp_path)
+
+
+def test_a_caption_without_an_encoder_names_the_job(assets, tmp_path, capsys):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"name": "j1", "video": str(assets / "src.mp4"), "camera": "static", "time": "reverse",
+                                "caption": "a cat"}))
+    _fails(capsys, sample_main, _sample(assets, tmp_path / "o", "--jobs", str(jobs), video=False), "job 'j1'",
+           "--text-encoder", root=tmp_path)
+
+
 # ---------------------------------------------------------------- converter
+
+
+def test_converter_names_a_head_count_that_does_not_fit(assets, tmp_path, capsys):
+    _fails(capsys, convert_main, [str(assets / "model.safetensors"), "--out", str(tmp_path / "o"), "--num-heads", "3"],
+           "--num-heads 3", root=tmp_path)
 
 
 def _tensors(assets) -> dict:

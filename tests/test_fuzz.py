@@ -29,7 +29,7 @@ from tiny_assets import TEXT_DIM, snapshot
 
 from stp_jax import cli
 
-N = {"sample": 150, "train": 150, "convert": 120, "eval": 120, "render": 60, "precompute": 120, "aot": 250}
+N = {"sample": 120, "train": 150, "convert": 120, "eval": 120, "render": 60, "precompute": 120, "aot": 250}
 TRIED = {k: 0 for k in N}  # inputs actually tried per command (printed by test_zz_report)
 OUTCOMES = {k: {"ok": 0, "accepted": 0, "refused": 0} for k in N}
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -95,12 +95,23 @@ def _check(cmd: str, main, argv, root: Path, named) -> str:
         return "ok"
     assert rc == 2, (argv, rc, err)
     assert err.count(": error: ") == 1 and f"stp-{cmd}: error: " in err, (argv, err)
-    assert any(str(n) in err or repr(str(n)) in err for n in named), (argv, named, err)
+    assert any(n(err) if callable(n) else str(n) in err or repr(str(n)) in err for n in named), (argv, named, err)
     assert snapshot(root) == before, (argv, err, "files were added or changed")
     return "refused"
 
 
 # ---------------------------------------------------------------- values
+
+def _keys(overrides):
+    """How a refusal may name ``a.b=v``: "a.b", or the section and the field ("section 'a': ... b")."""
+    out = []
+    for o in overrides:
+        key = o.partition("=")[0].strip()
+        if key:
+            section, _, leaf = key.rpartition(".")
+            out += [key, lambda err, s=section, f=leaf: f"section {s!r}" in err and f in err]
+    return out
+
 
 def _num_text(ints=(-2, 40)):
     """Strings a user might type for a number: small ints, edge values, floats, garbage."""
@@ -195,18 +206,24 @@ def _workspace():
 
 # ---------------------------------------------------------------- stp-sample
 
-_SAMPLE_FLAGS = {"--steps": _num_text(), "--shift": _num_text(), "--cfg": _num_text(), "--seed": _num_text(),
-                 "--frames": _num_text(), "--size": _SIZE, "--segments": _num_text((-1, 3)),
-                 "--batch": _num_text(), "--fps": _num_text(), "--solver": st.sampled_from(["euler", "x", ""]),
-                 "--preset": st.sampled_from(["demo", "eval", ""])}
+def _or_valid(*valid, bad=None):
+    """Half the time one of ``valid``, else anything a user might type."""
+    return st.sampled_from(valid) | (_num_text() if bad is None else bad)
+
+
+_SAMPLE_FLAGS = {"--steps": _or_valid("1", "2"), "--shift": _or_valid("1.5", "5"), "--cfg": _or_valid("1", "3.5"),
+                 "--seed": _or_valid("0", "7"), "--frames": _or_valid("5", "9"),
+                 "--size": _or_valid("16x16", "8x8", bad=_SIZE), "--segments": _or_valid("1", "2"),
+                 "--batch": _or_valid("1", "4"), "--fps": _or_valid("8", "30"),
+                 "--solver": st.sampled_from(["euler", "x", ""]), "--preset": st.sampled_from(["demo", "eval", ""])}
 
 
 @st.composite
 def sample_request(draw):
     flags = draw(st.dictionaries(st.sampled_from(sorted(_SAMPLE_FLAGS)), st.just(None), max_size=3))
     flags = {k: draw(_SAMPLE_FLAGS[k]) for k in flags}
-    camera = draw(st.one_of(_CAMERAS, camera_file()))
-    time = draw(st.one_of(_TIME_NAMES, time_file()))
+    camera = draw(st.sampled_from(["static", "cam01", "orbit45"]) | _CAMERAS | camera_file())
+    time = draw(st.sampled_from(["reverse", "freeze_mid", "0-8"]) | _TIME_NAMES | time_file())
     jobs = draw(st.one_of(st.none(), st.lists(st.dictionaries(
         st.sampled_from(["name", "video", "camera", "time", "seed", "steps", "frames", "shift", "size", "caption",
                          "text_embedding", "cfg"]),
@@ -279,7 +296,7 @@ def test_fuzz_train(stubs, config, overrides):
         argv = ["--config", config, "--workdir", d / "wd"]
         for o in overrides:
             argv += ["--set", o]
-        named = ["config", "--set", *[o.partition("=")[0] for o in overrides if o.partition("=")[0]]]
+        named = ["config", "--set", *_keys(overrides)]
         if check("train", cli.train_main, argv, d, named) == "refused":
             assert not (d / "wd").exists()
 
@@ -303,8 +320,7 @@ def test_fuzz_precompute(stubs, config, overrides, epochs, batch, out, overwrite
             (d / "out" / "meta.json").write_text("{}")
         argv = ["--config", config, "--out", target, "--epochs", epochs, "--batch", batch]
         argv += [a for o in overrides for a in ("--set", o)] + (["--overwrite"] if overwrite else [])
-        named = ["config", "--set", "--epochs", "--batch", "--out", target,
-                 *[o.partition("=")[0] for o in overrides if o.partition("=")[0]]]
+        named = ["config", "--set", "--epochs", "--batch", "--out", target, *_keys(overrides)]
         check("precompute", cli.precompute_main, argv, d, named)
         if out == "existing":
             assert (d / "out" / "precious").exists()
@@ -452,8 +468,7 @@ def test_fuzz_aot(stubs, topology, mesh, overrides):
         argv = ["--config", "tiny_camxtime:smoke", f"--topology={topology}"]
         argv += [] if mesh is None else [f"--mesh={mesh}"]
         argv += [a for o in overrides for a in ("--set", o)]
-        check("aot", cli.aot_main, argv, d, ["--topology", "--mesh", topology, "--set", "config",
-                                             *[o.partition("=")[0] for o in overrides if o.partition("=")[0]]])
+        check("aot", cli.aot_main, argv, d, ["--topology", "--mesh", topology, "--set", "config", *_keys(overrides)])
 
 
 def test_zz_report():

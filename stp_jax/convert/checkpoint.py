@@ -79,7 +79,12 @@ def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int
         meta["layout"] = "umt5"
         what = f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
     else:
-        cfg, params, meta = convert_dit(src, fmt, base, num_heads, param_dtype)
+        try:
+            cfg, params, meta = convert_dit(src, fmt, base, num_heads, param_dtype)
+        except ValueError as e:  # e.g. a DiTConfig whose dim the given head count does not divide
+            if num_heads is None or isinstance(e, ConversionError):
+                raise
+            raise ConversionError(f"--num-heads {num_heads}: {e}") from e
         what = f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
         if sampling_defaults == "published" or (sampling_defaults == "auto" and is_published_dit(cfg)):
             extra["run.json"] = json.dumps(published_run(), indent=2)
