@@ -62,16 +62,25 @@ def _grid(chips: int, dims: int) -> tuple[int, ...]:
 def parse_topology(name: str) -> Topology:
     m = re.fullmatch(r"(v4|v5p|v5e|v6e):(\d+(?:x\d+)*)", name)
     if m:
-        return Topology(name, m[1], tuple(int(v) for v in m[2].split("x")))
+        shape = tuple(int(v) for v in m[2].split("x"))
+        if min(shape) < 1 or len(shape) > 3:
+            raise ValueError(f"topology {name!r}: expected 1 to 3 chip counts >= 1, e.g. v5p:2x2x2")
+        return Topology(name, m[1], shape)
     m = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)(?:x(\d+))?", name)
     if not m:
         raise ValueError(f"topology {name!r}: expected e.g. v5p-8, v5p-64, v6e-16, v5e-8, v5p-64x2 (slices) or "
                          f"v5p:2x2x2; generations {sorted(CHIPS)}")
     gen, n, slices = m[1], int(m[2]), int(m[3] or 1)
+    if n < 1 or slices < 1:
+        raise ValueError(f"topology {name!r}: the TensorCore count and the slice count (v5p-8x2: 2 slices) must be >= 1")
     info = CHIPS[gen]
     if n % info["cores_per_chip"]:
         raise ValueError(f"topology {name!r}: {gen}-N counts TensorCores ({info['cores_per_chip']} per chip)")
-    return Topology(name, gen, _grid(n // info["cores_per_chip"], info["dims"]), slices)
+    try:
+        shape = _grid(n // info["cores_per_chip"], info["dims"])
+    except ValueError as e:
+        raise ValueError(f"topology {name!r}: {e}") from None
+    return Topology(name, gen, shape, slices)
 
 
 def tpu_devices(topo: Topology):
@@ -94,6 +103,8 @@ def tpu_devices(topo: Topology):
 def parse_mesh(text: str | None, n: int) -> dict | None:
     if not text:
         return None
+    from stp_jax.parallel.mesh import MESH_AXES
+
     out = {}
     for part in text.split(","):
         k, _, v = part.partition("=")
@@ -102,6 +113,14 @@ def parse_mesh(text: str | None, n: int) -> dict | None:
         except ValueError:
             raise ValueError(f"--mesh {text!r}: expected axis=size pairs with integer sizes, e.g. "
                              "fsdp=8,context=2") from None
+        if k.strip() not in MESH_AXES:
+            raise ValueError(f"--mesh {text!r}: axis {k.strip()!r} is unknown; expected {', '.join(MESH_AXES)}")
+        if out[k.strip()] == 0 or out[k.strip()] < -1:
+            raise ValueError(f"--mesh {text!r}: axis sizes must be >= 1 (or -1 = the rest)")
+    sizes = [v for v in out.values() if v != -1]
+    if list(out.values()).count(-1) > 1 or (n % math.prod(sizes) if -1 in out.values() else math.prod(sizes) != n):
+        raise ValueError(f"--mesh {text!r}: the axis sizes must multiply to the topology's {n} devices "
+                         "(at most one axis -1 = the rest)")
     return out
 
 

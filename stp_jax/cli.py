@@ -47,6 +47,9 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
     except OSError as e:  # disk full, permissions...: the system's words, named as such
         print(f"{prog}: error: I/O error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves first): partial outputs are removed
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 3
 
 
 def _config_args(p: argparse.ArgumentParser):
@@ -320,10 +323,12 @@ def convert_main(argv=None) -> int:
         from pathlib import Path
 
         from stp_jax.convert.checkpoint import convert_checkpoint, export_checkpoint
+        from stp_jax.files import check_can_create
 
         t0 = time.time()
         if Path(args.out).exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+        check_can_create(args.out)
         if args.export:
             line = export_checkpoint(args.src, args.out, args.layout)
         else:
@@ -348,20 +353,32 @@ def render_main(argv=None) -> int:
     p.add_argument("--cameras", type=int, default=81, help="camera poses C along the scene's path")
     p.add_argument("--size", default="64x64", help="HxW pixels")
     p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     def go():
         args = p.parse_args(argv)
+        from stp_jax.config_utils import check_float, check_int
         from stp_jax.controls import timing
         from stp_jax.data.camxtime import write_scene
+        from stp_jax.files import atomic_output, check_can_create
 
         try:
             h, w = (int(x) for x in args.size.lower().split("x"))
         except ValueError:
             raise ValueError(f"--size {args.size!r}: expected HEIGHTxWIDTH, e.g. 64x64") from None
-        if h < 1 or w < 1 or args.cameras < 1 or not args.fps > 0:
-            raise ValueError("--size, --cameras and --fps must be positive")
-        timing.check_frames(args.frames)
+        if h < 1 or w < 1:
+            raise ValueError(f"--size {args.size!r}: height and width must be >= 1")
+        check_int("--seed", args.seed, minimum=0)
+        check_int("--cameras", args.cameras)
+        if not 1 <= check_float("--fps", args.fps) <= 1000:  # mp4 frame rates are whole numbers
+            raise ValueError(f"--fps must be between 1 and 1000, got {args.fps}")
+        try:
+            timing.check_frames(args.frames)
+        except ValueError as e:
+            raise ValueError(f"--frames: {e}") from None
+        check_can_create(args.out)
         t0 = time.time()
-        files = write_scene(args.seed, args.out, args.frames, args.cameras, h, w, args.fps)
+        with atomic_output(args.out, folder=True, overwrite=args.overwrite) as tmp:
+            files = write_scene(args.seed, tmp, args.frames, args.cameras, h, w, args.fps)
         print(f"rendered scene {args.seed}: {args.cameras} cameras x {args.frames} times at {h}x{w} in "
               f"{time.time() - t0:.1f}s -> {args.out}/ ({', '.join(files)})")
         return 0

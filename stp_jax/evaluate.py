@@ -258,12 +258,17 @@ def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_
     """Score a model trained by stp-train on procedural Cam×Time scenes (``stp-eval``); writes
     eval.md (the summary table and every row), eval.json, and per case a video and a contact
     sheet (source | truth | model) into ``out`` (default CHECKPOINT/eval). Returns (results, out)."""
-    if scenes < 1:
-        raise ValueError(f"--scenes must be >= 1, got {scenes}")
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    if shift is not None and not shift > 0:
-        raise ValueError(f"--shift must be > 0, got {shift}")
+    from stp_jax.config_utils import check_float, check_int
+    from stp_jax.files import check_can_create
+
+    scenes = check_int("--scenes", scenes)
+    steps = None if steps is None else check_int("--steps", steps)
+    shift = None if shift is None else check_float("--shift", shift, positive=True)
+    seed = check_int("--seed", seed, minimum=0)
+    if not cases:
+        raise ValueError("--cases is empty; expected a comma list of cases, e.g. reverse,moving:freeze_mid")
+    if out is not None:
+        check_can_create(out)
     ck = inference.load_checkpoint(checkpoint)
     d = ck.run.get("data")
     if d is None:

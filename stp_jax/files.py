@@ -3,12 +3,14 @@
 ``atomic_output(path)`` yields a temporary sibling (``.NAME.partial.PID`` for files,
 ``NAME.partial`` for folders); when the block succeeds it replaces ``path`` (``overwrite``
 must allow an existing one), when it fails the sibling is removed and ``path`` is untouched.
+``check_can_create(path)`` fails at once, before any work, where ``path`` could not be written.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -43,3 +45,19 @@ def inside(path, container) -> bool:
     """Whether ``path`` is ``container`` or lies inside it (resolved; for --overwrite guards)."""
     p, c = Path(path).resolve(), Path(container).resolve()
     return p == c or c in p.parents
+
+
+def check_can_create(path, what: str = "--out") -> None:
+    """Fail before any work (not after it) when ``path`` could not be written: its nearest
+    existing ancestor must be a folder this process can create files in. Leaves nothing behind."""
+    p = Path(path).absolute()
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: cannot be created, {parent} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".stp_write_test_"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write in {parent} ({e.strerror or e})") from e

@@ -160,8 +160,14 @@ def load_text_embedding(path, text_dim: int) -> np.ndarray:
         e = np.load(p)
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"text embedding file {p}: not a readable .npy array ({err})") from err
-    if e.ndim != 2 or e.shape[1] != text_dim:
+    if e.ndim != 2 or e.shape[1] != text_dim or e.shape[0] < 1:
         raise ValueError(f"text embedding file {p}: expected [tokens, {text_dim}] float states, got shape {e.shape}")
+    if not np.issubdtype(e.dtype, np.floating):
+        raise ValueError(f"text embedding file {p}: expected float states, got dtype {e.dtype}")
+    bad = int(np.size(e) - np.count_nonzero(np.isfinite(e)))
+    if bad:
+        raise ValueError(f"text embedding file {p}: {bad} of its {e.size} values are NaN or Inf; expected finite "
+                         "text states")
     return e.astype(np.float32)
 
 
@@ -258,7 +264,7 @@ def video_settings(run: dict, frames: int | None = None, size: tuple[int, int] |
     frames at the video's size. A published checkpoint's run.json (stp-convert) gives 81 frames
     at 480x832 with the published cover-resize and centre crop."""
     data = run.get("data", {})
-    frames = check_frames(int(frames or data.get("num_frames", 81)))
+    frames = check_frames(int(data.get("num_frames", 81) if frames is None else frames))
     if size is None and "height" in data:
         size = (int(data["height"]), int(data["width"]))
     return frames, size, data.get("resize", "fast")
@@ -281,7 +287,7 @@ def sampling_defaults(run: dict, preset: str | None = None) -> dict:
     presets = s.pop("presets", {})
     if preset is not None:
         if preset not in presets:
-            raise ValueError(f"sampling preset {preset!r} is not defined by this checkpoint's run.json "
+            raise ValueError(f"--preset: sampling preset {preset!r} is not defined by this checkpoint's run.json "
                              f"(it defines: {', '.join(presets) or 'none'})")
         s.update(presets[preset])
     return s

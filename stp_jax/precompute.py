@@ -28,7 +28,7 @@ import numpy as np
 from stp_jax import inference
 from stp_jax.data import latents
 from stp_jax.data import pipeline as pl
-from stp_jax.files import atomic_output
+from stp_jax.files import atomic_output, check_can_create
 
 
 def precompute(config, out_dir, *, epochs: int = 1, batch: int = 8, records_per_shard: int = 1000,
@@ -42,6 +42,7 @@ def precompute(config, out_dir, *, epochs: int = 1, batch: int = 8, records_per_
                          "--overwrite replaces only such folders")
     if epochs < 1 or batch < 1:
         raise ValueError(f"--epochs and --batch must be >= 1, got {epochs} and {batch}")
+    check_can_create(out)
     if jax.process_count() > 1:
         raise ValueError("stp-precompute runs on one host; split the dataset with --set data.num_scenes / seeds")
     d = pl.prepare(pl.DataConfig.from_config(config))

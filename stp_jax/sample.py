@@ -37,10 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from stp_jax import inference
+from stp_jax.config_utils import check_float, check_int
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls import timing
 from stp_jax.diffusion.sampler import SOLVERS
-from stp_jax.files import atomic_output, inside
+from stp_jax.files import atomic_output, check_can_create, inside
 
 # ---------------------------------------------------------------- jobs
 
@@ -59,20 +60,56 @@ class Job:
     settings: dict
 
 
-def _size(text: str | None):
+def _size(text: str | None, label: str = "--size"):
     if text is None:
         return None
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as e:
-        raise ValueError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 480x832") from e
+        raise ValueError(f"{label} {text!r}: expected HEIGHTxWIDTH, e.g. 480x832") from e
+    if h < 1 or w < 1:
+        raise ValueError(f"{label} {text!r}: height and width must be >= 1")
     return h, w
+
+
+_TEXT_KEYS = ("name", "video", "camera", "source_camera", "time", "caption", "text_embedding", "solver", "size",
+              "preset")
+
+
+def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> dict:
+    """The numbers and texts of a request (flags or one JSONL job), checked, each error naming
+    its input (``label(key)``); None means "the default" and stays None."""
+    out = dict(s)
+    for key in ("steps", "frames", "segments", "batch"):
+        if out.get(key) is not None:
+            out[key] = check_int(label(key), out[key])
+    if out.get("frames") is not None:
+        try:
+            timing.check_frames(out["frames"])
+        except ValueError as e:
+            raise ValueError(f"{label('frames')}: {e}") from None
+    if out.get("seed") is not None:
+        out["seed"] = check_int(label("seed"), out["seed"], minimum=0)
+    if out.get("shift") is not None:
+        out["shift"] = check_float(label("shift"), out["shift"], positive=True)
+    if out.get("cfg") is not None:
+        out["cfg"] = check_float(label("cfg"), out["cfg"])
+    if out.get("fps") is not None:
+        out["fps"] = check_float(label("fps"), out["fps"], positive=True)
+        if not 1 <= out["fps"] <= 1000:  # the mp4 stream's rate is a whole number
+            raise ValueError(f"{label('fps')} must be between 1 and 1000, got {out['fps']}")
+    for key in _TEXT_KEYS:
+        if out.get(key) is not None and not isinstance(out[key], str):
+            raise ValueError(f"{label(key)}: expected a string, got {out[key]!r}")
+    _size(out.get("size"), label("size"))
+    return out
 
 
 def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) -> Job:
     """Check one request and load its inputs; every problem raises one ValueError naming it."""
-    s = {**defaults, **{k: v for k, v in spec.items() if v is not None}}
-    name = str(s.get("name") or "job")
+    name = str(spec.get("name") or "job")
+    s = check_settings({**defaults, **{k: v for k, v in spec.items() if v is not None}},
+                       label=lambda key: f"job {name!r}: {key}")
     for key in ("video", "camera", "time"):
         if not s.get(key):
             raise ValueError(f"job {name!r}: missing {key!r}")
@@ -85,7 +122,10 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
     except Exception as e:  # noqa: BLE001 - PyAV raises many types for corrupt files
         raise ValueError(f"job {name!r}: cannot read video {video} as {frames} frames "
                          f"({type(e).__name__}: {e}); expected a readable mp4/webm/mov") from e
-    ck.ae.latent_shape(frames, *source.shape[1:3])  # size divisible by the autoencoder
+    try:
+        ck.ae.latent_shape(frames, *source.shape[1:3])  # size divisible by the autoencoder
+    except ValueError as e:
+        raise ValueError(f"job {name!r}: --size / size: {e}") from None
     try:
         tgt = cam_lib.camera_from_arg(str(s["camera"]), frames)
         src = cam_lib.load_trajectory(s["source_camera"]) if s.get("source_camera") else None
@@ -103,7 +143,11 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
                     vae_tiling=ck.ae.tiling, checkpoint=str(ck.path))
     settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
     settings["time_schedule"] = [int(v) for v in times]
-    return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), text_states(s), int(s["seed"]), settings)
+    try:
+        context = text_states(s)
+    except ValueError as e:  # a caption without --text-encoder, a bad embedding file
+        raise ValueError(f"job {name!r}: {e}") from None
+    return Job(name, source, tgt, src, np.asarray(times), np.arange(frames), context, int(s["seed"]), settings)
 
 
 def _text_states_fn(ck: inference.Checkpoint, encoder):
@@ -244,8 +288,9 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     if bool(jobs) == bool(video):
         raise ValueError("give either --video (with --camera and --time) or --jobs FILE.jsonl")
-    if segments < 1:
-        raise ValueError(f"--segments must be >= 1, got {segments}")
+    flags = check_settings({"steps": steps, "shift": shift, "cfg": cfg, "seed": seed, "frames": frames, "size": size,
+                            "segments": segments, "batch": batch, "fps": fps})
+    steps, shift, frames = flags["steps"], flags["shift"], flags["frames"]
     specs = _read_jobs(jobs) if jobs else [
         {"name": "job", "video": video, "camera": camera, "time": time, "source_camera": source_camera,
          "caption": caption, "text_embedding": text_embedding}]
@@ -255,13 +300,15 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
         for i in inputs:
             if i and Path(str(i).split(":")[0]).exists() and inside(i, out):
                 raise ValueError(f"--out {out} holds the input {i}; --overwrite would delete it. Choose another --out")
+    check_can_create(out)  # a blocked or read-only --out fails now, not after generating everything
     ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics, tiling=vae_tiling)
     run_s = inference.sampling_defaults(ck.run, preset)
-    defaults = {"steps": steps or run_s.get("steps", 50), "shift": shift or run_s.get("shift", 5.0),
+    defaults = {"steps": run_s.get("steps", 50) if steps is None else steps,
+                "shift": run_s.get("shift", 5.0) if shift is None else shift,
                 "cfg": run_s.get("cfg_scale", 5.0) if cfg is None else cfg,
                 "seed": run_s.get("seed", 0) if seed is None else seed, "solver": solver or run_s.get("solver", "euler"),
                 "size": size, "frames": frames, "segments": segments, "preset": preset,
-                "fps": float(fps or run_s.get("fps", 8.0)), "crf": int(run_s.get("crf", 18))}
+                "fps": float(run_s.get("fps", 8.0) if fps is None else fps), "crf": int(run_s.get("crf", 18))}
     encoder_cache = []
 
     def encoder():

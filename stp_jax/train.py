@@ -44,9 +44,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train (resuming from ``workdir`` when it holds checkpoints). Returns a summary dict:
     final step, last metrics, evaluation results, why it stopped."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    tr = Trainer(config, workdir)
+    tr = Trainer(config, workdir)  # checks the config's shapes before anything is written
+    workdir.mkdir(parents=True, exist_ok=True)
     run = tr.run
     tr.data_cfg = pl.prepare(tr.data_cfg, log=log)
     data_iter = iter(pl.make_loader(tr.data_cfg))

@@ -40,16 +40,23 @@ class Trainer:
         self.optim = config_lib.section_of(c, "optim")
         self.ae_cfg = config_lib.section_of(c, "autoencoder")
         self.text_cfg = config_lib.section_of(c, "text")
-        self.mesh = mesh_lib.make_mesh(dict(c.mesh), devices=devices)
+        try:
+            self.mesh = mesh_lib.make_mesh(dict(c.mesh), devices=devices)
+        except ValueError as e:
+            raise ValueError(f"config mesh ({', '.join(f'mesh.{k}={v}' for k, v in c.mesh.items())}): {e}") from None
         self.rules = mesh_lib.logical_rules(dict(c.logical_rules_overrides))
         self.mcfg = DiTConfig.from_dict(dict(c.model))
         self.model = SpaceTimeDiT(self.mcfg)
         self.data_cfg = pl.DataConfig.from_config(c)
         d = self.data_cfg
-        self.latent = self.ae_cfg.latent_shape(d.num_frames, d.height, d.width)  # (F', h, w, C), no weights needed
+        try:  # (F', h, w, C), no weights needed
+            self.latent = self.ae_cfg.latent_shape(d.num_frames, d.height, d.width)
+        except ValueError as e:
+            raise ValueError(f"config data.num_frames/height/width and autoencoder.spatial: {e}") from None
         if self.latent[-1] != self.mcfg.in_channels:
-            raise ValueError(f"config: the {self.ae_cfg.kind} autoencoder makes {self.latent[-1]}-channel latents "
-                             f"but model.in_channels is {self.mcfg.in_channels}")
+            raise ValueError(f"config: autoencoder.kind {self.ae_cfg.kind!r} with autoencoder.spatial "
+                             f"{self.ae_cfg.spatial} makes {self.latent[-1]}-channel latents but model.in_channels is "
+                             f"{self.mcfg.in_channels}")
         self.text_len = self.text_cfg.length
         self._ae = self._context = None
         # init traces one dummy clip outside the mesh (parameter shapes do not depend on the batch)

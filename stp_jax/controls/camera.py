@@ -140,6 +140,9 @@ def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "sourc
 
 
 def _numbers(s: str, path, where) -> np.ndarray:
+    if not isinstance(s, str):
+        raise CameraError(f"{path}: {where}: expected a string of 16 numbers '[a b c 0] [d e f 0] [g h i 0] "
+                          f"[tx ty tz 1]', got {s!r}")
     try:
         vals = [float(x) for x in re.findall(r"[-+0-9.eE]+", s)]
     except ValueError as e:
@@ -231,11 +234,18 @@ def read_w2c_npy(path) -> np.ndarray:
     w2c = np.asarray(w2c, np.float64)
     if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
         raise CameraError(f"{path}: expected world-to-camera poses of shape (T, 4, 4), got {w2c.shape}")
-    try:
-        c2w = np.linalg.inv(w2c)
-    except np.linalg.LinAlgError as e:
-        raise CameraError(f"{path}: a world-to-camera matrix is singular") from e
-    return validate_poses(c2w, str(path))
+    return validate_poses(_invert_w2c(w2c, path), str(path))
+
+
+def _invert_w2c(w2c: np.ndarray, path) -> np.ndarray:
+    """World-to-camera poses [T, 4, 4] -> camera-to-world; a singular one is named."""
+    finite = np.isfinite(w2c).all(axis=(1, 2))
+    det = np.where(finite, np.linalg.det(np.where(finite[:, None, None], w2c, 0.0)), np.nan)
+    bad = np.where(~(np.abs(det) > 1e-12))[0]
+    if bad.size:
+        raise CameraError(f"{path}: world-to-camera pose {int(bad[0])} is not invertible (determinant "
+                          f"{det[bad[0]]:.3g}); expected rigid 4x4 poses with bottom row [0, 0, 0, 1]")
+    return np.linalg.inv(w2c)
 
 
 def read_trajectory_json(path) -> np.ndarray:
@@ -250,14 +260,14 @@ def read_trajectory_json(path) -> np.ndarray:
     conv = data.get("convention", "opencv_c2w")
     try:
         p = np.asarray(data["poses"], np.float64).reshape(-1, 4, 4)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CameraError(f"{path}: 'poses' must be a list of 4x4 matrices or 16-number rows") from e
     if conv == "opencv_c2w":
         pass
     elif conv == "blender_c2w":
         p = blender_to_opencv(p)
     elif conv == "opencv_w2c":
-        p = np.linalg.inv(p)
+        p = _invert_w2c(p, path)
     else:
         raise CameraError(f"{path}: convention {conv!r} is unknown; expected opencv_c2w, blender_c2w or opencv_w2c")
     return validate_poses(p, str(path))
@@ -276,7 +286,10 @@ def load_trajectory(path, camera: str = "cam01") -> np.ndarray:
     if path.suffix == ".npy":
         return read_w2c_npy(path)
     if path.suffix == ".json":
-        head = path.read_text()[:4096]
+        try:
+            head = path.read_text()[:4096]
+        except (OSError, ValueError) as e:
+            raise CameraError(f"{path}: not a readable JSON file ({e})") from e
         if re.search(r'"frame\d+"', head):
             return read_recammaster_json(path, camera)
         if camera != "cam01":

@@ -179,9 +179,7 @@ def preset(name: str, num_frames: int = 81, source_frames: int | None = None, cl
 
 def validate(schedule, source_frames: int, clip: bool = False, name: str = "time schedule") -> np.ndarray:
     """Integer indices within [0, source_frames); out of range -> ScheduleError (or clipped)."""
-    s = np.asarray(schedule)
-    if s.ndim != 1:
-        raise ScheduleError(f"{name}: expected a 1-D list of frame indices, got shape {s.shape}")
+    s = validate_numbers(schedule, name)
     if not np.issubdtype(s.dtype, np.integer):
         if not np.all(np.isfinite(s)) or not np.all(np.equal(np.mod(s, 1), 0)):
             raise ScheduleError(f"{name}: frame indices must be whole numbers")
@@ -193,6 +191,19 @@ def validate(schedule, source_frames: int, clip: bool = False, name: str = "time
         raise ScheduleError(f"{name}: index {int(s[bad[0]])} at position {int(bad[0])} is outside the source's "
                             f"frames 0..{source_frames - 1}")
     return s.astype(np.int64)
+
+
+def validate_numbers(schedule, name: str) -> np.ndarray:
+    """A 1-D numeric array of a schedule (no strings, booleans, nesting or objects)."""
+    try:
+        s = np.asarray(schedule)
+    except ValueError as e:  # ragged nesting
+        raise ScheduleError(f"{name}: expected a 1-D list of frame indices ({e})") from None
+    if s.ndim != 1:
+        raise ScheduleError(f"{name}: expected a 1-D list of frame indices, got shape {s.shape}")
+    if s.dtype == bool or not (np.issubdtype(s.dtype, np.integer) or np.issubdtype(s.dtype, np.floating)):
+        raise ScheduleError(f"{name}: expected frame indices (whole numbers), got {s.dtype.name} values")
+    return s
 
 
 def parse_list(text: str) -> np.ndarray:
@@ -224,8 +235,15 @@ def load_schedule(path) -> np.ndarray:
         if p.suffix == ".json":
             data = json.loads(p.read_text())
             data = data.get("schedule", data) if isinstance(data, dict) else data
-            return np.asarray(data)
+            if not isinstance(data, list):
+                raise ScheduleError(f"{p}: expected a JSON list of frame indices (or {{'schedule': [...]}}), "
+                                    f"got {type(data).__name__}")
+            return validate_numbers(data, f"{p}")
         return parse_list(p.read_text())
+    except ScheduleError as e:
+        if str(p) in str(e):
+            raise
+        raise ScheduleError(f"{p}: {e}") from None
     except (ValueError, OSError) as e:
         raise ScheduleError(f"{p}: not a readable time schedule ({e})") from e
 

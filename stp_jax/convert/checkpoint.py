@@ -8,7 +8,7 @@ from pathlib import Path
 from stp_jax.convert import umt5, wan_vae
 from stp_jax.convert.core import ConversionError, describe, read_state_dict, save_safetensors
 from stp_jax.convert.dit import convert_dit, export_dit
-from stp_jax.convert.store import load_config, save_pretrained
+from stp_jax.convert.store import load_config, restore_params, save_pretrained
 
 FORMATS = ("auto", "diffusers", "wan", "recammaster", "spacetimepilot", "umt5", "wan_vae")
 SAMPLING_DEFAULTS = ("auto", "published", "none")
@@ -63,6 +63,8 @@ def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int
     published size, "published" always, "none" never."""
     if sampling_defaults not in SAMPLING_DEFAULTS:
         raise ConversionError(f"sampling defaults {sampling_defaults!r} are unknown; expected one of {SAMPLING_DEFAULTS}")
+    if num_heads is not None and num_heads < 1:
+        raise ConversionError(f"--num-heads must be >= 1, got {num_heads}")
     kind = detect_kind(src, fmt)
     extra = {}
     if kind == "wan_vae":
@@ -77,7 +79,12 @@ def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int
         meta["layout"] = "umt5"
         what = f"umT5 encoder (d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
     else:
-        cfg, params, meta = convert_dit(src, fmt, base, num_heads, param_dtype)
+        try:
+            cfg, params, meta = convert_dit(src, fmt, base, num_heads, param_dtype)
+        except ValueError as e:  # e.g. a DiTConfig whose dim the given head count does not divide
+            if num_heads is None or isinstance(e, ConversionError):
+                raise
+            raise ConversionError(f"--num-heads {num_heads}: {e}") from e
         what = f"{meta['layout']}-layout {cfg.mode} DiT (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads)"
         if sampling_defaults == "published" or (sampling_defaults == "auto" and is_published_dit(cfg)):
             extra["run.json"] = json.dumps(published_run(), indent=2)
@@ -89,12 +96,10 @@ def convert_checkpoint(src, out, *, fmt: str = "auto", base=None, num_heads: int
 def export_checkpoint(src, out, layout: str = "original") -> str:
     """A converted DiT folder -> one PyTorch safetensors file (original or diffusers keys), each
     tensor in its original dtype; returns a one-line summary."""
-    import orbax.checkpoint as ocp
-
     cfg = load_config(src)
     meta_f = Path(src) / "conversion.json"
     dtypes = json.loads(meta_f.read_text()).get("torch_dtypes") if meta_f.exists() else None
-    params = ocp.StandardCheckpointer().restore(Path(src).absolute() / "params")
+    params = restore_params(src)
     sd = export_dit(params, cfg, layout, dtypes)
     save_safetensors(sd, out, {"format": "pt", "stp_jax_layout": layout})
     return f"exported {len(sd)} tensors ({cfg.mode}, {layout} layout) to {out}"

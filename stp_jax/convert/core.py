@@ -4,8 +4,9 @@ A model's converter is a *table*: one ``Rule`` per PyTorch tensor naming the JAX
 parameter path, the PyTorch shape expected for the config, a transform kind and an
 optional layer index (per-layer tensors are stacked along axis 0 for ``nn.scan``).
 ``apply_table`` checks the whole state dict against the table first and raises one
-``ConversionError`` that lists every missing, unexpected and misshaped key; only then is
-anything converted. ``invert_table`` turns params back into the PyTorch layout exactly.
+``ConversionError`` that lists every missing, unexpected, misshaped and non-float key; only
+then is anything converted, and every weight read is checked to be finite (one error lists
+the keys holding NaN/Inf). ``invert_table`` turns params back into the PyTorch layout exactly.
 
 State dicts are read lazily (``StateDict``): safetensors files (single, sharded via
 ``*.index.json``) are memory-mapped and a tensor is read only when converted; bf16 stays
@@ -76,7 +77,24 @@ class StateDict(Mapping):
 
 
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def nonfinite(key: str, value: np.ndarray) -> str | None:
+    """``"key: N of M values are NaN/Inf"`` when ``value`` (a weight as read, or as cast) is not
+    finite everywhere, else None."""
+    bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    return f"{key}: {bad} of {value.size} values are NaN/Inf" if bad else None
+
+
+def raise_nonfinite(source: str, bad: list[str]) -> None:
+    """One ConversionError listing every weight with NaN/Inf values (``bad`` from ``nonfinite``)."""
+    if bad:
+        raise ConversionError("\n".join([f"{source}: {len(bad)} weight(s) hold NaN or Inf (in the file, or after the "
+                                          "cast to --param-dtype); expected finite weights:"]
+                                         + [f"    {x}" for x in bad]))
 
 
 def _read_safetensors(files: Iterable[Path], source: str) -> StateDict:
@@ -217,9 +235,12 @@ def check_state_dict(sd: StateDict, rules: list[Rule], what: str) -> None:
     unexpected = sorted(set(sd) - set(expected))
     misshaped = sorted(f"{k}: got {tuple(sd.shape(k))}, expected {r.torch_shape}"
                        for k, r in expected.items() if k in sd and tuple(sd.shape(k)) != r.torch_shape)
-    if missing or unexpected or misshaped:
+    non_float = sorted(f"{k}: {sd.dtype(k)}, expected a float dtype ({', '.join(FLOAT_DTYPES[:4])})"
+                       for k in expected if k in sd and sd.dtype(k) not in FLOAT_DTYPES)
+    if missing or unexpected or misshaped or non_float:
         lines = [f"{sd.source} does not match {what}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped),
+                             ("non-float", non_float)):
             if items:
                 lines.append(f"  {len(items)} {title} key(s):")
                 lines += [f"    {x}" for x in items]
@@ -233,17 +254,21 @@ def apply_table(sd: StateDict, rules: list[Rule], abstract_params: Mapping, what
     check_state_dict(sd, rules, what)
     out: dict = {}
     stacks: dict[tuple[str, ...], np.ndarray] = {}
+    bad = []
     for r in rules:
         target = _tree_get(abstract_params, r.path)
         tdtype = np.dtype(dtype) if dtype is not None else np.dtype(sd.dtype(r.torch_key))
         tshape = tuple(target.shape[1:]) if r.layer is not None else tuple(target.shape)
         value = np.asarray(TRANSFORMS[r.kind][0](sd[r.torch_key], tshape)).astype(tdtype, copy=False)
+        if problem := nonfinite(r.torch_key, value):
+            bad.append(problem)
         if r.layer is None:
             _tree_set(out, r.path, value)
         else:
             if r.path not in stacks:
                 stacks[r.path] = np.empty(target.shape, tdtype)
             stacks[r.path][r.layer] = value
+    raise_nonfinite(sd.source, bad)
     for path, arr in stacks.items():
         _tree_set(out, path, arr)
     return out

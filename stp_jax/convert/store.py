@@ -61,20 +61,24 @@ def save_pretrained(out_dir, cfg: DiTConfig, params, meta: dict | None = None, o
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier("save_pretrained: start")
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(tmp / "params", params)
-    ckptr.wait_until_finished()
-    _barrier("save_pretrained: params written")
-    if main:
-        (tmp / "config.json").write_text(json.dumps({"model": _name_of(cfg), **cfg.to_dict()}, indent=2))
-        if meta is not None:
-            (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+    try:
+        _barrier("save_pretrained: start")
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(tmp / "params", params)
+        ckptr.wait_until_finished()
+        _barrier("save_pretrained: params written")
+        if main:
+            (tmp / "config.json").write_text(json.dumps({"model": _name_of(cfg), **cfg.to_dict()}, indent=2))
+            if meta is not None:
+                (tmp / "conversion.json").write_text(json.dumps(meta, indent=2))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+    finally:  # a failed write leaves no DIR.partial behind
+        if main and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     _barrier("save_pretrained: done")
     return out
 
@@ -85,12 +89,34 @@ def load_config(path):
     if not f.exists():
         raise ConversionError(f"{path}: not a converted stp_jax checkpoint (no config.json); "
                               "convert PyTorch weights first with stp-convert")
-    d = json.loads(f.read_text())
-    name = d.pop("model", None) if isinstance(d, dict) else None
+    try:
+        d = json.loads(f.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{f}: not readable JSON ({e}); the folder is damaged, convert the weights again") from e
+    if not isinstance(d, dict):
+        raise ConversionError(f"{f}: expected a JSON object with the model config, got {type(d).__name__}")
+    name = d.pop("model", None)
     models = _models()
     if not isinstance(name, str) or name not in models:
         raise ConversionError(f"{f}: unknown model {name!r}; expected one of {sorted(models)}")
-    return models[name][0].from_dict(d)
+    try:
+        return models[name][0].from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{f}: not a valid {name} config ({e})") from e
+
+
+def restore_params(path, target=None):
+    """The Orbax params tree of a converted folder (as ``target``'s ShapeDtypeStructs when
+    given); a missing or damaged ``params/`` is a ConversionError naming the folder."""
+    d = Path(path).absolute() / "params"
+    if not d.is_dir():
+        raise ConversionError(f"{path}: no params/ folder; the converted checkpoint is incomplete, convert it again")
+    try:
+        return ocp.StandardCheckpointer().restore(d, target)
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ConversionError(f"{path}: the weights in params/ cannot be restored ({type(e).__name__}: {first}); "
+                              "the folder is damaged or from another model, convert the weights again") from e
 
 
 def load_pretrained(path, *, shardings=None, dtype: str | None = None, **runtime):
@@ -112,8 +138,7 @@ def load_pretrained(path, *, shardings=None, dtype: str | None = None, **runtime
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, np.dtype(cfg.param_dtype), sharding=s),
                               abstract, shardings)
-    params = ocp.StandardCheckpointer().restore(Path(path).absolute() / "params", target)
-    return module_cls(cfg), params
+    return module_cls(cfg), restore_params(path, target)
 
 
 def load_for_mode(path, mcfg: DiTConfig, shardings):

@@ -11,7 +11,15 @@ import re
 
 import numpy as np
 
-from stp_jax.convert.core import ConversionError, Rule, StateDict, check_state_dict, read_state_dict
+from stp_jax.convert.core import (
+    ConversionError,
+    Rule,
+    StateDict,
+    check_state_dict,
+    nonfinite,
+    raise_nonfinite,
+    read_state_dict,
+)
 from stp_jax.models.wan_vae import WanVAEConfig
 
 
@@ -139,12 +147,16 @@ def convert_wan_vae(src, cfg: WanVAEConfig | None = None, dtype="float32"):
     expected = vae_key_shapes(cfg)
     check_state_dict(sd, [Rule(k, (), s) for k, s in expected.items()], f"a Wan VAE (base_dim {cfg.base_dim})")
     params: dict = {}
+    bad = []
     for k in expected:
         path, w = _to_jax(k, np.asarray(sd[k]))
         node = params
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = w.astype(dtype)
+        if problem := nonfinite(k, node[path[-1]]):
+            bad.append(problem)
+    raise_nonfinite(sd.source, bad)
     return cfg.replace(param_dtype=str(np.dtype(dtype))), params
 
 

@@ -82,9 +82,9 @@ class DataConfig:
             raise ValueError("data source 'latents' needs latents_dir (the output folder of stp-precompute)")
         if self.split not in ("train", "test"):
             raise ValueError(f"split {self.split!r} is unknown; expected 'train' or 'test'")
-        for k in ("num_cameras", "height", "width", "num_scenes", "global_batch"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"data.{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("num_frames", "num_cameras", "height", "width", "num_scenes", "global_batch"):
+            if not 1 <= getattr(self, k) < 2**31:
+                raise ValueError(f"data.{k} must be between 1 and 2**31 - 1, got {getattr(self, k)}")
         if self.worker_count < 0:
             raise ValueError(f"data.worker_count must be >= 0, got {self.worker_count}")
         if self.global_batch % jax.process_count():

@@ -53,6 +53,18 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload_dots")
 CAM_DIM = 12
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")  # DiTConfig.dtype / param_dtype
+
+
+def _dtype_name(value) -> str | None:
+    if value is None:  # (jnp.dtype(None) is the default float)
+        return None
+    try:
+        return jnp.dtype(value).name
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTConfig(JsonConfig):
     """Everything that defines the network (and how it runs). JSON round-trippable."""
@@ -80,9 +92,19 @@ class DiTConfig(JsonConfig):
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        sizes = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels", "text_dim", "freq_dim",
+                 "time_groups", "splash_block")
+        small = [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        small += [f"patch_size {self.patch_size}"] if min(self.patch_size, default=0) < 1 else []
+        small += [] if self.eps > 0 else [f"eps {self.eps}"]
+        if small:
+            raise ValueError(f"invalid DiTConfig: sizes must be >= 1 and eps > 0, got {', '.join(small)}")
         problems = []
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is not one of {MODES}")
+        for k in ("dtype", "param_dtype"):
+            if _dtype_name(getattr(self, k)) not in FLOAT_DTYPES:
+                problems.append(f"{k} {getattr(self, k)!r} is not one of {FLOAT_DTYPES}")
         if self.dim % self.num_heads:
             problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.remat not in REMAT_POLICIES:

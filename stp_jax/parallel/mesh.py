@@ -94,6 +94,8 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
     if unknown:
         raise ValueError(f"mesh axes {sorted(unknown)} are unknown; expected a subset of {MESH_AXES}")
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: axis sizes must be >= 1 (or -1 = the rest)")
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     if -1 in sizes:
