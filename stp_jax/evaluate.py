@@ -10,6 +10,10 @@ Cases (``--cases``, comma-separated):
                          benchmark's protocol, docs/REFERENCE.md §6.4): frame j keeps the source's
                          camera j, only time changes. ``moving:freeze_mid`` is an orbit at
                          frozen time.
+  still:<time preset>    pure retiming: the source is filmed from one still camera (the
+                         path's first) and the target keeps it, so the truth is the source
+                         reordered by the schedule (``preshuffled`` is exact). The simplest
+                         thing a model must learn: copying source frames by their time.
   cam:reverse_path       the source's camera path backwards, normal time.
   cam:last_view          the source's last camera held, normal time.
 
@@ -42,7 +46,8 @@ from stp_jax.data import pipeline as pl
 
 RETIMING = ("reverse", "freeze_mid", "slowmo_first_half", "zigzag", "forward")
 CAMERA_CASES = ("cam:reverse_path", "cam:last_view")
-DEFAULT_CASES = RETIMING + tuple(f"moving:{c}" for c in RETIMING[:4]) + CAMERA_CASES
+DEFAULT_CASES = (RETIMING + tuple(f"still:{c}" for c in RETIMING[:2]) + tuple(f"moving:{c}" for c in RETIMING[:4])
+                 + CAMERA_CASES)
 BASELINES = ("source", "preshuffled", "camera_matched", "first_frame", "temporal_mean")
 
 
@@ -50,7 +55,7 @@ BASELINES = ("source", "preshuffled", "camera_matched", "first_frame", "temporal
 class EvalConfig:
     """The periodic evaluation during training (a config's ``eval`` section)."""
     num_scenes: int = 4  # held-out scenes
-    cases: tuple[str, ...] = ("reverse", "freeze_mid", "moving:reverse")
+    cases: tuple[str, ...] = ("reverse", "freeze_mid", "still:reverse", "moving:reverse")
     lpips: bool = False  # LPIPS too (AlexNet features: the slowest metric)
 
     def __post_init__(self):
@@ -75,9 +80,9 @@ def case_cells(case: str, num_frames: int, num_cameras: int) -> tuple[np.ndarray
             return np.full(t, num_cameras - 1), np.arange(t)
         raise ValueError(f"evaluation case {case!r} is unknown; camera cases: {', '.join(CAMERA_CASES)}")
     protocol, _, name = case.rpartition(":")
-    if protocol not in ("", "fixed", "moving"):
+    if protocol not in ("", "fixed", "moving", "still"):
         raise ValueError(f"evaluation case {case!r}: unknown protocol {protocol!r}; expected a time preset, "
-                         f"moving:<preset> or one of {', '.join(CAMERA_CASES)}")
+                         f"moving:<preset>, still:<preset> or one of {', '.join(CAMERA_CASES)}")
     if name == "zigzag":  # the paper's zigzag: 0 -> mid -> 0
         name = f"zigzag@{(t - 1) // 2}"
     try:
@@ -86,6 +91,14 @@ def case_cells(case: str, num_frames: int, num_cameras: int) -> tuple[np.ndarray
         raise ValueError(f"evaluation case {case!r}: {e}") from e
     cams = src_c.copy() if protocol == "moving" else np.zeros(t, np.int64)
     return cams, times
+
+
+def source_cameras(case: str, num_frames: int, num_cameras: int) -> np.ndarray:
+    """The camera index of each source frame [T] in one case: the grid diagonal (a moving
+    camera), or camera 0 throughout for ``still:`` cases."""
+    if case.startswith("still:"):
+        return np.zeros(num_frames, np.int64)
+    return cx.source_indices(num_frames, num_cameras)[0]
 
 
 def check_cases(cases, num_frames: int, num_cameras: int) -> tuple[str, ...]:
@@ -105,10 +118,11 @@ def held_out_scenes(num_scenes: int, num_frames: int, num_cameras: int, height: 
     return seeds, paths, grids, grids[:, src_c, src_t]
 
 
-def baselines(sources, cams, times, num_cameras: int) -> dict[str, np.ndarray]:
-    """The trivial answers to one case, each [N, T, H, W, 3] uint8 (see the module doc)."""
+def baselines(sources, cams, times, num_cameras: int, src_cams=None) -> dict[str, np.ndarray]:
+    """The trivial answers to one case, each [N, T, H, W, 3] uint8 (see the module doc);
+    ``src_cams`` [T]: the camera of each source frame (default: the grid diagonal)."""
     t = sources.shape[1]
-    src_c, _ = cx.source_indices(t, num_cameras)
+    src_c = cx.source_indices(t, num_cameras)[0] if src_cams is None else np.asarray(src_cams)
     shows_cam = np.argmin(np.abs(src_c[None, :] - np.asarray(cams)[:, None]), axis=1)  # source frame of camera c_j
     mean = np.round(sources.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.uint8)
     return {"source": sources, "preshuffled": sources[:, times], "camera_matched": sources[:, shows_cam],
@@ -137,14 +151,15 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
     model) of the first scene under ``out_dir``, with eval.json."""
     t, n_cam, h, w = data_cfg.num_frames, data_cfg.num_cameras, data_cfg.height, data_cfg.width
     cases = check_cases(cases, t, n_cam)
-    seeds, paths, grids, sources = held_out_scenes(num_scenes, t, n_cam, h, w)
-    src_c, src_t = cx.source_indices(t, n_cam)
+    seeds, paths, grids, _ = held_out_scenes(num_scenes, t, n_cam, h, w)
+    src_t = np.arange(t)
     gen = inference.make_generator(model, ae, steps=steps, shift=shift, prediction=prediction)
     lat = ae.latent_shape(t, h, w)
     results, clips = {}, {}
     for case in cases:
         cams, times = case_cells(case, t, n_cam)
-        truth = grids[:, cams, times]
+        src_c = source_cameras(case, t, n_cam)
+        truth, sources = grids[:, cams, times], grids[:, src_c, src_t]  # [N, T, H, W, 3]
         outs = []
         for i0 in range(0, num_scenes, batch_size):
             idx = list(range(i0, min(i0 + batch_size, num_scenes)))
@@ -158,7 +173,7 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
             ctx = inference.text_context(text or inference.TextConfig(), b, model.cfg.text_dim)
             noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), i0), (b,) + lat)
             outs.append(np.asarray(gen(params, sources[idx], cond, ctx, None, noise)))
-        rows = {"model": np.concatenate(outs), "truth": truth, **baselines(sources, cams, times, n_cam)}  # every row
+        rows = {"model": np.concatenate(outs), "truth": truth, **baselines(sources, cams, times, n_cam, src_c)}  # every row
         results[case] = {name: score(clip, truth, grids, cams, times, with_lpips) for name, clip in rows.items()}
         clips[case] = (cams, times, rows)
         if out_dir is not None:

@@ -145,6 +145,27 @@ def test_cases_are_validated():
     from stp_jax import evaluate
 
     assert evaluate.case_cells("zigzag", 17, 17)[1].tolist() == list(range(9)) + list(range(7, -1, -1))
-    for bad in ("sideways", "moving:nope", "cam:upside_down", "wobble:reverse"):
+    for bad in ("sideways", "moving:nope", "still:nope", "cam:upside_down", "wobble:reverse"):
         with pytest.raises(ValueError, match="case"):
             evaluate.case_cells(bad, 17, 17)
+
+
+def test_still_cases_are_pure_retiming(scene_grid):
+    """still:<schedule>: source and target at the path's first camera, so the preshuffled
+    source *is* the truth (time and camera errors 0, identical pixels); the moving source is not."""
+    from stp_jax import evaluate
+
+    grids, diagonal = scene_grid
+    cams, times = evaluate.case_cells("still:reverse", 9, 9)
+    src_c = evaluate.source_cameras("still:reverse", 9, 9)
+    assert cams.tolist() == [0] * 9 and src_c.tolist() == [0] * 9 and times.tolist() == list(range(8, -1, -1))
+    assert evaluate.source_cameras("reverse", 9, 9).tolist() == list(range(9))
+    sources = grids[:, src_c, np.arange(9)]
+    truth = grids[:, cams, times]
+    base = evaluate.baselines(sources, cams, times, 9, src_c)
+    np.testing.assert_array_equal(base["preshuffled"], truth)
+    np.testing.assert_array_equal(base["camera_matched"], base["first_frame"])  # the first frame showing camera 0
+    s = evaluate.score(base["preshuffled"], truth, grids, cams, times, with_lpips=False)
+    assert s["time_err"] == 0 and s["cam_err"] == 0
+    moving = evaluate.baselines(diagonal, cams, times, 9)["preshuffled"]  # the diagonal source reordered
+    assert not np.array_equal(moving, truth)
