@@ -103,7 +103,7 @@ def tpu_devices(topo: Topology):
 def parse_mesh(text: str | None, n: int) -> dict | None:
     if not text:
         return None
-    from stp_jax.parallel.mesh import MESH_AXES
+    from stp_jax.parallel.mesh import mesh_sizes
 
     out = {}
     for part in text.split(","):
@@ -113,14 +113,10 @@ def parse_mesh(text: str | None, n: int) -> dict | None:
         except ValueError:
             raise ValueError(f"--mesh {text!r}: expected axis=size pairs with integer sizes, e.g. "
                              "fsdp=8,context=2") from None
-        if k.strip() not in MESH_AXES:
-            raise ValueError(f"--mesh {text!r}: axis {k.strip()!r} is unknown; expected {', '.join(MESH_AXES)}")
-        if out[k.strip()] == 0 or out[k.strip()] < -1:
-            raise ValueError(f"--mesh {text!r}: axis sizes must be >= 1 (or -1 = the rest)")
-    sizes = [v for v in out.values() if v != -1]
-    if list(out.values()).count(-1) > 1 or (n % math.prod(sizes) if -1 in out.values() else math.prod(sizes) != n):
-        raise ValueError(f"--mesh {text!r}: the axis sizes must multiply to the topology's {n} devices "
-                         "(at most one axis -1 = the rest)")
+    try:
+        mesh_sizes(out, n)  # the one home of the mesh rules
+    except ValueError as e:
+        raise ValueError(f"--mesh {text!r}: {e} (the topology has {n} devices)") from None
     return out
 
 

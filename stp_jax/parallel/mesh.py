@@ -83,7 +83,13 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
     4-sequence. ``None`` puts every device on ``fsdp``.
     """
     devices = list(devices) if devices is not None else jax.devices()
-    n = len(devices)
+    auto = (jax.sharding.AxisType.Auto,) * 4
+    return jax.make_mesh(mesh_sizes(shape, len(devices)), MESH_AXES, axis_types=auto, devices=devices)
+
+
+def mesh_sizes(shape, n: int) -> tuple[int, ...]:
+    """The (data, fsdp, context, tensor) sizes of ``shape`` (as make_mesh takes it) on ``n``
+    devices, with a -1 resolved; every inconsistency is a ValueError."""
     if shape is None:
         shape = {"fsdp": -1}
     if not isinstance(shape, Mapping):
@@ -106,8 +112,7 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
     if int(np.prod(sizes)) != n:
         raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
                          f"devices but {n} are available")
-    auto = (jax.sharding.AxisType.Auto,) * 4
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+    return tuple(sizes)
 
 
 def logical_sharding(tree, mesh: Mesh, rules=None):
