@@ -49,7 +49,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     run = tr.run
     tr.data_cfg = pl.prepare(tr.data_cfg, log=log)
-    data_iter = iter(pl.make_loader(tr.data_cfg))
+    phase = pl.at_step(tr.data_cfg, 0)  # the curriculum's first phase (checkpoints restore into any phase)
+    data_iter = iter(pl.make_loader(phase))
     mngr = ckpt.manager(workdir, run.keep_checkpoints)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tr.abstract_state,
                             tr.state_sh)
@@ -75,6 +76,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     stop = {"why": None}
     with _stop_signals(stop):
         while step < run.total_steps:
+            if pl.at_step(tr.data_cfg, step) != phase:  # the curriculum moves on: same record order, new pairs
+                phase = pl.at_step(tr.data_cfg, step)
+                data_iter = pl.continue_loader(phase, data_iter)
+                log(f"step {step}: data phase fixed_camera_pairs={phase.fixed_camera_pairs}")
             batch = next(data_iter)
             state, metrics = tr.step(state, batch, rng)
             if prev is not None:

@@ -49,6 +49,25 @@ def test_restore_mid_epoch_continues_exactly():
         _eq(x, y)
 
 
+def test_fixed_camera_curriculum_switches_pairs_not_record_order():
+    """data.fixed_camera_steps: fixed-camera pairs (source at one camera over time) until that
+    step, then the configured mix; the switch keeps the record order (the same scenes follow)."""
+    cfg = pl.DataConfig(**{**CFG.__dict__, "fixed_camera_steps": 2})
+    assert pl.at_step(cfg, 0).fixed_camera_pairs == 1.0 and pl.at_step(cfg, 1).fixed_camera_pairs == 1.0
+    assert pl.at_step(cfg, 2) == cfg and cfg.fixed_camera_pairs == 0.0
+    plain = _take(iter(pl.make_loader(cfg)), 4)
+    it = iter(pl.make_loader(pl.at_step(cfg, 0)))
+    first = _take(it, 2)
+    then = _take(pl.continue_loader(pl.at_step(cfg, 2), it), 2)
+    for b in first:  # still pairs: every source frame from one camera, so the camera condition is constant
+        assert np.allclose(b["src_cam"], b["src_cam"][:, :1]) and np.allclose(b["tgt_cam"], b["src_cam"])
+    for b, want in zip(then, plain[2:]):
+        _eq(b, want)  # after the switch: exactly the batches of a run without the curriculum
+    assert [b["seed"].tolist() for b in first] == [b["seed"].tolist() for b in plain[:2]]
+    with pytest.raises(ValueError, match="fixed_camera_steps"):
+        pl.DataConfig(**{**CFG.__dict__, "fixed_camera_steps": -1})
+
+
 def test_target_is_exact_ground_truth():
     """The target frames are the grid cells named by the target camera path and times."""
     from stp_jax.data import camxtime as cx

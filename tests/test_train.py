@@ -13,8 +13,9 @@ import pytest
 
 from stp_jax import config as configs
 
+# with a curriculum switch at step 5, so resuming before and after it is checked to be exact too
 SMOKE = ["--config", "tiny_camxtime:smoke", "--set", "total_steps=16", "--set", "checkpoint_every=2",
-         "--set", "log_every=1"]
+         "--set", "log_every=1", "--set", "data.fixed_camera_steps=5"]
 
 
 def _env():

@@ -65,6 +65,9 @@ class DataConfig:
     # camera: only time differs, so time is all there is to learn from it)
     camera_paths: tuple[tuple[str, float], ...] | None = None
     fixed_camera_pairs: float = 0.0
+    # a curriculum: the first ``fixed_camera_steps`` training steps draw fixed-camera pairs only (time
+    # control is learned first, docs/LEARNING.md), then ``fixed_camera_pairs`` holds (``at_step``)
+    fixed_camera_steps: int = 0
     tfds_name: str = "camxtime_procedural"
     tfds_dir: str = ""  # "" = TFDS's default (or, for camxtime_procedural, DATA_CACHE)
     latents_dir: str = ""  # source "latents": the output of stp-precompute
@@ -99,6 +102,8 @@ class DataConfig:
             raise ValueError(f"frames_per_latent must be one of {FRAMES_PER_LATENT}, got {self.frames_per_latent}")
         if not 0 <= self.fixed_camera_pairs <= 1:
             raise ValueError(f"data.fixed_camera_pairs must be a probability in [0, 1], got {self.fixed_camera_pairs}")
+        if not 0 <= self.fixed_camera_steps < 2**31:
+            raise ValueError(f"data.fixed_camera_steps must be a number of steps >= 0, got {self.fixed_camera_steps}")
 
     @classmethod
     def section_defaults(cls) -> dict:
@@ -390,6 +395,21 @@ def make_loader(cfg: DataConfig) -> grain.DataLoader:
     ops = [*pair_ops, grain.transforms.Batch(per_process, drop_remainder=True)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=cfg.worker_count,
                             shard_options=sampler.shard_options)
+
+
+def at_step(cfg: DataConfig, step: int) -> DataConfig:
+    """The pair sampler's settings at training step ``step``: the curriculum's phase."""
+    if step < cfg.fixed_camera_steps:
+        return dataclasses.replace(cfg, fixed_camera_pairs=1.0)
+    return cfg
+
+
+def continue_loader(cfg: DataConfig, data_iter):
+    """A fresh iterator of ``cfg``'s loader that goes on where ``data_iter`` stopped: the same
+    record order and per-record RNG, pairs made with ``cfg``'s settings (the curriculum's next phase)."""
+    it = iter(make_loader(cfg))
+    it.set_state(data_iter.get_state())
+    return it
 
 
 def to_global(batch: dict[str, np.ndarray], mesh, rules=None) -> dict[str, jax.Array]:
