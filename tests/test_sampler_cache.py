@@ -134,3 +134,13 @@ def test_invalid_cache_options_fail_clearly(kw, match):
         with pytest.raises(ValueError, match=match):
             denoise(counted([]), SRC, NOISE, CTX, steps=2, null_context=None, cache=kw["mode"])
     assert CACHES == ("none", "mag", "cfg", "mag+cfg")
+
+
+def test_sample_config_checks_the_cache():
+    from stp_jax.inference import SampleConfig
+
+    assert SampleConfig().cache == "none"
+    with pytest.raises(ValueError, match="sample.cache 'fast' is unknown; expected one of none, mag, cfg, mag\\+cfg"):
+        SampleConfig(cache="fast")
+    with pytest.raises(ValueError, match="sample.cache threshold must be a finite number >= 0"):
+        SampleConfig(cache="mag", cache_threshold=-0.5)

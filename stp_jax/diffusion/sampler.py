@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -64,7 +65,7 @@ class StepCache:
     def __post_init__(self):
         if self.mode not in CACHES:
             raise ValueError(f"cache {self.mode!r} is unknown; expected one of {', '.join(CACHES)}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not (
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, numbers.Real) or not (
                 math.isfinite(self.threshold) and self.threshold >= 0):
             raise ValueError(f"cache threshold must be a finite number >= 0, got {self.threshold!r}")
         if not 0 <= self.warmup <= 1:
