@@ -11,7 +11,9 @@ Each job writes: ``video.mp4`` (the output), ``side_by_side.mp4`` (source | outp
 Defaults come from the checkpoint's run.json (a converted published checkpoint has the
 published pipeline's: 480x832x81 with the published resize and crop, 50 steps (``--preset
 demo``: 20), CFG 5 with Wan's negative prompt, shift 5, reference numerics, tiled VAE, 30 fps);
-every flag overrides them.
+every flag overrides them. ``--cache mag|cfg|mag+cfg`` (``--cache-threshold``) trades some
+quality for speed by reusing model outputs between steps (diffusion/sampler.py; the measured
+cost in docs/BENCHMARKS.md).
 
 Text: with a converted umT5 (``--text-encoder DIR`` holding the converted encoder and its
 tokenizer files), ``--caption`` is encoded (cleaned as Wan cleans prompts) and CFG uses Wan's
