@@ -87,7 +87,7 @@ def train_main(argv=None) -> int:
 
 
 def sample_main(argv=None) -> int:
-    from stp_jax.diffusion.sampler import SOLVERS
+    from stp_jax.diffusion.sampler import CACHES, DEFAULT_CACHE_THRESHOLD, SOLVERS
     from stp_jax.inference import VAE_TILINGS
     from stp_jax.models.dit import NUMERICS
 
@@ -117,6 +117,13 @@ def sample_main(argv=None) -> int:
     p.add_argument("--shift", type=float)
     p.add_argument("--seed", type=int, help="default: run.json's, else 0")
     p.add_argument("--solver", choices=SOLVERS, help="default: run.json's, else euler")
+    p.add_argument("--cache", choices=CACHES,
+                   help="reuse model outputs between steps: mag (the last velocity while its estimated change stays "
+                        "under --cache-threshold), cfg (the guidance difference on every other step), mag+cfg; "
+                        "default: run.json's, else none (docs/BENCHMARKS.md: the speed-up and its quality cost)")
+    p.add_argument("--cache-threshold", type=float,
+                   help=f"mag: the velocity's relative change allowed before the model is called again "
+                        f"(default: run.json's, else {DEFAULT_CACHE_THRESHOLD}; 0 = never skip)")
     p.add_argument("--numerics", choices=NUMERICS,
                    help="reference: sample as the published pipeline (bf16 timesteps, float64 sinusoids, bf16 "
                         "weights and compute, truncated 8-bit output); default: run.json's, else float32")

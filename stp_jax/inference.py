@@ -20,7 +20,7 @@ import numpy as np
 from stp_jax.controls.timing import FRAMES_PER_LATENT, TIME_FACTOR, check_frames, model_times
 from stp_jax.data.video_io import to_float, to_uint8  # noqa: F401 (part of this module's interface)
 from stp_jax.diffusion import flow
-from stp_jax.diffusion.sampler import denoise
+from stp_jax.diffusion.sampler import DEFAULT_CACHE_THRESHOLD, StepCache, denoise
 from stp_jax.models.dit import COND_KEYS
 from stp_jax.models.vae import PatchAutoencoder
 
@@ -244,8 +244,14 @@ class SampleConfig:
     steps: int = 50
     shift: float = 5.0
     cfg_scale: float = 5.0
+    cache: str = "none"  # step / CFG cache of the denoise loop (diffusion/sampler.py): none | mag | cfg | mag+cfg
+    cache_threshold: float = DEFAULT_CACHE_THRESHOLD  # mag: the velocity's estimated relative change allowed
 
     def __post_init__(self):
+        try:
+            StepCache(self.cache, self.cache_threshold)
+        except ValueError as e:
+            raise ValueError(f"sample.{e}") from None
         if self.steps < 1:
             raise ValueError(f"sample.steps must be >= 1, got {self.steps}")
         if not self.shift > 0:
@@ -280,7 +286,7 @@ def load_video(path, run: dict, frames: int | None = None, size: tuple[int, int]
 
 
 def sampling_defaults(run: dict, preset: str | None = None) -> dict:
-    """run.json's ``sample`` section (steps, shift, cfg_scale, solver, fps, numerics, vae_tiling...)
+    """run.json's ``sample`` section (steps, shift, cfg_scale, solver, cache, fps, numerics, vae_tiling...)
     with a named preset of it applied (a published checkpoint has ``demo``: 20 steps as the
     published demo script; ``eval``: 50)."""
     s = dict(run.get("sample", {}))
@@ -313,12 +319,16 @@ def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context, frames_
 
 
 def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scale: float = 1.0,
-                   prediction: str = "velocity", solver: str = "euler", numerics: str | None = None):
+                   prediction: str = "velocity", solver: str = "euler", numerics: str | None = None,
+                   cache: str = "none", cache_threshold: float = DEFAULT_CACHE_THRESHOLD, with_stats: bool = False):
     """A jitted ``gen(params, source uint8 [B,T,H,W,3], cond, context, null_context, noise) ->
     uint8 [B, T, H, W, 3]``; ``cond`` holds tgt_cam/src_cam [B, F', 12] and tgt_time/src_time
     [B, T] (what the model's mode uses); noise [B, F', h, w, C]. ``numerics`` (default: the
     model's): "reference" samples as the published pipeline (diffusion/sampler.py) and writes
-    8-bit frames by truncation as it does."""
+    8-bit frames by truncation as it does. ``cache``/``cache_threshold``: the denoise loop's
+    step and CFG cache (diffusion/sampler.StepCache); ``with_stats``: gen also returns the
+    loop's {"passes": [steps]} (model passes of batch B per step)."""
+    step_cache = StepCache(cache, cache_threshold)
     mode = model.cfg.mode
     numerics = numerics or model.cfg.numerics
     rounding = "truncate" if numerics == "reference" else "nearest"
@@ -335,9 +345,11 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
                               **{k: jnp.concatenate([v] * n) if n > 1 else v for k, v in kw.items()})
             return out if prediction == "velocity" else flow.velocity_from_x0(x, out, t / flow.NUM_TRAIN_TIMESTEPS)
 
-        lat = denoise(velocity, src, noise, context, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                      null_context=null_context, solver=solver, numerics=numerics)
-        return to_uint8(ae.decode(lat), rounding=rounding)
+        lat, stats = denoise(velocity, src, noise, context, steps=steps, shift=shift, cfg_scale=cfg_scale,
+                             null_context=null_context, solver=solver, numerics=numerics, cache=step_cache,
+                             return_stats=True)
+        video = to_uint8(ae.decode(lat), rounding=rounding)
+        return (video, stats) if with_stats else video
 
     return gen
 

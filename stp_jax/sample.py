@@ -11,7 +11,9 @@ Each job writes: ``video.mp4`` (the output), ``side_by_side.mp4`` (source | outp
 Defaults come from the checkpoint's run.json (a converted published checkpoint has the
 published pipeline's: 480x832x81 with the published resize and crop, 50 steps (``--preset
 demo``: 20), CFG 5 with Wan's negative prompt, shift 5, reference numerics, tiled VAE, 30 fps);
-every flag overrides them.
+every flag overrides them. ``--cache mag|cfg|mag+cfg`` (``--cache-threshold``) trades some
+quality for speed by reusing model outputs between steps (diffusion/sampler.py; the measured
+cost in docs/BENCHMARKS.md).
 
 Text: with a converted umT5 (``--text-encoder DIR`` holding the converted encoder and its
 tokenizer files), ``--caption`` is encoded (cleaned as Wan cleans prompts) and CFG uses Wan's
@@ -40,7 +42,7 @@ from stp_jax import inference
 from stp_jax.config_utils import check_float, check_int
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls import timing
-from stp_jax.diffusion.sampler import SOLVERS
+from stp_jax.diffusion.sampler import CACHES, DEFAULT_CACHE_THRESHOLD, SOLVERS
 from stp_jax.files import atomic_output, check_can_create, inside
 
 # ---------------------------------------------------------------- jobs
@@ -73,7 +75,7 @@ def _size(text: str | None, label: str = "--size"):
 
 
 _TEXT_KEYS = ("name", "video", "camera", "source_camera", "time", "caption", "text_embedding", "solver", "size",
-              "preset")
+              "preset", "cache")
 
 
 def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> dict:
@@ -94,6 +96,10 @@ def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> d
         out["shift"] = check_float(label("shift"), out["shift"], positive=True)
     if out.get("cfg") is not None:
         out["cfg"] = check_float(label("cfg"), out["cfg"])
+    if out.get("cache_threshold") is not None:
+        out["cache_threshold"] = check_float(label("cache_threshold"), out["cache_threshold"])
+        if out["cache_threshold"] < 0:
+            raise ValueError(f"{label('cache_threshold')} must be >= 0, got {out['cache_threshold']}")
     if out.get("fps") is not None:
         out["fps"] = check_float(label("fps"), out["fps"], positive=True)
         if not 1 <= out["fps"] <= 1000:  # the mp4 stream's rate is a whole number
@@ -102,6 +108,8 @@ def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> d
         if out.get(key) is not None and not isinstance(out[key], str):
             raise ValueError(f"{label(key)}: expected a string, got {out[key]!r}")
     _size(out.get("size"), label("size"))
+    if out.get("cache") is not None and out["cache"] not in CACHES:
+        raise ValueError(f"{label('cache')} {out['cache']!r} is unknown; expected one of {', '.join(CACHES)}")
     return out
 
 
@@ -138,7 +146,8 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
     if solver not in SOLVERS:
         raise ValueError(f"job {name!r}: solver {solver!r} is not available; expected one of {SOLVERS}")
     settings = {k: s.get(k) for k in ("video", "camera", "source_camera", "time", "caption", "text_embedding",
-                                      "steps", "cfg", "shift", "seed", "solver", "segments", "preset", "fps")}
+                                      "steps", "cfg", "shift", "seed", "solver", "cache", "cache_threshold",
+                                      "segments", "preset", "fps")}
     settings.update(frames=frames, size=list(source.shape[1:3]), resize=resize, numerics=ck.numerics,
                     vae_tiling=ck.ae.tiling, checkpoint=str(ck.path))
     settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
@@ -173,13 +182,16 @@ def _text_states_fn(ck: inference.Checkpoint, encoder):
 
 
 def run_jobs(ck: inference.Checkpoint, jobs: list[Job], *, steps: int, shift: float, cfg_scale: float, negative=None,
-             segments: int = 1, batch_size: int = 8, mesh=None, solver: str = "euler") -> list[np.ndarray]:
+             segments: int = 1, batch_size: int = 8, mesh=None, solver: str = "euler", cache: str = "none",
+             cache_threshold: float = DEFAULT_CACHE_THRESHOLD) -> list[np.ndarray]:
     """Generate every job (batched by equal shapes; the batch sharded over ``mesh``'s data
-    axes when given). ``negative``: [S, E] unconditional states for CFG (None = no CFG).
+    axes when given). ``negative``: [S, E] unconditional states for CFG (None = no CFG);
+    ``cache``/``cache_threshold``: the denoise loop's step and CFG cache (diffusion/sampler.py).
     Returns per job the output frames [segments * T, H, W, 3] uint8."""
     guided = negative is not None and cfg_scale != 1.0
     gen = inference.make_generator(ck.model, ck.ae, steps=steps, shift=shift, cfg_scale=cfg_scale if guided else 1.0,
-                                   prediction=ck.run.get("sample", {}).get("prediction", "velocity"), solver=solver)
+                                   prediction=ck.run.get("sample", {}).get("prediction", "velocity"), solver=solver,
+                                   cache=cache, cache_threshold=cache_threshold)
     outputs: list[np.ndarray | None] = [None] * len(jobs)
     groups: dict[tuple, list[int]] = {}
     for i, j in enumerate(jobs):
@@ -278,7 +290,8 @@ def _read_jobs(path) -> list[dict]:
 def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time=None, jobs=None, caption=None,
            text_embedding=None, negative_embedding=None, text_encoder=None, negative=None, vae=None, steps=None,
            cfg=None, shift=None, seed=None, solver=None, frames=None, size=None, segments: int = 1, batch: int = 8,
-           numerics=None, preset=None, fps=None, vae_tiling=None, overwrite: bool = False) -> tuple[Path, int]:
+           numerics=None, preset=None, fps=None, vae_tiling=None, cache=None, cache_threshold=None,
+           overwrite: bool = False) -> tuple[Path, int]:
     """Re-render one video (``video``, ``camera``, ``time``) or a JSONL of ``jobs`` (``stp-sample``).
     Unset options take the checkpoint's run.json defaults (``preset`` applies one of its named
     presets, e.g. ``demo``). Every input is checked first; outputs go to ``OUT.partial``, renamed
@@ -289,7 +302,8 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
     if bool(jobs) == bool(video):
         raise ValueError("give either --video (with --camera and --time) or --jobs FILE.jsonl")
     flags = check_settings({"steps": steps, "shift": shift, "cfg": cfg, "seed": seed, "frames": frames, "size": size,
-                            "segments": segments, "batch": batch, "fps": fps})
+                            "segments": segments, "batch": batch, "fps": fps, "cache": cache,
+                            "cache_threshold": cache_threshold})
     steps, shift, frames = flags["steps"], flags["shift"], flags["frames"]
     specs = _read_jobs(jobs) if jobs else [
         {"name": "job", "video": video, "camera": camera, "time": time, "source_camera": source_camera,
@@ -307,6 +321,9 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
                 "shift": run_s.get("shift", 5.0) if shift is None else shift,
                 "cfg": run_s.get("cfg_scale", 5.0) if cfg is None else cfg,
                 "seed": run_s.get("seed", 0) if seed is None else seed, "solver": solver or run_s.get("solver", "euler"),
+                "cache": cache or run_s.get("cache", "none"),
+                "cache_threshold": run_s.get("cache_threshold", DEFAULT_CACHE_THRESHOLD) if cache_threshold is None
+                else cache_threshold,
                 "size": size, "frames": frames, "segments": segments, "preset": preset,
                 "fps": float(run_s.get("fps", 8.0) if fps is None else fps), "crf": int(run_s.get("crf", 18))}
     encoder_cache = []
@@ -321,7 +338,7 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
 
     states = _text_states_fn(ck, encoder)
     job_list = [make_job(spec, ck, defaults, states) for spec in specs]
-    for key in ("steps", "shift", "cfg", "frames", "solver"):
+    for key in ("steps", "shift", "cfg", "frames", "solver", "cache", "cache_threshold"):
         if len({j.settings[key] for j in job_list}) > 1:
             raise ValueError(f"jobs differ in {key!r}; run them in separate calls")
     js = job_list[0].settings
@@ -331,6 +348,8 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
                                             text_dim=ck.model.cfg.text_dim)
     if off:
         print(f"stp-sample: note: classifier-free guidance is off: {off}", file=sys.stderr)
+        if "cfg" in js["cache"]:
+            print(f"stp-sample: note: --cache {js['cache']}: the CFG cache has no guidance to cache", file=sys.stderr)
     for j in job_list:
         j.settings["cfg_applied"] = float(js["cfg"]) if neg is not None else None
         j.settings["negative"] = neg_name
@@ -341,7 +360,8 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
 
         mesh = make_mesh({"data": -1})
     outputs = run_jobs(ck, job_list, steps=int(js["steps"]), shift=float(js["shift"]), cfg_scale=float(js["cfg"]),
-                       negative=neg, segments=segments, batch_size=batch, mesh=mesh, solver=js["solver"])
+                       negative=neg, segments=segments, batch_size=batch, mesh=mesh, solver=js["solver"],
+                       cache=js["cache"], cache_threshold=float(js["cache_threshold"]))
     with atomic_output(out, folder=True) as tmp:
         for job, frames_out in zip(job_list, outputs):
             write_outputs(tmp / job.name if len(job_list) > 1 else tmp, job, frames_out, fps=float(js["fps"]),

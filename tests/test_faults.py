@@ -49,7 +49,8 @@ def _sample(assets, out, *extra, video=True):
 
 @pytest.mark.parametrize("flag,value", [("--shift", "nan"), ("--shift=-1", None), ("--shift", "0"), ("--shift", "inf"),
                                         ("--steps", "0"), ("--frames", "0"), ("--cfg", "nan"), ("--batch", "0"),
-                                        ("--size", "0x0"), ("--segments", "0")])
+                                        ("--size", "0x0"), ("--segments", "0"), ("--cache", "fast"),
+                                        ("--cache-threshold", "nan"), ("--cache-threshold=-1", None)])
 def test_sample_rejects_values_that_were_replaced_or_accepted(assets, tmp_path, capsys, flag, value):
     """--shift nan / -1 gave an all-black video with exit 0; --steps 0, --frames 0, --shift 0
     were silently replaced by the defaults; --batch 0 said 'range() arg 3 must not be zero'."""

@@ -119,3 +119,24 @@ def test_text_embedding_guidance_needs_negative_states(assets, tmp_path, capsys)
     assert _run(assets, tmp_path / "b", *common, "--negative-embedding", str(tmp_path / "neg.npy")) == 0
     s = json.loads((tmp_path / "b" / "settings.json").read_text())
     assert s["cfg_applied"] == 5.0 and s["cfg_off_reason"] is None and s["negative"].endswith("neg.npy")
+
+
+def test_cache_flag_reaches_the_denoise_loop(assets, tmp_path, capsys):
+    """--cache mag+cfg with a huge threshold changes the output (steps skipped, the unconditional
+    half reused); threshold 0 gives the uncached video; settings.json records the cache."""
+    g = np.random.default_rng(1)
+    np.save(tmp_path / "pos.npy", g.standard_normal((8, 32)).astype(np.float32))
+    np.save(tmp_path / "neg.npy", g.standard_normal((8, 32)).astype(np.float32))
+    common = ["--video", str(assets / "src.mp4"), "--camera", "static", "--time", "reverse", "--text-embedding",
+              str(tmp_path / "pos.npy"), "--negative-embedding", str(tmp_path / "neg.npy"), "--steps", "6"]
+    runs = {"none": [], "fast": ["--cache", "mag+cfg", "--cache-threshold", "1e9"],
+            "zero": ["--cache", "mag", "--cache-threshold", "0"]}
+    videos = {}
+    for name, extra in runs.items():
+        assert _run(assets, tmp_path / name, *common, *extra) == 0
+        videos[name] = read_video(tmp_path / name / "video.mp4")
+    s = json.loads((tmp_path / "fast" / "settings.json").read_text())
+    assert (s["cache"], s["cache_threshold"], s["cfg_applied"]) == ("mag+cfg", 1e9, 5.0)
+    assert json.loads((tmp_path / "none" / "settings.json").read_text())["cache"] == "none"
+    np.testing.assert_array_equal(videos["zero"], videos["none"])
+    assert not np.array_equal(videos["fast"], videos["none"])
