@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from nothing: set up .venv, train the tiny
 # SpaceTimePilot on procedural Cam×Time scenes (no downloads, no weights, CPU, 8 min of
-# training), evaluate retiming and camera control on held-out scenes beside the trivial
-# baselines (time/camera errors against the ground-truth grid), and re-render one held-out
-# video with bullet time, reverse and slow motion.
+# training: the curriculum's fixed-camera phase, docs/LEARNING.md §6), evaluate retiming and
+# camera control on held-out scenes beside the trivial baselines (time/camera errors against
+# the ground-truth grid), and re-render one held-out video filmed from a still camera with
+# bullet time, reverse and slow motion.
 # Usage: bash tools/demo.sh [stp-train --set overrides...]     (WORKDIR=runs/demo by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,8 @@ stp-train --config tiny_camxtime --workdir "$WORKDIR" "$@"
 echo "== 2/3 evaluate on 8 held-out scenes (fixed camera, the source's moving camera, camera paths)"
 stp-eval --checkpoint "$WORKDIR" --scenes 8 --out "$WORKDIR/eval"
 
-echo "== 3/3 re-render a held-out scene: bullet time, reverse, slow motion"
-stp-render --seed 1000000099 --frames 17 --cameras 17 --size 24x24 --out "$WORKDIR/held_out" >/dev/null
+echo "== 3/3 re-render a held-out scene (one still camera): bullet time, reverse, slow motion"
+stp-render --seed 1000000099 --frames 17 --cameras 1 --size 24x24 --out "$WORKDIR/held_out" >/dev/null
 : > "$WORKDIR/held_out/jobs.jsonl"
 for t in freeze_mid reverse slowmo_first_half; do
   echo "{\"name\": \"$t\", \"video\": \"$WORKDIR/held_out/source.mp4\", \"source_camera\": \"$WORKDIR/held_out/source_camera.json\", \"camera\": \"static\", \"time\": \"$t\"}" >> "$WORKDIR/held_out/jobs.jsonl"

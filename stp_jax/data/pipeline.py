@@ -15,6 +15,9 @@ Pair sampling (deterministic per record, from Grain's per-record RNG):
   target  a camera path (``camera_paths``: static, the source's sweep, a faster sweep that
           then holds, half a sweep, the sweep backwards, one held camera), times from a random
           time warp (stp_jax.data.timewarp, published probabilities by default).
+  curriculum  ``fixed_camera_steps``: fixed-camera pairs only before that training step, then
+          the mix above (``at_step``; the loop switches loaders with ``continue_loader``, which
+          keeps the record order, so a resumed run sees the same pairs).
 Target cameras are conditioned relative to the source's first camera (the ReCamMaster
 training rule; for paths that start there it is also "relative to its own first frame", the
 published inference rule).
