@@ -8,8 +8,9 @@ if [ ! -f "$stamp" ]; then
   echo "[stp_jax] installing .venv from requirements.lock (first run only)..." >&2
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -r requirements.lock  # the lock is complete: no resolver run
   .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }  # the lock is consistent
   rm -f .venv/.lock-*; touch "$stamp"
 fi
 source .venv/bin/activate
