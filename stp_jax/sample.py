@@ -42,7 +42,7 @@ from stp_jax import inference
 from stp_jax.config_utils import check_float, check_int
 from stp_jax.controls import camera as cam_lib
 from stp_jax.controls import timing
-from stp_jax.diffusion.sampler import CACHES, DEFAULT_CACHE_THRESHOLD, SOLVERS
+from stp_jax.diffusion.sampler import DEFAULT_CACHE_THRESHOLD, SOLVERS, StepCache
 from stp_jax.files import atomic_output, check_can_create, inside
 
 # ---------------------------------------------------------------- jobs
@@ -98,8 +98,6 @@ def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> d
         out["cfg"] = check_float(label("cfg"), out["cfg"])
     if out.get("cache_threshold") is not None:
         out["cache_threshold"] = check_float(label("cache_threshold"), out["cache_threshold"])
-        if out["cache_threshold"] < 0:
-            raise ValueError(f"{label('cache_threshold')} must be >= 0, got {out['cache_threshold']}")
     if out.get("fps") is not None:
         out["fps"] = check_float(label("fps"), out["fps"], positive=True)
         if not 1 <= out["fps"] <= 1000:  # the mp4 stream's rate is a whole number
@@ -108,8 +106,12 @@ def check_settings(s: dict, label=lambda key: f"--{key.replace('_', '-')}") -> d
         if out.get(key) is not None and not isinstance(out[key], str):
             raise ValueError(f"{label(key)}: expected a string, got {out[key]!r}")
     _size(out.get("size"), label("size"))
-    if out.get("cache") is not None and out["cache"] not in CACHES:
-        raise ValueError(f"{label('cache')} {out['cache']!r} is unknown; expected one of {', '.join(CACHES)}")
+    for key, kw in (("cache", "mode"), ("cache_threshold", "threshold")):
+        if out.get(key) is not None:
+            try:  # the cache's own rules (diffusion/sampler.StepCache), named by this option
+                StepCache(**{kw: out[key]})
+            except ValueError as e:
+                raise ValueError(f"{label(key)}: {e}") from None
     return out
 
 
