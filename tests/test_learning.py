@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from stp_jax import inference, metrics
@@ -70,6 +71,7 @@ def _train_and_sample():
     return grid, fixed, outs
 
 
+@pytest.mark.slow
 def test_overfit_follows_the_time_schedule():
     grid, fixed, outs = _train_and_sample()
     for name in ("reverse", "freeze_mid"):

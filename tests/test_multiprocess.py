@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ARGS = ["--config", "tiny_camxtime:smoke", "--set", "checkpoint_every=2", "--set", "data.global_batch=4"]
 
@@ -51,6 +52,7 @@ def _params(workdir, step):
     return [np.asarray(x) for x in jax.tree.leaves(r["params"])]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     one = tmp_path / "one"
     r = subprocess.run([sys.executable, "-m", "stp_jax.cli", "train", *ARGS, "--set", "total_steps=3", "--workdir", str(one)],

@@ -60,6 +60,7 @@ def _params(workdir, step):
     return [np.asarray(x) for x in jax.tree.leaves(r["params"])]
 
 
+@pytest.mark.slow
 def test_sigkill_resume_is_bit_identical_and_sigterm_saves(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     rc, out = _train(ref)
@@ -92,6 +93,7 @@ def test_sigkill_resume_is_bit_identical_and_sigterm_saves(tmp_path):
     assert saved and saved[-1] >= 3 and not (term / "model").exists()
 
 
+@pytest.mark.slow
 def test_nan_stops_with_last_good_checkpoint(tmp_path):
     from stp_jax.train import NonFiniteError, train_and_evaluate
 

@@ -73,6 +73,7 @@ def test_frozen_subset_stays_frozen(setup):
         ts.trainable_labels(params, r"nothing/.*")
 
 
+@pytest.mark.slow
 def test_sharded_train_step_matches_one_device(setup):
     _, model, params, batch = setup
     one, l1 = _run(model, params, batch, 3)

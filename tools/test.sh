@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 source tools/_venv.sh
 ruff check --quiet .
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
-exec python -m pytest -q "$@"
+# Two workers (pytest-xdist) over the 2 cores: ~1.5x faster than one; `-n 0` runs in this process.
+exec python -m pytest -q -n 2 --dist load "$@"
