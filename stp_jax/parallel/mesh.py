@@ -5,7 +5,8 @@ holds the one table that maps them onto the four mesh axes:
 
   data     pure data parallelism (parameters replicated)
   fsdp     data parallelism with parameters/optimizer state sharded (ZeRO-3 style)
-  context  sequence (token) sharding of activations; attention uses ring or all-to-all
+  context  sequence (token) sharding of activations; attention uses ring or all-to-all;
+           parameters/optimizer state are sharded over it as over fsdp
   tensor   Megatron-style sharding of heads and MLP hidden units
 
 Configs can override single rules (``logical_rules_overrides``), as MaxText does.
@@ -28,7 +29,10 @@ MESH_AXES = ("data", "fsdp", "context", "tensor")
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     # ---- parameters
     ("layers", None),
-    ("embed", "fsdp"),  # model dim D, on the input side of weights
+    # model dim D, on the input side of weights. Sharded over `context` too: the chips of a context
+    # group hold the same clips, so they split the weights and optimizer state as fsdp does (ZeRO-3
+    # over every chip that is not a data-parallel replica; MaxText does the same).
+    ("embed", ("fsdp", "context")),
     ("mlp", "tensor"),  # FFN hidden / square-matrix output side
     ("heads", "tensor"),  # attention heads N
     ("kv", None),  # head dim K
