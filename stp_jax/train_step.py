@@ -22,7 +22,7 @@ import optax
 from flax import struct
 
 from stp_jax.diffusion import flow
-from stp_jax.models.dit import COND_KEYS
+from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS
 
 # Trainable subsets, as regexes over "/"-joined param paths.
 TRAINABLE = {
@@ -49,11 +49,29 @@ def trainable_labels(params, subset: str):
         raise ValueError(f"trainable subset {subset!r} is neither a known name {sorted(TRAINABLE)} "
                          f"nor a valid regex ({e})") from e
     labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if rx.fullmatch("/".join(str(getattr(k, "key", k)) for k in path)) else "freeze",
+        lambda path, _: "train" if rx.fullmatch(_path(path)) else "freeze",
         params)
     if "train" not in jax.tree.leaves(labels):
         raise ValueError(f"trainable subset {subset!r} matches no parameter")
     return labels
+
+
+def _path(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def store_frozen(params, labels, dtype):
+    """``params`` with the frozen leaves that the model reads only in ``dtype`` (its compute
+    dtype; COMPUTE_DTYPE_PARAMS) stored in ``dtype``: the same values reach every matmul, in
+    half the bytes for bf16 compute (the 14B's frozen FFN and cross-attention, 9.8 B
+    parameters: 39 -> 20 GB). Trainable leaves keep their (master) dtype."""
+    rx, dtype = re.compile(COMPUTE_DTYPE_PARAMS), jnp.dtype(dtype)
+
+    def one(path, x, label):
+        narrower = jnp.dtype(x.dtype).itemsize > dtype.itemsize
+        return x.astype(dtype) if label == "freeze" and narrower and rx.fullmatch(_path(path)) else x
+
+    return jax.tree_util.tree_map_with_path(one, params, labels)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (labels is a dict)

@@ -64,8 +64,7 @@ class Trainer:
         self.param_sh = mesh_lib.param_shardings(self.abstract_vars, self.mesh, self.rules)["params"]
         abstract_params = nn.unbox(self.abstract_vars)["params"]
         self.optimizer = ts.make_optimizer(abstract_params, self.optim, self.run.total_steps)
-        use_ema = self.run.ema_decay > 0
-        self.abstract_state = jax.eval_shape(lambda p: ts.init_state(p, self.optimizer, use_ema), abstract_params)
+        self.abstract_state = jax.eval_shape(self._init_state, abstract_params)
         self.state_sh = mesh_lib.state_shardings(self.abstract_state, self.param_sh, self.mesh)
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         fh, h, w, _ = self.latent
@@ -123,8 +122,12 @@ class Trainer:
         else:
             params = jax.jit(lambda r: nn.unbox(self._init_vars(r))["params"],
                              out_shardings=self.param_sh)(jax.random.PRNGKey(self.run.seed))
-        use_ema = self.run.ema_decay > 0
-        return jax.jit(lambda p: ts.init_state(p, self.optimizer, use_ema), out_shardings=self.state_sh)(params)
+        return jax.jit(self._init_state, out_shardings=self.state_sh)(params)
+
+    def _init_state(self, params):
+        """Step 0 from full-precision params; frozen matmul weights stored in the compute dtype."""
+        params = ts.store_frozen(params, self.optimizer.labels, self.mcfg.dtype)
+        return ts.init_state(params, self.optimizer, self.run.ema_decay > 0)
 
     def _train_step(self, state, batch, rng, context):
         ae = None if "tgt_latents" in batch else self.ae

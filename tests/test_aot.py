@@ -81,3 +81,27 @@ def test_multichip_gradient_all_reduce_compiles_with_the_configs_tpu_options():
         assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
         r = json.loads(Path(f"{tmp}/r.json").read_text())
     assert r["fits"] and r["chips"] == 4 and r["mesh"]["fsdp"] == 4
+
+
+
+@pytest.mark.slow
+def test_14b_720p_memory_plan_on_v5p8_scaled_down():
+    """The plan that fits stp_14b:720p on a v5p-8 (docs/SCALING.md: 84 GiB of 95 per chip), on 2 of
+    its 40 layers and a short clip: weights and optimizer state sharded over the context group,
+    frozen matmul weights stored in bf16, each layer's saved input moved to host memory."""
+    import jax
+
+    topo = aot.parse_topology("v5p-8")
+    cfg = configs.load("stp_14b:720p", ["data.global_batch=1", "model.num_layers=2", "data.height=240",
+                                        "data.width=416", "data.num_frames=9", "data.num_cameras=9"])
+    assert cfg.model.remat == "offload_full"
+    compiled, tr, flops = aot.compile_step(cfg, aot.tpu_devices(topo), "train")
+    r = aot.analyse(compiled, tr, flops, topo, "train")
+    assert dict(tr.mesh.shape)["context"] == 4 and dict(tr.mesh.shape)["fsdp"] == 1
+    params = tr.abstract_state.params
+    assert params["blocks"]["ffn"]["fc1"]["kernel"].dtype == np.dtype("bfloat16")  # frozen: compute dtype
+    assert params["blocks"]["self_attn"]["q"]["kernel"].dtype == np.dtype("float32")  # trained: fp32 master
+    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tr.abstract_state))
+    # a quarter of the state per chip (replicated over the context group it would be all of it)
+    assert state_bytes / 4 <= r.argument_gib * GIB <= state_bytes / 4 * 1.05 + 64 * 2 ** 20
+    assert "S(5)" in compiled.as_text(), "remat=offload_full should place the saved layer inputs in host memory"

@@ -111,7 +111,7 @@ def test_published_sizes_init_abstractly_with_full_specs(name, mesh_shape):
     assert n_params > wan_params
 
 
-@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+@pytest.mark.parametrize("remat", ["full", "offload_full", "dots", "dots_no_batch"])
 def test_remat_policies_give_identical_gradients(reference, remat):
     cfg, params, inputs, want_out, want_grads = reference
     model = SpaceTimeDiT(cfg.replace(remat=remat))

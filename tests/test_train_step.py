@@ -125,3 +125,30 @@ def test_gradient_accumulation_updates_every_k_steps(setup):
     n_train = sum(x.size for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(opt.labels)) if lab == "train")
     n_state = sum(x.size for x in jax.tree.leaves(s2.opt_state) if x.ndim > 0)
     assert n_state <= 3 * n_train + 64, (n_state, n_train)  # mu, nu, accumulated gradient
+
+
+def test_frozen_weights_stored_in_the_compute_dtype_change_no_output(setup):
+    """store_frozen keeps the frozen matmul weights in bf16 when the model computes in bf16:
+    the forward and the trainable gradients are bit-identical, and nothing the model reads in
+    float32 (time embedding, norms, modulation) or trains is narrowed."""
+    cfg, _, params, batch = setup
+    model = SpaceTimeDiT(cfg.replace(dtype="bfloat16"))
+    labels = ts.trainable_labels(params, "spacetimepilot")
+    stored = ts.store_frozen(params, labels, "bfloat16")
+    narrowed = {"/".join(str(k.key) for k in p) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]
+                if x.dtype == jnp.bfloat16}
+    assert "blocks/ffn/fc1/kernel" in narrowed and "blocks/cross_attn/q/bias" in narrowed
+    assert not any(n.startswith(("blocks/self_attn", "blocks/time", "time_", "blocks/modulation", "blocks/norm"))
+                   for n in narrowed), narrowed
+    x = jnp.concatenate([batch["target"], batch["source"]], 1)
+    cond = {k: batch[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+
+    def loss(p):
+        out = model.apply({"params": p}, x, jnp.full((4,), 500.0), batch["context"], **cond)
+        return jnp.mean(out.astype(jnp.float32) ** 2), out
+
+    (l32, o32), g32 = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    (l16, o16), g16 = jax.jit(jax.value_and_grad(loss, has_aux=True))(stored)
+    np.testing.assert_array_equal(np.asarray(o32), np.asarray(o16))
+    for a, b in zip(jax.tree.leaves(g32["blocks"]["self_attn"]), jax.tree.leaves(g16["blocks"]["self_attn"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from stp_jax.config_utils import JsonConfig
 from stp_jax.controls.timing import raw_frames
@@ -49,7 +50,11 @@ NUMERICS = ("default", "reference")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload_dots")
+REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
+# Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
+# DiTConfig.dtype before use, layers.Dense): stored in that dtype they give the same values to
+# every matmul. The train state keeps the frozen ones so (train_step.store_frozen).
+COMPUTE_DTYPE_PARAMS = r"(blocks/(self_attn|cross_attn)/[qkvo]|blocks/ffn/fc[12]|text_embedding/fc[12])/(kernel|bias)"
 CAM_DIM = 12
 
 
@@ -87,7 +92,7 @@ class DiTConfig(JsonConfig):
     attention: str = "auto"  # auto | xla | cudnn | splash
     context_parallel: str = "none"  # none | ulysses | ring
     splash_block: int = 512
-    remat: str = "none"  # none | full | dots | dots_no_batch | offload_dots
+    remat: str = "none"  # none | full | offload_full | dots | dots_no_batch | offload_dots
     numerics: str = "default"  # default | reference (NUMERICS)
 
     def __post_init__(self):
@@ -152,6 +157,10 @@ def _remat_policy(name: str):
         "dots": cp.checkpoint_dots,
         "dots_no_batch": cp.dots_with_no_batch_dims_saveable,
         "offload_dots": cp.offload_dot_with_no_batch_dims("device", "pinned_host"),
+        # full, with each layer's input (the one tensor full keeps per layer) in pinned host memory
+        "offload_full": cp.save_and_offload_only_these_names(
+            names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"],
+            offload_src="device", offload_dst="pinned_host"),
     }[name]
 
 
@@ -196,6 +205,7 @@ class Block(nn.Module):
         # x [B, L, D]; ctx [B, S, D]; e0 [B, 6, D]; t_sin [2, B, T, Q] | None; cam [B, F, 12] | None
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        x = checkpoint_name(x, "block_input")  # what remat=offload_full moves to the host
         b, l, d = x.shape
         f, hh, ww = self.grid
         mod = self.param("modulation", nn.with_logical_partitioning(
@@ -212,7 +222,12 @@ class Block(nn.Module):
                 tt = tt.reshape(2, b, *tt.shape[1:])
                 cond = cond + jnp.concatenate([tt[0], tt[1]], axis=1)  # target first: [B, F, D]
             cond = _act(cond, "activation_batch", "activation_frames", "activation_embed")
-            h = (h.reshape(b, f, hh * ww, d) + cond[:, :, None, :].astype(jnp.float32)).reshape(b, l, d)
+            # per token by indexing (token i is in frame i // (H*W)), not by reshaping h to [B, F, H*W, D]:
+            # the reshape does not follow a token sharding that splits a frame, and made XLA gather
+            # the whole sequence on every chip of a context group.
+            cond = jnp.take(cond, jnp.arange(l) // (hh * ww), axis=1)  # [B, L, D]
+            cond = _act(cond, "activation_batch", "activation_length", "activation_embed")
+            h = h + cond.astype(jnp.float32)
         h = _act(h.astype(dtype), "activation_batch", "activation_length", "activation_embed")
         y = Attention(c, True, name="self_attn")(h, h, rope)
         if c.mode != "wan":
