@@ -27,6 +27,10 @@ def _param_count(tr) -> int:
     return sum(math.prod(x.shape) for x in __import__("jax").tree.leaves(tr.abstract_state.params))
 
 
+def _nbytes(tree) -> int:
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in __import__("jax").tree.leaves(tree))
+
+
 def test_topology_names():
     assert aot.parse_topology("v5p-8").shape == (1, 2, 2) and aot.parse_topology("v5p-8").chips == 4
     assert aot.parse_topology("v5p-64").chips == 32 and aot.parse_topology("v6e-16").shape == (4, 4)
@@ -57,7 +61,7 @@ def test_1_3b_forward_on_one_chip_memory_bounds():
     assert 1.9e9 < p < 2.1e9  # Wan 1.3B (1.42B) + per-block camera and time modules (SpaceTimePilot mode)
     n, tokens, d, ffn = 2, tr.tokens_per_clip, tr.mcfg.dim, tr.mcfg.ffn_dim  # the CFG pair
     # the train state's weights (fp32; frozen matmul weights in bf16) + small inputs
-    wbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in __import__("jax").tree.leaves(tr.abstract_state.params))
+    wbytes = _nbytes(tr.abstract_state.params)
     assert 2 * p < wbytes < 4 * p
     assert wbytes <= r.argument_gib * GIB <= wbytes * 1.05 + 64 * 2 ** 20
     residual = n * tokens * d * 4
@@ -92,8 +96,6 @@ def test_14b_720p_memory_plan_on_v5p8_scaled_down():
     """The plan that fits stp_14b:720p on a v5p-8 (docs/SCALING.md: 84 GiB of 95 per chip), on 2 of
     its 40 layers and a short clip: weights and optimizer state sharded over the context group,
     frozen matmul weights stored in bf16, each layer's saved input moved to host memory."""
-    import jax
-
     topo = aot.parse_topology("v5p-8")
     cfg = configs.load("stp_14b:720p", ["data.global_batch=1", "model.num_layers=2", "data.height=240",
                                         "data.width=416", "data.num_frames=9", "data.num_cameras=9"])
@@ -104,7 +106,7 @@ def test_14b_720p_memory_plan_on_v5p8_scaled_down():
     params = tr.abstract_state.params
     assert params["blocks"]["ffn"]["fc1"]["kernel"].dtype == np.dtype("bfloat16")  # frozen: compute dtype
     assert params["blocks"]["self_attn"]["q"]["kernel"].dtype == np.dtype("float32")  # trained: fp32 master
-    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tr.abstract_state))
+    state_bytes = _nbytes(tr.abstract_state)
     # a quarter of the state per chip (replicated over the context group it would be all of it)
     assert state_bytes / 4 <= r.argument_gib * GIB <= state_bytes / 4 * 1.05 + 64 * 2 ** 20
     assert "S(5)" in compiled.as_text(), "remat=offload_full should place the saved layer inputs in host memory"

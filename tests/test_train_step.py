@@ -135,8 +135,7 @@ def test_frozen_weights_stored_in_the_compute_dtype_change_no_output(setup):
     model = SpaceTimeDiT(cfg.replace(dtype="bfloat16"))
     labels = ts.trainable_labels(params, "spacetimepilot")
     stored = ts.store_frozen(params, labels, "bfloat16")
-    narrowed = {"/".join(str(k.key) for k in p) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]
-                if x.dtype == jnp.bfloat16}
+    narrowed = {ts._path(p) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0] if x.dtype == jnp.bfloat16}
     assert "blocks/ffn/fc1/kernel" in narrowed and "blocks/cross_attn/q/bias" in narrowed
     assert not any(n.startswith(("blocks/self_attn", "blocks/time", "time_", "blocks/modulation", "blocks/norm"))
                    for n in narrowed), narrowed

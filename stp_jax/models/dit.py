@@ -207,7 +207,7 @@ class Block(nn.Module):
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         x = checkpoint_name(x, "block_input")  # what remat=offload_full moves to the host
         b, l, d = x.shape
-        f, hh, ww = self.grid
+        _, hh, ww = self.grid
         mod = self.param("modulation", nn.with_logical_partitioning(
             lambda key, s, dt: jax.random.normal(key, s, dt) / d ** 0.5, ("modulation", "embed")), (6, d), pdtype)
         e = mod.astype(jnp.float32)[None] + e0.astype(jnp.float32)  # [B, 6, D]
