@@ -71,6 +71,21 @@ def model_times(times, frames_per_latent: int = TIME_FACTOR):
                           axis=-1)
 
 
+def latent_times(times):
+    """Each latent frame's animation time [..., F] from the DiT's time input [..., 1 + 4(F - 1)]:
+    frame 0's own time, then the mean of each group of 4 (the frames one latent frame holds; with
+    fewer frames per latent the repeats of ``model_times`` average back to the frame's time).
+    Works on numpy and jax arrays."""
+    t = times.shape[-1]
+    if (t - 1) % TIME_FACTOR:
+        raise ValueError(f"time input must have 1 + 4k frames, got {t}")
+    import jax.numpy as jnp
+
+    xp = jnp if not isinstance(times, np.ndarray) else np
+    rest = times[..., 1:].reshape(*times.shape[:-1], (t - 1) // TIME_FACTOR, TIME_FACTOR)
+    return xp.concatenate([times[..., :1] * 1.0, rest.mean(-1)], axis=-1)
+
+
 def fit_length(pattern, num_frames: int) -> np.ndarray:
     """Cycle a shorter pattern, cut a longer one, to exactly ``num_frames`` entries."""
     p = np.asarray(pattern, np.int64).reshape(-1)

@@ -25,7 +25,7 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from stp_jax.config_utils import JsonConfig
-from stp_jax.controls.timing import raw_frames
+from stp_jax.controls.timing import latent_times, raw_frames
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
 from stp_jax.models.layers import (
@@ -47,6 +47,12 @@ MODES = ("wan", "recammaster", "spacetimepilot")
 # (docs/REFERENCE.md §6.2): the timestep rounded to bf16, every sinusoid computed to float64
 # accuracy and cast to the compute dtype, the time embedding in the compute dtype.
 NUMERICS = ("default", "reference")
+# The frame coordinate of self-attention's 3D RoPE. index: the frame's place in the sequence
+# (target frames 0..Fh-1, then source frames Fh..2Fh-1), as published. time: the frame's
+# animation time in raw frames (controls.timing.latent_times), target and source alike, so a
+# target token and the source token at the same animation time and place share their RoPE
+# angles -- ours, for small models (docs/LEARNING.md §7); needs mode spacetimepilot.
+ROPE_FRAMES = ("index", "time")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -84,6 +90,7 @@ class DiTConfig(JsonConfig):
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     rope_theta: float = 10000.0
+    rope_frames: str = "index"  # ROPE_FRAMES
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -120,6 +127,10 @@ class DiTConfig(JsonConfig):
             problems.append(f"numerics {self.numerics!r} is not one of {NUMERICS}")
         if self.context_parallel not in attn_lib.CONTEXT_PARALLEL:
             problems.append(f"context_parallel {self.context_parallel!r} is not one of {attn_lib.CONTEXT_PARALLEL}")
+        if self.rope_frames not in ROPE_FRAMES:
+            problems.append(f"rope_frames {self.rope_frames!r} is not one of {ROPE_FRAMES}")
+        elif self.rope_frames == "time" and self.mode != "spacetimepilot":
+            problems.append(f"rope_frames 'time' needs animation times: mode 'spacetimepilot', got {self.mode!r}")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -289,7 +300,10 @@ class SpaceTimeDiT(nn.Module):
         ctx = MLP(c.dim, c.dim, "gelu_tanh", ("text_embed", "mlp"), ("mlp", "embed"), name="text_embedding",
                   **kw)(context)
         ctx = _act(ctx, "activation_batch", "activation_text", "activation_embed")  # [B, S, D]
-        rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta)  # 2 x [L, K/2]
+        frame_pos = None
+        if c.rope_frames == "time":  # target then source, as the sequence: [B, F]
+            frame_pos = jnp.concatenate([latent_times(tgt_time), latent_times(src_time)], axis=1)
+        rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
 
         block = Block
         if c.remat != "none":

@@ -84,37 +84,53 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return t, hw, hw
 
 
+def _inv_freq(dim: int, theta: float) -> np.ndarray:
+    """[dim/2] RoPE frequencies of one axis (float64)."""
+    return 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64)[: dim // 2] / dim)
+
+
 def _axis_angles(n: int, dim: int, theta: float) -> np.ndarray:
     """[n, dim/2] rotation angles for positions 0..n-1 (float64, host-side)."""
-    inv = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64)[: dim // 2] / dim)
-    return np.arange(n, dtype=np.float64)[:, None] * inv[None, :]
+    return np.arange(n, dtype=np.float64)[:, None] * _inv_freq(dim, theta)[None, :]
 
 
-def rope_tables(grid: Sequence[int], head_dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+def rope_tables(grid: Sequence[int], head_dim: int, theta: float = 10000.0,
+                frame_pos: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """cos, sin tables [L, K/2] for a (F, H, W) token grid, L = F*H*W in raster order.
 
     Per-axis angles are computed in float64 on the host (as the reference does) and only
-    broadcast on device, so no L-sized constant is embedded in the program.
+    broadcast on device, so no L-sized constant is embedded in the program. ``frame_pos``
+    [B, F] (float) replaces the frame indices 0..F-1 by per-clip positions (DiTConfig.rope_frames
+    "time"); its angles are computed on device in float32 and the tables are [B, L, K/2].
     """
     f, h, w = grid
     dt, dh, dw = rope_split(head_dim)
+    lead = () if frame_pos is None else (frame_pos.shape[0],)
     parts = []
-    for n, d, shape in ((f, dt, (f, 1, 1)), (h, dh, (1, h, 1)), (w, dw, (1, 1, w))):
-        ang = _axis_angles(n, d, theta)
-        cos = jnp.asarray(np.cos(ang), jnp.float32).reshape(*shape, d // 2)
-        sin = jnp.asarray(np.sin(ang), jnp.float32).reshape(*shape, d // 2)
-        parts.append((jnp.broadcast_to(cos, (f, h, w, d // 2)), jnp.broadcast_to(sin, (f, h, w, d // 2))))
-    cos = jnp.concatenate([p[0] for p in parts], axis=-1).reshape(f * h * w, head_dim // 2)
-    sin = jnp.concatenate([p[1] for p in parts], axis=-1).reshape(f * h * w, head_dim // 2)
+    for axis, (n, d, shape) in enumerate(((f, dt, (f, 1, 1)), (h, dh, (1, h, 1)), (w, dw, (1, 1, w)))):
+        if axis == 0 and frame_pos is not None:
+            if frame_pos.shape != (*lead, f):
+                raise ValueError(f"frame_pos has shape {tuple(frame_pos.shape)}; expected [B, {f}]")
+            ang = frame_pos.astype(jnp.float32)[..., None] * jnp.asarray(_inv_freq(d, theta), jnp.float32)  # [B, F, d/2]
+            cos, sin = jnp.cos(ang).reshape(*lead, *shape, d // 2), jnp.sin(ang).reshape(*lead, *shape, d // 2)
+        else:
+            ang = _axis_angles(n, d, theta)
+            cos = jnp.asarray(np.cos(ang), jnp.float32).reshape(*shape, d // 2)
+            sin = jnp.asarray(np.sin(ang), jnp.float32).reshape(*shape, d // 2)
+        full = (*lead, f, h, w, d // 2)
+        parts.append((jnp.broadcast_to(cos, full), jnp.broadcast_to(sin, full)))
+    cos = jnp.concatenate([p[0] for p in parts], axis=-1).reshape(*lead, f * h * w, head_dim // 2)
+    sin = jnp.concatenate([p[1] for p in parts], axis=-1).reshape(*lead, f * h * w, head_dim // 2)
     return cos, sin
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, L, N, K] by [L, K/2] angles."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, L, N, K] by [L, K/2] or [B, L, K/2] angles."""
     dtype = x.dtype
     xp = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
     x0, x1 = xp[..., 0], xp[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    c, s = (cos[None], sin[None]) if cos.ndim == 2 else (cos, sin)
+    c, s = c[:, :, None, :], s[:, :, None, :]
     out = jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
     return out.reshape(x.shape).astype(dtype)
 
