@@ -167,7 +167,8 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
             fpl = ae.time_factor
             cond = {"tgt_cam": np.stack([cam_lib.target_condition(paths[i][cams], reference=paths[i][src_c[0]],
                                                                   frames_per_latent=fpl) for i in idx]),
-                    "src_cam": np.stack([cam_lib.source_condition(paths[i][src_c], t, frames_per_latent=fpl)
+                    "src_cam": np.stack([cam_lib.source_condition(paths[i][src_c], t, frames_per_latent=fpl,
+                                                                  rule=model.cfg.source_camera_rule)
                                          for i in idx]),
                     "tgt_time": np.tile(times, (b, 1)), "src_time": np.tile(src_t, (b, 1))}
             ctx = inference.text_context(text or inference.TextConfig(), b, model.cfg.text_dim)

@@ -222,7 +222,8 @@ def _run_group(gen, ck, jobs, negative, segments, mesh):
     for seg in range(segments):
         fpl = ck.ae.time_factor
         cond = {"tgt_cam": np.stack([cam_lib.target_condition(c, frames_per_latent=fpl) for c in tgt_c2w]),
-                "src_cam": np.stack([cam_lib.source_condition(c, t, frames_per_latent=fpl) for c in src_c2w]),
+                "src_cam": np.stack([cam_lib.source_condition(c, t, frames_per_latent=fpl,
+                                                              rule=ck.model.cfg.source_camera_rule) for c in src_c2w]),
                 "tgt_time": np.stack([j.tgt_time for j in jobs]), "src_time": src_time}
         keys = [jax.random.fold_in(jax.random.PRNGKey(j.seed), seg) for j in jobs]
         noise = jnp.stack([jax.random.normal(k, lat) for k in keys])

@@ -127,13 +127,29 @@ def target_condition(c2w: np.ndarray, name: str = "target trajectory", reference
     return pack12(subsample_latent(rel, frames_per_latent))
 
 
+SOURCE_RULES = ("published", "first_camera")
+
+
+def source_rule(cam_heads: int) -> str:
+    """The source rule a DiT needs: camera-relative attention heads (DiTConfig.cam_heads) compare
+    target and source poses, so both must be relative to the source's first camera, unscaled."""
+    return "first_camera" if cam_heads else "published"
+
+
 def source_condition(c2w: np.ndarray | None, num_frames: int, name: str = "source trajectory",
-                     frames_per_latent: int = TIME_FACTOR) -> np.ndarray:
-    """[T, 4, 4] source poses (or None = static identity camera) -> [F', 12] model input."""
+                     frames_per_latent: int = TIME_FACTOR, rule: str = "published") -> np.ndarray:
+    """[T, 4, 4] source poses (or None = static identity camera) -> [F', 12] model input.
+
+    rule ``published``: ``normalise_source``. ``first_camera``: inv(c2w_0) @ c2w_i, unscaled -- the
+    target's rule, so both halves are in one frame (models with camera-relative attention,
+    DiTConfig.source_camera_rule)."""
+    if rule not in SOURCE_RULES:
+        raise ValueError(f"source camera rule {rule!r} is not one of {SOURCE_RULES}")
     if c2w is None:
         c2w = np.tile(np.eye(4), (num_frames, 1, 1))
     p = validate_poses(c2w, name, frames=num_frames)
-    return pack12(subsample_latent(normalise_source(p), frames_per_latent))
+    return pack12(subsample_latent(normalise_source(p) if rule == "published" else relative_to_first(p),
+                                   frames_per_latent))
 
 
 # ---------------------------------------------------------------- readers

@@ -77,8 +77,10 @@ class DataConfig:
 
     # raw frames per latent frame of the autoencoder (the cameras' rate): from the config's autoencoder
     frames_per_latent: int = 4
+    # the source poses' rule (controls.camera.source_rule): from the config's model
+    source_camera_rule: str = "published"
 
-    RUNTIME = ("split", "seed", "frames_per_latent")  # set by the caller, not by a config's data section
+    RUNTIME = ("split", "seed", "frames_per_latent", "source_camera_rule")  # set by the caller, not by a config's data section
 
     def __post_init__(self):
         check_frames(self.num_frames)
@@ -117,7 +119,9 @@ class DataConfig:
     def from_config(cls, config, split: str = "train", **overrides) -> DataConfig:
         """From a config (its ``data`` section and ``seed``)."""
         fpl = int(config.autoencoder.get("time_factor", 4))
-        return cls(split=split, seed=int(config.seed), frames_per_latent=fpl, **{**dict(config.data), **overrides})
+        rule = cam_lib.source_rule(int(config.model.get("cam_heads", 0)))
+        return cls(split=split, seed=int(config.seed), frames_per_latent=fpl, source_camera_rule=rule,
+                   **{**dict(config.data), **overrides})
 
 
 DATA_CACHE = "~/.cache/stp_jax/tfds"  # where the embedded default's procedural dataset is built once
@@ -277,7 +281,8 @@ class MakePair(grain.transforms.RandomMap):
             src, tgt = both[:t], both[t:]
         return {
             "src_frames": src, "tgt_frames": tgt,
-            "src_cam": cam_lib.source_condition(cams[src_c], t, frames_per_latent=c.frames_per_latent),
+            "src_cam": cam_lib.source_condition(cams[src_c], t, frames_per_latent=c.frames_per_latent,
+                                                rule=c.source_camera_rule),
             "tgt_cam": cam_lib.target_condition(cams[tgt_c], reference=cams[src_c[0]],
                                                 frames_per_latent=c.frames_per_latent),
             "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),
@@ -297,7 +302,8 @@ class MakePair(grain.transforms.RandomMap):
         src_t = np.arange(t)
         return {
             "src_frames": videos[a], "tgt_frames": videos[b][tgt_t],
-            "src_cam": cam_lib.source_condition(cams[a], t, frames_per_latent=c.frames_per_latent),
+            "src_cam": cam_lib.source_condition(cams[a], t, frames_per_latent=c.frames_per_latent,
+                                                rule=c.source_camera_rule),
             "tgt_cam": cam_lib.target_condition(cams[b][tgt_t], reference=cams[a][0],
                                                 frames_per_latent=c.frames_per_latent),
             "src_time": src_t.astype(np.int32), "tgt_time": tgt_t.astype(np.int32),

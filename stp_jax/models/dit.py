@@ -25,6 +25,7 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from stp_jax.config_utils import JsonConfig
+from stp_jax.controls.camera import source_rule
 from stp_jax.controls.timing import latent_times, raw_frames
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
@@ -33,10 +34,12 @@ from stp_jax.models.layers import (
     AffineLayerNorm,
     Dense,
     HeadRMSNorm,
+    apply_pose,
     apply_rope,
     identity_init,
     layer_norm,
     modulate,
+    rope_split,
     rope_tables,
     sinusoid,
     sinusoid_f64,
@@ -53,6 +56,12 @@ NUMERICS = ("default", "reference")
 # target token and the source token at the same animation time and place share their RoPE
 # angles -- ours, for small models (docs/LEARNING.md §7); needs mode spacetimepilot.
 ROPE_FRAMES = ("index", "time")
+# cam_heads > 0 (ours, for small models; docs/LEARNING.md §8): in that many heads the frame part of
+# the RoPE dims carries the frame's camera pose instead: q and k are multiplied block-wise by the
+# inverse-transposed and the plain 4x4 pose (camera-relative attention, as in GTA / PRoPE), so a
+# target token and a source token filmed from the same camera meet as if unrotated, whatever the
+# times. Needs target and source poses in one frame: the source's relative to its first camera,
+# unscaled (controls.camera.source_condition rule "first_camera", see source_camera_rule).
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -91,6 +100,7 @@ class DiTConfig(JsonConfig):
     eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_frames: str = "index"  # ROPE_FRAMES
+    cam_heads: int = 0  # heads whose RoPE frame dims carry the camera pose (0: as published)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -131,6 +141,13 @@ class DiTConfig(JsonConfig):
             problems.append(f"rope_frames {self.rope_frames!r} is not one of {ROPE_FRAMES}")
         elif self.rope_frames == "time" and self.mode != "spacetimepilot":
             problems.append(f"rope_frames 'time' needs animation times: mode 'spacetimepilot', got {self.mode!r}")
+        if self.cam_heads:
+            if self.mode != "spacetimepilot" or not 0 < self.cam_heads <= self.num_heads:
+                problems.append(f"cam_heads {self.cam_heads} needs mode 'spacetimepilot' and 0 < cam_heads <= "
+                                f"num_heads {self.num_heads}")
+            elif self.dim % self.num_heads == 0 and rope_split(self.head_dim)[0] % 4:
+                problems.append(f"cam_heads needs the RoPE frame dims of head_dim {self.head_dim} "
+                                f"({rope_split(self.head_dim)[0]}) to be a multiple of 4")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -143,6 +160,11 @@ class DiTConfig(JsonConfig):
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def source_camera_rule(self) -> str:
+        """How the source's poses must be turned into its camera input (controls.camera.source_condition)."""
+        return source_rule(self.cam_heads)
 
 
 PRESETS: dict[str, DiTConfig] = {
@@ -179,6 +201,18 @@ def _act(x, *names):
     return nn.with_logical_constraint(x, names)
 
 
+def _position(x, rope, c: DiTConfig, which: int):
+    """RoPE on x [B, L, N, K]; in the first ``cam_heads`` heads the frame dims take the pose matrix
+    rope[which] [B, L, 4, 4] instead of the frame angle (rope = (cos, sin[, q_mats, k_mats]))."""
+    cos, sin = rope[:2]
+    if len(rope) == 2:
+        return apply_rope(x, cos, sin)
+    n, dt = c.cam_heads, rope_split(c.head_dim)[0]
+    cos0, sin0 = cos.at[..., : dt // 2].set(1.0), sin.at[..., : dt // 2].set(0.0)  # no frame angle
+    posed = apply_pose(apply_rope(x[:, :, :n], cos0, sin0), rope[which], dt)
+    return jnp.concatenate([posed, apply_rope(x[:, :, n:], cos, sin)], axis=2)
+
+
 class Attention(nn.Module):
     """Wan attention: q/k/v projections, RMSNorm across heads on q and k, optional RoPE."""
     cfg: DiTConfig
@@ -194,7 +228,7 @@ class Attention(nn.Module):
         kk = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(ctx))  # [B, S, N, K]
         v = proj("v")(ctx)
         if rope is not None:
-            q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+            q, kk = _position(q, rope, c, 2), _position(kk, rope, c, 3)
         q = _act(q, "activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.self_attention:
             out = attn_lib.attention(q, kk, v, backend=c.attention, context_parallel=c.context_parallel,
@@ -304,6 +338,11 @@ class SpaceTimeDiT(nn.Module):
         if c.rope_frames == "time":  # target then source, as the sequence: [B, F]
             frame_pos = jnp.concatenate([latent_times(tgt_time), latent_times(src_time)], axis=1)
         rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
+        if c.cam_heads:  # per-token poses: q by inv(P)^T, k by P, so q.k sees inv(P_i) @ P_j
+            pose = jnp.concatenate([cam.reshape(b, f, 3, 4), jnp.broadcast_to(
+                jnp.array([0.0, 0.0, 0.0, 1.0], cam.dtype), (b, f, 1, 4))], axis=2).astype(jnp.float32)
+            pose = jnp.take(pose, jnp.arange(f * hh * ww) // (hh * ww), axis=1)  # [B, L, 4, 4]
+            rope = (*rope, jnp.swapaxes(jnp.linalg.inv(pose), -1, -2), pose)
 
         block = Block
         if c.remat != "none":

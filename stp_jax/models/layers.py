@@ -135,6 +135,15 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.reshape(x.shape).astype(dtype)
 
 
+def apply_pose(x: jax.Array, mats: jax.Array, dims: int) -> jax.Array:
+    """Multiply each 4-wide block of the first ``dims`` real dims of x [B, L, N, K] by the token's
+    4x4 matrix mats [B, L, 4, 4] (camera-relative attention, DiTConfig.cam_heads)."""
+    b, l, n, k = x.shape
+    blocks = x[..., :dims].astype(jnp.float32).reshape(b, l, n, dims // 4, 4)
+    blocks = jnp.einsum("blij,blngj->blngi", mats.astype(jnp.float32), blocks)  # [B, L, N, dims/4, 4]
+    return jnp.concatenate([blocks.reshape(b, l, n, dims).astype(x.dtype), x[..., dims:]], axis=-1)
+
+
 # ---------------------------------------------------------------- norms
 
 

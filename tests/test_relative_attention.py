@@ -1,0 +1,182 @@
+"""Relative attention over animation time and camera (the embedded default's choices, ours):
+DiTConfig.rope_frames = "time" and DiTConfig.cam_heads.
+
+The published RoPE (rope_frames "index", cam_heads 0) is checked against PyTorch in
+test_dit_parity.py; here the variants are tied to it: on the times that equal the sequence indices
+time RoPE is the same function; time RoPE sees animation times, and camera heads see poses, only
+relative to one another (up to the time and camera embedding branches, zero at init as published).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from stp_jax.controls import camera as cam_lib
+from stp_jax.controls.timing import latent_times, model_times
+from stp_jax.data import camxtime as cx
+from stp_jax.data import pipeline as pl
+from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, preset
+from stp_jax.models.layers import apply_pose, rope_tables
+
+FH, HP, WP, B = 3, 4, 6, 2
+
+
+def test_latent_times_undo_model_times():
+    t = np.array([[16, 3, 3, 9, 0], [0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(latent_times(model_times(t, 1)), t)
+    # two frames per latent frame: each latent frame's time is its two frames' mean
+    np.testing.assert_allclose(latent_times(model_times(t, 2)), [[16, 3, 4.5], [0, 1.5, 3.5]])
+    # Wan's fold: frame 0 alone, then the mean of each group of four
+    np.testing.assert_allclose(latent_times(np.arange(9.0)), [0, 2.5, 6.5])
+    np.testing.assert_allclose(np.asarray(latent_times(jnp.arange(9.0))), [0, 2.5, 6.5])
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        latent_times(np.arange(6))
+
+
+def test_frame_positions_equal_to_indices_give_the_published_tables():
+    grid, k = (2 * FH, HP // 2, WP // 2), 32
+    cos, sin = rope_tables(grid, k)
+    pos = jnp.broadcast_to(jnp.arange(grid[0], dtype=jnp.float32), (B, grid[0]))
+    cos_b, sin_b = rope_tables(grid, k, frame_pos=pos)
+    assert cos_b.shape == (B, *cos.shape)
+    np.testing.assert_allclose(np.asarray(cos_b), np.broadcast_to(np.asarray(cos), cos_b.shape), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sin_b), np.broadcast_to(np.asarray(sin), sin_b.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="frame_pos"):
+        rope_tables(grid, k, frame_pos=pos[:, 1:])
+
+
+def _model_and_inputs(rope_frames, seed=0, cam_heads=0):
+    cfg = preset("tiny", in_channels=4, out_channels=4, rope_frames=rope_frames, cam_heads=cam_heads)
+    model = SpaceTimeDiT(cfg)
+    g = np.random.default_rng(seed)
+    x = jnp.asarray(g.standard_normal((B, 2 * FH, HP, WP, 4)), jnp.float32)
+    inputs = dict(x=x, timestep=jnp.array([700.0, 40.0]), context=jnp.asarray(g.standard_normal((B, 5, 32)),
+                                                                                  jnp.float32),
+                  tgt_cam=jnp.asarray(g.standard_normal((B, FH, 12)), jnp.float32),
+                  src_cam=jnp.asarray(g.standard_normal((B, FH, 12)), jnp.float32))
+    return model, inputs
+
+
+def _perturbed(params, keep=None):
+    """Every weight plus 0.05 noise (init leaves the head at zero), except paths containing ``keep``."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [
+        v if keep and keep in jax.tree_util.keystr(p) else v + 0.05 * jax.random.normal(k, v.shape, v.dtype)
+        for (p, v), k in zip(leaves, keys)])
+
+
+def _times(frames):
+    return jnp.asarray(np.broadcast_to(model_times(np.asarray(frames), 1), (B, 1 + 4 * (FH - 1))), jnp.float32)
+
+
+def test_time_rope_on_sequence_times_is_the_published_model():
+    """tgt times 0..Fh-1 and src times Fh..2Fh-1 are the sequence indices: both variants, same weights, agree."""
+    model_t, inp = _model_and_inputs("time")
+    model_i, _ = _model_and_inputs("index")
+    inp.update(tgt_time=_times(np.arange(FH)), src_time=_times(np.arange(FH, 2 * FH)))
+    # the head and the time branch's last layer start at zero (as published): perturb every weight
+    params = _perturbed(nn.unbox(model_i.init(jax.random.PRNGKey(1), **inp))["params"])
+    want = model_i.apply({"params": params}, **inp)
+    got = model_t.apply({"params": params}, **inp)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # and it is not the same function on other times: reversed target times move the RoPE angles
+    rev = dict(inp, tgt_time=_times(np.arange(FH)[::-1]))
+    assert np.abs(np.asarray(model_t.apply({"params": params}, **rev))
+                  - np.asarray(model_i.apply({"params": params}, **rev))).max() > 1e-3
+
+
+def test_time_rope_sees_only_time_differences_through_attention():
+    """With the time-embedding branch at its (zero) init, shifting every time by a constant changes
+    nothing, while moving the source's times against the target's does."""
+    model, inp = _model_and_inputs("time", seed=3)
+    inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]))
+    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep="'time'")
+    out = np.asarray(model.apply({"params": params}, **inp))
+    shifted = dict(inp, tgt_time=inp["tgt_time"] + 7.0, src_time=inp["src_time"] + 7.0)
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **shifted)), out, atol=1e-4)
+    moved = dict(inp, src_time=_times([2, 1, 0]))
+    assert np.abs(np.asarray(model.apply({"params": params}, **moved)) - out).max() > 1e-3
+
+
+def test_rope_frames_config_errors():
+    with pytest.raises(ValueError, match="rope_frames 'sideways'"):
+        DiTConfig(rope_frames="sideways")
+    with pytest.raises(ValueError, match="needs animation times"):
+        DiTConfig(rope_frames="time", mode="recammaster")
+    with pytest.raises(ValueError, match="cam_heads 5 needs"):
+        preset("tiny", cam_heads=5)
+    with pytest.raises(ValueError, match="cam_heads 1 needs"):
+        preset("tiny", cam_heads=1, mode="wan")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        preset("tiny", dim=72, num_heads=4, cam_heads=1, time_groups=8)  # head_dim 18: frame dims 6
+
+
+def _rigid(g, n):
+    """n random rigid 4x4 poses."""
+    q, _ = np.linalg.qr(g.standard_normal((n, 3, 3)))
+    q *= np.sign(np.linalg.det(q))[:, None, None]
+    m = np.tile(np.eye(4), (n, 1, 1))
+    m[:, :3, :3], m[:, :3, 3] = q, g.uniform(-3, 3, (n, 3))
+    return m
+
+
+def test_apply_pose_gives_relative_products():
+    """(inv(P_i)^T q) . (P_j k) = q^T inv(P_i) P_j k in every 4-block, and the other dims pass through."""
+    g = np.random.default_rng(0)
+    b, l, n, k, dims = 1, 2, 3, 20, 8
+    q, kk = g.standard_normal((2, b, l, n, k)).astype(np.float32)
+    p = _rigid(g, l)[None].astype(np.float32)  # [B, L, 4, 4]
+    qp = np.asarray(apply_pose(jnp.asarray(q), jnp.asarray(np.swapaxes(np.linalg.inv(p), -1, -2)), dims))
+    kp = np.asarray(apply_pose(jnp.asarray(kk), jnp.asarray(p), dims))
+    np.testing.assert_array_equal(qp[..., dims:], q[..., dims:])
+    rel = np.linalg.inv(p[0, 0]) @ p[0, 1]
+    for h in range(n):
+        for blk in range(dims // 4):
+            s = slice(4 * blk, 4 * blk + 4)
+            np.testing.assert_allclose(qp[0, 0, h, s] @ kp[0, 1, h, s], q[0, 0, h, s] @ rel @ kk[0, 1, h, s],
+                                       rtol=1e-4, atol=1e-4)
+
+
+def _pack(poses):  # [B, Fh, 4, 4] -> [B, Fh, 12]
+    return jnp.asarray(poses[..., :3, :4].reshape(*poses.shape[:2], 12), jnp.float32)
+
+
+def test_camera_heads_see_only_relative_poses():
+    """With the camera encoder at its (zero) init, moving the whole world (every pose left-multiplied
+    by one rigid transform) changes nothing; moving the source's cameras against the target's does."""
+    model, inp = _model_and_inputs("time", seed=4, cam_heads=2)
+    g = np.random.default_rng(5)
+    tgt, src = _rigid(g, B * FH).reshape(B, FH, 4, 4), _rigid(g, B * FH).reshape(B, FH, 4, 4)
+    inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]), tgt_cam=_pack(tgt), src_cam=_pack(src))
+    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep="'cam_encoder'")
+    out = np.asarray(model.apply({"params": params}, **inp))
+    world = _rigid(g, 1)[0]
+    moved = dict(inp, tgt_cam=_pack(world @ tgt), src_cam=_pack(world @ src))
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **moved)), out, atol=2e-4)
+    other = dict(inp, src_cam=_pack(world @ src))
+    assert np.abs(np.asarray(model.apply({"params": params}, **other)) - out).max() > 1e-3
+    # and the plain model (cam_heads 0, same weights) does not see poses at all through attention
+    plain, _ = _model_and_inputs("time", seed=4)
+    base = np.asarray(plain.apply({"params": params}, **inp))
+    np.testing.assert_allclose(np.asarray(plain.apply({"params": params}, **other)), base, atol=1e-6)
+
+
+def test_camera_heads_put_source_and_target_in_one_frame():
+    """cam_heads > 0 switches the source rule to the target's (relative to the source's first camera,
+    unscaled): a fixed-camera pair then has identical source and target inputs."""
+    assert preset("tiny").source_camera_rule == "published"
+    assert preset("tiny", cam_heads=1).source_camera_rule == "first_camera"
+    cams = np.asarray(cx.camera_path(3, 17), np.float64)
+    src = cam_lib.source_condition(cams, 17, frames_per_latent=1, rule="first_camera")
+    tgt = cam_lib.target_condition(cams, reference=cams[0], frames_per_latent=1)
+    np.testing.assert_allclose(src, tgt, atol=1e-6)
+    assert np.abs(cam_lib.source_condition(cams, 17, frames_per_latent=1) - tgt).max() > 1e-2  # published: not
+    with pytest.raises(ValueError, match="source camera rule"):
+        cam_lib.source_condition(cams, 17, rule="world")
+    from configs.tiny_camxtime import get_config
+
+    c = get_config()
+    c.model.cam_heads = 2
+    assert pl.DataConfig.from_config(c).source_camera_rule == "first_camera"
