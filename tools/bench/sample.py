@@ -83,7 +83,8 @@ def checkpoint_inputs(ck, scenes: int, case: str):
     fpl = ck.ae.time_factor
     cond = {"tgt_cam": np.stack([cam_lib.target_condition(p[cams], reference=p[src_c[0]], frames_per_latent=fpl)
                                  for p in paths]),
-            "src_cam": np.stack([cam_lib.source_condition(p[src_c], t, frames_per_latent=fpl) for p in paths]),
+            "src_cam": np.stack([cam_lib.source_condition(p[src_c], t, frames_per_latent=fpl,
+                                                          rule=ck.model.cfg.source_camera_rule) for p in paths]),
             "tgt_time": np.tile(times, (scenes, 1)), "src_time": np.tile(src_t, (scenes, 1))}
     text = inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else inference.TextConfig()
     ctx = np.asarray(inference.text_context(text, scenes, ck.model.cfg.text_dim))
