@@ -160,6 +160,10 @@ def run_benchmark(eval_dir, checkpoint, out, *, modes=tuple(MODES), vae=None, te
     if batch < 1:
         raise BenchmarkError(f"--batch must be >= 1, got {batch}")
     ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics)
+    if ck.model.cfg.cam_heads:
+        raise BenchmarkError(f"{checkpoint}: a model with camera-relative heads (cam_heads {ck.model.cfg.cam_heads}) "
+                             "reads source poses by the 'first_camera' rule; the published benchmark's camera inputs "
+                             "follow the published rule, so its scores would not mean anything")
     run_s = inference.sampling_defaults(ck.run)
     t, size, resize = inference.video_settings(ck.run, frames, size)
     scenes = read_eval_set(eval_dir, t)

@@ -58,7 +58,8 @@ def precompute(config, out_dir, *, epochs: int = 1, batch: int = 8, records_per_
             raise ValueError(f"the config's dataset yielded no pairs (num_scenes {d.num_scenes}, batch {batch})")
         meta = {"count": count, "latent_shape": list(ae.latent_shape(d.num_frames, d.height, d.width)),
                 "num_frames": d.num_frames, "height": d.height, "width": d.width, "epochs": epochs,
-                "autoencoder": dataclasses.asdict(a), "config": config.name, "dtype": "float16"}
+                "autoencoder": dataclasses.asdict(a), "config": config.name, "dtype": "float16",
+                "source_camera_rule": d.source_camera_rule}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
 

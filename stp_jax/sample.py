@@ -221,9 +221,15 @@ def _run_group(gen, ck, jobs, negative, segments, mesh):
     pieces = []
     for seg in range(segments):
         fpl = ck.ae.time_factor
-        cond = {"tgt_cam": np.stack([cam_lib.target_condition(c, frames_per_latent=fpl) for c in tgt_c2w]),
-                "src_cam": np.stack([cam_lib.source_condition(c, t, frames_per_latent=fpl,
-                                                              rule=ck.model.cfg.source_camera_rule) for c in src_c2w]),
+        rule = ck.model.cfg.source_camera_rule
+        # a first_camera model compares target and source poses: after the first segment (whose target
+        # starts at the source's camera, the published assumption) the target is relative to the source's
+        # first pose, where the previous segment left it
+        ref = [None if seg == 0 or rule == "published" or s is None else s[0] for s in src_c2w]
+        cond = {"tgt_cam": np.stack([cam_lib.target_condition(c, reference=r, frames_per_latent=fpl)
+                                     for c, r in zip(tgt_c2w, ref)]),
+                "src_cam": np.stack([cam_lib.source_condition(c, t, frames_per_latent=fpl, rule=rule)
+                                     for c in src_c2w]),
                 "tgt_time": np.stack([j.tgt_time for j in jobs]), "src_time": src_time}
         keys = [jax.random.fold_in(jax.random.PRNGKey(j.seed), seg) for j in jobs]
         noise = jnp.stack([jax.random.normal(k, lat) for k in keys])

@@ -178,5 +178,21 @@ def test_camera_heads_put_source_and_target_in_one_frame():
     from configs.tiny_camxtime import get_config
 
     c = get_config()
-    c.model.cam_heads = 2
-    assert pl.DataConfig.from_config(c).source_camera_rule == "first_camera"
+    assert c.model.cam_heads and pl.DataConfig.from_config(c).source_camera_rule == "first_camera"
+    c.model.cam_heads = 0
+    assert pl.DataConfig.from_config(c).source_camera_rule == "published"
+
+
+def test_precomputed_latents_must_match_the_models_source_rule(tmp_path):
+    """stp-precompute bakes the source cameras in: a camera-relative model refuses latents made by the
+    published rule, with a message naming the folder and the fix."""
+    import json
+
+    (tmp_path / "meta.json").write_text(json.dumps({"num_frames": 17, "height": 24, "width": 24,
+                                                    "source_camera_rule": "published"}))
+    cfg = pl.DataConfig(source="latents", latents_dir=str(tmp_path), height=24, width=24,
+                        source_camera_rule="first_camera")
+    with pytest.raises(ValueError, match="'published' rule.*'first_camera'.*stp-precompute"):
+        pl.latents_source(cfg)
+    with pytest.raises(ValueError, match="source camera rule 'world'"):
+        pl.DataConfig(source_camera_rule="world")

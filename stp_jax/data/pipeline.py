@@ -84,6 +84,8 @@ class DataConfig:
 
     def __post_init__(self):
         check_frames(self.num_frames)
+        if self.source_camera_rule not in cam_lib.SOURCE_RULES:
+            raise ValueError(f"source camera rule {self.source_camera_rule!r} is not one of {cam_lib.SOURCE_RULES}")
         if self.source not in ("procedural", "tfds", "latents"):
             raise ValueError(f"data source {self.source!r} is unknown; expected 'procedural', 'tfds' or 'latents'")
         if self.source == "latents" and not self.latents_dir:
@@ -347,6 +349,10 @@ def latents_source(cfg: DataConfig):
     if (meta["num_frames"], meta["height"], meta["width"]) != (cfg.num_frames, cfg.height, cfg.width):
         raise ValueError(f"latents_dir {d} holds {meta['num_frames']} frames of {meta['height']}x{meta['width']}; "
                          f"the config asks for {cfg.num_frames} of {cfg.height}x{cfg.width}")
+    rule = meta.get("source_camera_rule", "published")
+    if rule != cfg.source_camera_rule:
+        raise ValueError(f"latents_dir {d} holds source cameras by the {rule!r} rule; the config's model needs "
+                         f"{cfg.source_camera_rule!r} (model.cam_heads): run stp-precompute with this config")
     files = sorted(glob.glob(str(d / "*.array_record")))
     return NamedSource(grain.sources.ArrayRecordDataSource(files), f"latents[{d}]")
 

@@ -339,10 +339,15 @@ class SpaceTimeDiT(nn.Module):
             frame_pos = jnp.concatenate([latent_times(tgt_time), latent_times(src_time)], axis=1)
         rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
         if c.cam_heads:  # per-token poses: q by inv(P)^T, k by P, so q.k sees inv(P_i) @ P_j
-            pose = jnp.concatenate([cam.reshape(b, f, 3, 4), jnp.broadcast_to(
-                jnp.array([0.0, 0.0, 0.0, 1.0], cam.dtype), (b, f, 1, 4))], axis=2).astype(jnp.float32)
-            pose = jnp.take(pose, jnp.arange(f * hh * ww) // (hh * ww), axis=1)  # [B, L, 4, 4]
-            rope = (*rope, jnp.swapaxes(jnp.linalg.inv(pose), -1, -2), pose)
+            rt = cam.reshape(b, f, 3, 4).astype(jnp.float32)
+            rot, tr = rt[..., :3], rt[..., 3:]  # [B, F, 3, 3], [B, F, 3, 1]
+            last = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0]), (b, f, 1, 4))
+            pose = jnp.concatenate([rt, last], axis=2)  # [B, F, 4, 4]
+            # inv(P) = [[R^T, -R^T t], [0, 1]] for a rigid pose (the camera inputs are validated rigid)
+            inv = jnp.concatenate([jnp.concatenate([jnp.swapaxes(rot, -1, -2), -jnp.swapaxes(rot, -1, -2) @ tr], -1),
+                                   last], axis=2)
+            tok = jnp.arange(f * hh * ww) // (hh * ww)
+            rope = (*rope, jnp.take(jnp.swapaxes(inv, -1, -2), tok, axis=1), jnp.take(pose, tok, axis=1))  # [B, L, 4, 4]
 
         block = Block
         if c.remat != "none":
