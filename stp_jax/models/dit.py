@@ -145,9 +145,15 @@ class DiTConfig(JsonConfig):
             if self.mode != "spacetimepilot" or not 0 < self.cam_heads <= self.num_heads:
                 problems.append(f"cam_heads {self.cam_heads} needs mode 'spacetimepilot' and 0 < cam_heads <= "
                                 f"num_heads {self.num_heads}")
-            elif self.dim % self.num_heads == 0 and rope_split(self.head_dim)[0] % 4:
-                problems.append(f"cam_heads needs the RoPE frame dims of head_dim {self.head_dim} "
-                                f"({rope_split(self.head_dim)[0]}) to be a multiple of 4")
+            elif self.dim % self.num_heads == 0:
+                try:
+                    frame_dims = rope_split(self.head_dim)[0]
+                except ValueError as e:
+                    problems.append(str(e))
+                else:
+                    if frame_dims % 4:
+                        problems.append(f"cam_heads needs the RoPE frame dims of head_dim {self.head_dim} "
+                                        f"({frame_dims}) to be a multiple of 4")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
