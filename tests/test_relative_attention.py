@@ -17,7 +17,7 @@ from stp_jax.controls.timing import latent_times, model_times
 from stp_jax.data import camxtime as cx
 from stp_jax.data import pipeline as pl
 from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, preset
-from stp_jax.models.layers import apply_pose, rope_tables
+from stp_jax.models.layers import apply_pose, pose_mats, rope_tables
 
 FH, HP, WP, B = 3, 4, 6, 2
 
@@ -58,12 +58,12 @@ def _model_and_inputs(rope_frames, seed=0, cam_heads=0):
     return model, inputs
 
 
-def _perturbed(params, keep=None):
-    """Every weight plus 0.05 noise (init leaves the head at zero), except paths containing ``keep``."""
+def _perturbed(params, keep=()):
+    """Every weight plus 0.05 noise (init leaves the head at zero), except paths containing one of ``keep``."""
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
     return jax.tree_util.tree_unflatten(tree, [
-        v if keep and keep in jax.tree_util.keystr(p) else v + 0.05 * jax.random.normal(k, v.shape, v.dtype)
+        v if any(s in jax.tree_util.keystr(p) for s in keep) else v + 0.05 * jax.random.normal(k, v.shape, v.dtype)
         for (p, v), k in zip(leaves, keys)])
 
 
@@ -92,7 +92,7 @@ def test_time_rope_sees_only_time_differences_through_attention():
     nothing, while moving the source's times against the target's does."""
     model, inp = _model_and_inputs("time", seed=3)
     inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]))
-    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep="'time'")
+    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep=("'time'",))
     out = np.asarray(model.apply({"params": params}, **inp))
     shifted = dict(inp, tgt_time=inp["tgt_time"] + 7.0, src_time=inp["src_time"] + 7.0)
     np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **shifted)), out, atol=1e-4)
@@ -150,7 +150,7 @@ def test_camera_heads_see_only_relative_poses():
     g = np.random.default_rng(5)
     tgt, src = _rigid(g, B * FH).reshape(B, FH, 4, 4), _rigid(g, B * FH).reshape(B, FH, 4, 4)
     inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]), tgt_cam=_pack(tgt), src_cam=_pack(src))
-    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep="'cam_encoder'")
+    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(2), **inp))["params"], keep=("'cam_encoder'",))
     out = np.asarray(model.apply({"params": params}, **inp))
     world = _rigid(g, 1)[0]
     moved = dict(inp, tgt_cam=_pack(world @ tgt), src_cam=_pack(world @ src))
@@ -196,3 +196,25 @@ def test_precomputed_latents_must_match_the_models_source_rule(tmp_path):
         pl.latents_source(cfg)
     with pytest.raises(ValueError, match="source camera rule 'world'"):
         pl.DataConfig(source_camera_rule="world")
+
+
+def test_pose_mats_invert_rigid_poses():
+    g = np.random.default_rng(1)
+    p = _rigid(g, 3)
+    q_mats, k_mats = (np.asarray(m) for m in pose_mats(_pack(p[None]))[0:2])
+    np.testing.assert_allclose(k_mats[0], p, atol=1e-6)
+    np.testing.assert_allclose(np.swapaxes(q_mats[0], -1, -2) @ p, np.tile(np.eye(4), (3, 1, 1)), atol=1e-5)
+
+
+def test_camera_heads_carry_no_frame_angle():
+    """With every head a camera head (and the time and camera embeddings at their zero init), the
+    animation times reach attention nowhere: moving the source's times changes nothing."""
+    model, inp = _model_and_inputs("time", seed=6, cam_heads=4)
+    g = np.random.default_rng(7)
+    inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]),
+               tgt_cam=_pack(_rigid(g, B * FH).reshape(B, FH, 4, 4)),
+               src_cam=_pack(_rigid(g, B * FH).reshape(B, FH, 4, 4)))
+    params = _perturbed(nn.unbox(model.init(jax.random.PRNGKey(3), **inp))["params"], keep=("'time'", "'cam_encoder'"))
+    out = np.asarray(model.apply({"params": params}, **inp))
+    moved = dict(inp, src_time=_times([2, 0, 1]))
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **moved)), out, atol=1e-5)

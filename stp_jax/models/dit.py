@@ -39,6 +39,7 @@ from stp_jax.models.layers import (
     identity_init,
     layer_norm,
     modulate,
+    pose_mats,
     rope_split,
     rope_tables,
     sinusoid,
@@ -209,14 +210,13 @@ def _act(x, *names):
 
 def _position(x, rope, c: DiTConfig, which: int):
     """RoPE on x [B, L, N, K]; in the first ``cam_heads`` heads the frame dims take the pose matrix
-    rope[which] [B, L, 4, 4] instead of the frame angle (rope = (cos, sin[, q_mats, k_mats]))."""
-    cos, sin = rope[:2]
+    rope[which] [B, L, 4, 4] instead of a frame angle (rope = (cos, sin[, cos0, sin0, q_mats, k_mats]),
+    cos0/sin0 the tables without frame angles)."""
     if len(rope) == 2:
-        return apply_rope(x, cos, sin)
-    n, dt = c.cam_heads, rope_split(c.head_dim)[0]
-    cos0, sin0 = cos.at[..., : dt // 2].set(1.0), sin.at[..., : dt // 2].set(0.0)  # no frame angle
-    posed = apply_pose(apply_rope(x[:, :, :n], cos0, sin0), rope[which], dt)
-    return jnp.concatenate([posed, apply_rope(x[:, :, n:], cos, sin)], axis=2)
+        return apply_rope(x, *rope)
+    n = c.cam_heads
+    posed = apply_pose(apply_rope(x[:, :, :n], *rope[2:4]), rope[which], rope_split(c.head_dim)[0])
+    return jnp.concatenate([posed, apply_rope(x[:, :, n:], *rope[:2])], axis=2)
 
 
 class Attention(nn.Module):
@@ -234,7 +234,7 @@ class Attention(nn.Module):
         kk = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(ctx))  # [B, S, N, K]
         v = proj("v")(ctx)
         if rope is not None:
-            q, kk = _position(q, rope, c, 2), _position(kk, rope, c, 3)
+            q, kk = _position(q, rope, c, 4), _position(kk, rope, c, 5)
         q = _act(q, "activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.self_attention:
             out = attn_lib.attention(q, kk, v, backend=c.attention, context_parallel=c.context_parallel,
@@ -344,16 +344,11 @@ class SpaceTimeDiT(nn.Module):
         if c.rope_frames == "time":  # target then source, as the sequence: [B, F]
             frame_pos = jnp.concatenate([latent_times(tgt_time), latent_times(src_time)], axis=1)
         rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
-        if c.cam_heads:  # per-token poses: q by inv(P)^T, k by P, so q.k sees inv(P_i) @ P_j
-            rt = cam.reshape(b, f, 3, 4).astype(jnp.float32)
-            rot, tr = rt[..., :3], rt[..., 3:]  # [B, F, 3, 3], [B, F, 3, 1]
-            last = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0]), (b, f, 1, 4))
-            pose = jnp.concatenate([rt, last], axis=2)  # [B, F, 4, 4]
-            # inv(P) = [[R^T, -R^T t], [0, 1]] for a rigid pose (the camera inputs are validated rigid)
-            inv = jnp.concatenate([jnp.concatenate([jnp.swapaxes(rot, -1, -2), -jnp.swapaxes(rot, -1, -2) @ tr], -1),
-                                   last], axis=2)
+        if c.cam_heads:  # camera heads: no frame angle; per-token poses, q by inv(P)^T, k by P
+            dt = rope_split(c.head_dim)[0]
+            cos0, sin0 = rope[0].at[..., : dt // 2].set(1.0), rope[1].at[..., : dt // 2].set(0.0)
             tok = jnp.arange(f * hh * ww) // (hh * ww)
-            rope = (*rope, jnp.take(jnp.swapaxes(inv, -1, -2), tok, axis=1), jnp.take(pose, tok, axis=1))  # [B, L, 4, 4]
+            rope = (*rope, cos0, sin0, *(jnp.take(m, tok, axis=1) for m in pose_mats(cam)))  # + 2 x [B, L, 4, 4]
 
         block = Block
         if c.remat != "none":

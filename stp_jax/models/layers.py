@@ -135,6 +135,17 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.reshape(x.shape).astype(dtype)
 
 
+def pose_mats(cam: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(inv(P)^T, P) [..., 4, 4] of rigid 3x4 poses given as 12 numbers row-major [..., 12]
+    (controls.camera.pack12): what q and k are multiplied by so that q.k sees inv(P_i) @ P_j."""
+    rt = cam.reshape(*cam.shape[:-1], 3, 4).astype(jnp.float32)
+    rot_t, tr = jnp.swapaxes(rt[..., :3], -1, -2), rt[..., 3:]  # R^T [..., 3, 3], t [..., 3, 1]
+    last = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0]), (*rt.shape[:-2], 1, 4))
+    pose = jnp.concatenate([rt, last], axis=-2)
+    inv = jnp.concatenate([jnp.concatenate([rot_t, -rot_t @ tr], -1), last], axis=-2)  # [[R^T, -R^T t], [0, 1]]
+    return jnp.swapaxes(inv, -1, -2), pose
+
+
 def apply_pose(x: jax.Array, mats: jax.Array, dims: int) -> jax.Array:
     """Multiply each 4-wide block of the first ``dims`` real dims of x [B, L, N, K] by the token's
     4x4 matrix mats [B, L, 4, 4] (camera-relative attention, DiTConfig.cam_heads)."""
