@@ -15,7 +15,7 @@ learn in minutes (docs/LEARNING.md):
   ~1200), and in 2 of the 4 heads the frame dims carry the camera pose instead (``cam_heads=2``:
   tokens filmed from one camera meet unrotated; camera error 1.7 -> 0.6 at equal steps);
   RoPE theta 100 instead of 10 000: over 17 frames and a 6x6 token grid every frequency pair turns
-  (at 10 000 only the first two did), and both controls come sooner (docs/LEARNING.md §9);
+  (at 10 000 only the first two did), and both controls come sooner (docs/LEARNING.md §10);
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
