@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jax_cache import compile_cache_env
 
 ARGS = ["--config", "tiny_camxtime:smoke", "--set", "checkpoint_every=2", "--set", "data.global_batch=4"]
 
@@ -25,19 +26,13 @@ def _env(devices: int, **extra) -> dict:
     return env
 
 
-def _cached(env: dict, cache) -> dict:
-    """The restarted pair reuses the first pair's compiled executables (a JAX compilation cache
-    shared by this test's runs), to keep the test fast."""
-    return {**env, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
-
-
 def _run_two(workdir, steps: int):
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "stp_jax.cli", "train", *ARGS, "--set", f"total_steps={steps}",
                                "--workdir", str(workdir)],
-                              env=_cached(_env(2, STP_COORDINATOR=f"127.0.0.1:{port}", STP_NUM_PROCESSES="2",
-                                               STP_PROCESS_ID=str(i), STP_CPU_COLLECTIVES="gloo"),
-                                          Path(workdir).parent / "jax_cache"),
+                              env=_env(2, STP_COORDINATOR=f"127.0.0.1:{port}", STP_NUM_PROCESSES="2",
+                                       STP_PROCESS_ID=str(i), STP_CPU_COLLECTIVES="gloo",
+                                       **compile_cache_env(Path(workdir).parent / "jax_cache")),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outs):

@@ -201,7 +201,7 @@ def test_precomputed_latents_must_match_the_models_source_rule(tmp_path):
 def test_pose_mats_invert_rigid_poses():
     g = np.random.default_rng(1)
     p = _rigid(g, 3)
-    q_mats, k_mats = (np.asarray(m) for m in pose_mats(_pack(p[None]))[0:2])
+    q_mats, k_mats = (np.asarray(m) for m in pose_mats(_pack(p[None])))
     np.testing.assert_allclose(k_mats[0], p, atol=1e-6)
     np.testing.assert_allclose(np.swapaxes(q_mats[0], -1, -2) @ p, np.tile(np.eye(4), (3, 1, 1)), atol=1e-5)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jax_cache import compile_cache_env
 
 from stp_jax import config as configs
 
@@ -18,16 +19,13 @@ SMOKE = ["--config", "tiny_camxtime:smoke", "--set", "total_steps=16", "--set", 
          "--set", "log_every=1", "--set", "data.fixed_camera_steps=5"]
 
 
-def _env(cache=None):
-    """One CPU device in the children, whatever the test process simulates. ``cache``: a JAX
-    compilation cache folder shared by one test's runs (the first compiles, the rest reuse the
-    same executables), to keep the test fast."""
+def _env(cache):
+    """One CPU device in the children, whatever the test process simulates; one test's runs share
+    the compilation cache folder ``cache``."""
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["JAX_PLATFORMS"] = "cpu"
-    if cache is not None:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-    return env
+    return {**env, **compile_cache_env(cache)}
 
 
 def _script(name):

@@ -11,8 +11,6 @@ from stp_jax import train_step as ts
 from stp_jax.models.dit import SpaceTimeDiT, preset
 from stp_jax.parallel import mesh as mesh_lib
 
-pytestmark = pytest.mark.xdist_group("train_step")  # under tools/test.sh one worker builds `setup`, not both
-
 
 def _batch(cfg, b=4, fh=2, h=4, w=6, seed=0):
     g = np.random.default_rng(seed)

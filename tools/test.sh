@@ -7,5 +7,4 @@ source tools/_venv.sh
 ruff check --quiet .
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
 # Two workers (pytest-xdist) over the 2 cores: ~1.5x faster than one; `-n 0` runs in this process.
-# loadgroup: as load, but a module marked xdist_group runs on one worker (its module fixture is built once).
-exec python -m pytest -q -n 2 --dist loadgroup "$@"
+exec python -m pytest -q -n 2 --dist load "$@"
