@@ -151,30 +151,15 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
     model) of the first scene under ``out_dir``, with eval.json."""
     t, n_cam, h, w = data_cfg.num_frames, data_cfg.num_cameras, data_cfg.height, data_cfg.width
     cases = check_cases(cases, t, n_cam)
-    seeds, paths, grids, _ = held_out_scenes(num_scenes, t, n_cam, h, w)
-    src_t = np.arange(t)
+    scenes = held_out_scenes(num_scenes, t, n_cam, h, w)
+    grids = scenes[2]
     gen = inference.make_generator(model, ae, steps=steps, shift=shift, prediction=prediction)
-    lat = ae.latent_shape(t, h, w)
     results, clips = {}, {}
     for case in cases:
-        cams, times = case_cells(case, t, n_cam)
-        src_c = source_cameras(case, t, n_cam)
-        truth, sources = grids[:, cams, times], grids[:, src_c, src_t]  # [N, T, H, W, 3]
-        outs = []
-        for i0 in range(0, num_scenes, batch_size):
-            idx = list(range(i0, min(i0 + batch_size, num_scenes)))
-            b = len(idx)
-            fpl = ae.time_factor
-            cond = {"tgt_cam": np.stack([cam_lib.target_condition(paths[i][cams], reference=paths[i][src_c[0]],
-                                                                  frames_per_latent=fpl) for i in idx]),
-                    "src_cam": np.stack([cam_lib.source_condition(paths[i][src_c], t, frames_per_latent=fpl,
-                                                                  rule=model.cfg.source_camera_rule)
-                                         for i in idx]),
-                    "tgt_time": np.tile(times, (b, 1)), "src_time": np.tile(src_t, (b, 1))}
-            ctx = inference.text_context(text or inference.TextConfig(), b, model.cfg.text_dim)
-            noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), i0), (b,) + lat)
-            outs.append(np.asarray(gen(params, sources[idx], cond, ctx, None, noise)))
-        rows = {"model": np.concatenate(outs), "truth": truth, **baselines(sources, cams, times, n_cam, src_c)}  # every row
+        cams, times, truth, sources, output = case_outputs(gen, model, params, ae, case, scenes, text=text, seed=seed,
+                                                           batch_size=batch_size)
+        base = baselines(sources, cams, times, n_cam, source_cameras(case, t, n_cam))
+        rows = {"model": output, "truth": truth, **base}  # every row
         results[case] = {name: score(clip, truth, grids, cams, times, with_lpips) for name, clip in rows.items()}
         clips[case] = (cams, times, rows)
         if out_dir is not None:
@@ -184,6 +169,34 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def case_outputs(gen, model, params, ae, case: str, scenes, *, text: inference.TextConfig | None = None, seed: int = 0,
+                 batch_size: int = 8):
+    """One case on held-out ``scenes`` (held_out_scenes' tuple) with the generator ``gen``
+    (inference.make_generator): (cams [T], times [T], truth, sources, model outputs), the clips
+    uint8 [N, T, H, W, 3]."""
+    _, paths, grids, _ = scenes
+    num_scenes, n_cam, t = grids.shape[:3]
+    cams, times = case_cells(case, t, n_cam)
+    src_c, src_t = source_cameras(case, t, n_cam), np.arange(t)
+    truth, sources = grids[:, cams, times], grids[:, src_c, src_t]  # [N, T, H, W, 3]
+    lat = ae.latent_shape(t, *grids.shape[3:5])
+    outs = []
+    for i0 in range(0, num_scenes, batch_size):
+        idx = list(range(i0, min(i0 + batch_size, num_scenes)))
+        b = len(idx)
+        fpl = ae.time_factor
+        cond = {"tgt_cam": np.stack([cam_lib.target_condition(paths[i][cams], reference=paths[i][src_c[0]],
+                                                              frames_per_latent=fpl) for i in idx]),
+                "src_cam": np.stack([cam_lib.source_condition(paths[i][src_c], t, frames_per_latent=fpl,
+                                                              rule=model.cfg.source_camera_rule)
+                                     for i in idx]),
+                "tgt_time": np.tile(times, (b, 1)), "src_time": np.tile(src_t, (b, 1))}
+        ctx = inference.text_context(text or inference.TextConfig(), b, model.cfg.text_dim)
+        noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), i0), (b,) + lat)
+        outs.append(np.asarray(gen(params, sources[idx], cond, ctx, None, noise)))
+    return cams, times, truth, sources, np.concatenate(outs)
 
 
 def _nearest_own_truth(results: dict, clips: dict) -> None:

@@ -7,6 +7,14 @@ beside the best trivial baseline. A layout whose ceiling is below the baselines 
 
     python tools/layout_ceiling.py                     # the old and the new embedded layouts
     python tools/layout_ceiling.py --size 32 --spatial 2 --time-factor 4 --dims 96,128
+
+With --checkpoint RUN (a model trained by stp-train on procedural scenes), what that model
+reproduces instead: per band of 16 principal components of the tokens, the share of the truth's
+variance in the band and the share the model's output (and two trivial baselines) get right,
+1 - error / variance, on one case; beside it the singular values of the model's head (its
+learned output rank). A blurry model shows as bands near 0 (docs/LEARNING.md §12).
+
+    python tools/layout_ceiling.py --checkpoint runs/demo --case still:reverse
 """
 from __future__ import annotations
 
@@ -23,15 +31,22 @@ from stp_jax import evaluate, inference  # noqa: E402
 from stp_jax.data import camxtime as cx  # noqa: E402
 
 
-def ceiling(size: int, spatial: int, time_factor: int, patch: int, dims, frames: int = 17, scenes: int = 8,
-            cases=("reverse", "moving:reverse")):
-    ae = inference.build_autoencoder(inference.AutoencoderConfig("patch", spatial, time_factor=time_factor))
+def token_basis(ae, patch: int, frames: int, height: int, width: int):
+    """(tokens, mean, vt): the map from latents [B, F, h, w, C] to DiT tokens [B*F*(h/p)*(w/p), p*p*C],
+    their mean and principal axes vt [P, P] (rows, by falling variance), fitted on 40 training scenes."""
     tok = lambda lat: rearrange(np.asarray(lat), "b f (h p1) (w p2) c -> (b f h w) (p1 p2 c)", p1=patch, p2=patch)  # noqa: E731
-    train = np.concatenate([np.asarray(cx.render_grid_jit(cx.make_scene(s), cx.camera_path(s, frames), frames, size,
-                                                          size))[::2] for s in range(40)])
+    train = np.concatenate([np.asarray(cx.render_grid_jit(cx.make_scene(s), cx.camera_path(s, frames), frames, height,
+                                                          width))[::2] for s in range(40)])
     x = tok(ae.encode(inference.to_float(train)))
     mu = x.mean(0)
     _, _, vt = np.linalg.svd(x[::5] - mu, full_matrices=False)
+    return tok, mu, vt
+
+
+def ceiling(size: int, spatial: int, time_factor: int, patch: int, dims, frames: int = 17, scenes: int = 8,
+            cases=("reverse", "moving:reverse")):
+    ae = inference.build_autoencoder(inference.AutoencoderConfig("patch", spatial, time_factor=time_factor))
+    tok, mu, vt = token_basis(ae, patch, frames, size, size)
     _, _, grids, sources = evaluate.held_out_scenes(scenes, frames, frames, size, size)
     rows = []
     for d in dims:
@@ -48,8 +63,35 @@ def ceiling(size: int, spatial: int, time_factor: int, patch: int, dims, frames:
             base = evaluate.baselines(sources, cams, times, frames)
             best = max(evaluate.score(v, truth, grids, cams, times, with_lpips=False)["psnr"] for v in base.values())
             rows.append((f"{size}x{size}, {time_factor} frame(s) x {spatial}x{spatial} px, patch {patch}x{patch}",
-                         x.shape[1], d, case, s["psnr"], s["ssim"], s["time_err"], best))
+                         vt.shape[1], d, case, s["psnr"], s["ssim"], s["time_err"], best))
     return rows
+
+
+def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16):
+    """Rows (first component, truth variance share, model, temporal mean, first frame, head singular
+    value / largest) per band of ``band`` principal components of the tokens, on ``case``."""
+    ck = inference.load_checkpoint(checkpoint)
+    d, s = ck.run["data"], ck.run.get("sample", {})
+    t, n_cam, h, w = d["num_frames"], d["num_cameras"], d["height"], d["width"]
+    patch = ck.model.cfg.patch_size[1]
+    tok, mu, vt = token_basis(ck.ae, patch, t, h, w)
+    held = evaluate.held_out_scenes(scenes, t, n_cam, h, w)
+    gen = inference.make_generator(ck.model, ck.ae, steps=s.get("steps", 20), shift=s.get("shift", 3.0),
+                                   prediction=s.get("prediction", "velocity"))
+    cams, times, truth, sources, out = evaluate.case_outputs(gen, ck.model, ck.params, ck.ae, case, held)
+    base = evaluate.baselines(sources, cams, times, n_cam, evaluate.source_cameras(case, t, n_cam))
+    coef = lambda clip: (tok(ck.ae.encode(inference.to_float(clip))) - mu) @ vt.T  # noqa: E731  [tokens, P]
+    ct = coef(truth)
+    rows = {"model": coef(out), "temporal_mean": coef(base["temporal_mean"]), "first_frame": coef(base["first_frame"])}
+    head = np.linalg.svd(np.asarray(ck.params["head"]["kernel"]).reshape(ck.model.cfg.dim, -1), compute_uv=False)
+    total = np.sum(ct ** 2)
+    out_rows = []
+    for b0 in range(0, ct.shape[1], band):
+        sl = slice(b0, b0 + band)
+        var = np.sum(ct[:, sl] ** 2)
+        got = [1 - np.sum((c[:, sl] - ct[:, sl]) ** 2) / var for c in rows.values()]
+        out_rows.append((b0, var / total, *got, head[b0] / head[0] if b0 < len(head) else None))  # rank <= dim
+    return out_rows
 
 
 def main():
@@ -59,7 +101,18 @@ def main():
     p.add_argument("--time-factor", type=int, default=1)
     p.add_argument("--patch", type=int, default=2)
     p.add_argument("--dims", default="128")
+    p.add_argument("--checkpoint", help="a model trained on procedural scenes: what it reproduces, per band")
+    p.add_argument("--case", default="still:reverse")
     a = p.parse_args()
+    if a.checkpoint:
+        print(f"{a.checkpoint}, {a.case}: share of each band of token principal components reproduced "
+              "(1 - error / variance)")
+        print("| components | truth variance share | model | temporal mean | first frame | head singular value |")
+        print("|---|---|---|---|---|---|")
+        for r in spectrum(a.checkpoint, a.case):
+            head = "–" if r[5] is None else f"{r[5]:.3f}"
+            print(f"| {r[0]}-{r[0] + 15} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {head} |")
+        return
     layouts = [(a.size, a.spatial, a.time_factor)] if a.size else [(32, 4, 4), (24, 4, 1)]
     print("| layout | token values | D | case | PSNR | SSIM | time err | best baseline PSNR |")
     print("|---|---|---|---|---|---|---|---|")
