@@ -64,7 +64,7 @@ def get_config(variants=None):
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 600, 2
     c.eval_every = 0
-    # 4 sampling steps: as good as 8 or better here (+0.1-0.4 dB, camera error no worse) in half the time; the
-    # x0 model's estimate from pure noise is already its best guess (docs/LEARNING.md §11)
-    c.sample.update(steps=4, shift=3.0, cfg_scale=1.0)
+    # 2 sampling steps: as good as 8 on quality and time error, better on camera error, in a quarter of the time;
+    # the x0 model's estimate from pure noise is already close to its best (docs/LEARNING.md §11)
+    c.sample.update(steps=2, shift=3.0, cfg_scale=1.0)
     return apply_variants(c, variants, {"smoke": _smoke, "long": _long})
