@@ -12,7 +12,7 @@ With --checkpoint RUN (a model trained by stp-train on procedural scenes), what 
 reproduces instead: per band of 16 principal components of the tokens, the share of the truth's
 variance in the band and the share the model's output (and two trivial baselines) get right,
 1 - error / variance, on one case; beside it the singular values of the model's head (its
-learned output rank). A blurry model shows as bands near 0 (docs/LEARNING.md §12).
+learned output rank). A blurry model shows as bands near 0 (docs/LEARNING.md §11).
 
     python tools/layout_ceiling.py --checkpoint runs/demo --case still:reverse
 """
