@@ -36,7 +36,7 @@ def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
     from stp_jax.cli import eval_main
 
     out = tmp_path / "eval"
-    assert eval_main(["--checkpoint", str(model_dir), "--out", str(out), "--scenes", "2", "--no-lpips",
+    assert eval_main(["--checkpoint", str(model_dir), "--out", str(out), "--scenes", "1", "--no-lpips",
                       "--cases", "still:reverse,reverse"]) == 0
     res = json.loads((out / "eval.json").read_text())
     for case in ("still:reverse", "reverse"):
@@ -56,7 +56,7 @@ def test_layout_ceiling_reads_a_models_bands(model_dir):
     spec = importlib.util.spec_from_file_location("layout_ceiling", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    rows = tool.spectrum(model_dir, "still:reverse", scenes=2)
+    rows = tool.spectrum(model_dir, "still:reverse", scenes=1)
     assert [r[0] for r in rows] == [0, 16, 32]  # 2x2 patches of 12-channel latents: 48-value tokens
     assert sum(r[1] for r in rows) == pytest.approx(1.0)  # the bands split the truth's variance
     assert rows[0][5] == pytest.approx(1.0) and rows[-1][5] is None  # head rank <= dim 32

@@ -71,6 +71,9 @@ def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16):
     """Rows (first component, truth variance share, model, temporal mean, first frame, head singular
     value / largest) per band of ``band`` principal components of the tokens, on ``case``."""
     ck = inference.load_checkpoint(checkpoint)
+    if "data" not in ck.run or ck.model.cfg.mode != "spacetimepilot":
+        raise SystemExit(f"{checkpoint}: expected a SpaceTimePilot model trained by stp-train on procedural scenes "
+                         "(its run.json names the clips' frames and size)")
     d, s = ck.run["data"], ck.run.get("sample", {})
     t, n_cam, h, w = d["num_frames"], d["num_cameras"], d["height"], d["width"]
     patch = ck.model.cfg.patch_size[1]
