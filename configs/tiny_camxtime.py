@@ -28,7 +28,7 @@ learn in minutes (docs/LEARNING.md):
 Trains on 2 CPU cores for about 8 minutes.
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~22 CPU minutes by its step rate: both controls further, docs/LEARNING.md §8).
+4000 steps, ~27 CPU minutes at 2.5 steps/s: both controls further, docs/LEARNING.md §8).
 """
 from stp_jax.config import apply_variants, base
 
