@@ -67,21 +67,27 @@ def ceiling(size: int, spatial: int, time_factor: int, patch: int, dims, frames:
     return rows
 
 
-def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16):
+def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16, steps: int | None = None):
     """Rows (first component, truth variance share, model, temporal mean, first frame, head singular
-    value / largest) per band of ``band`` principal components of the tokens, on ``case``."""
+    value / largest, last component) per band of ``band`` principal components of the tokens, on ``case``, sampled as
+    stp-eval samples (run.json's steps unless ``steps``). The head column is a rough guide: singular
+    value k is not tied to principal axis k, and the head's input is modulated per channel."""
     ck = inference.load_checkpoint(checkpoint)
-    if "data" not in ck.run or ck.model.cfg.mode != "spacetimepilot":
+    ae_kind = ck.run.get("autoencoder", {}).get("kind")
+    if "data" not in ck.run or ck.model.cfg.mode != "spacetimepilot" or ae_kind != "patch":
         raise SystemExit(f"{checkpoint}: expected a SpaceTimePilot model trained by stp-train on procedural scenes "
-                         "(its run.json names the clips' frames and size)")
+                         f"with the PatchAutoencoder (its run.json names the clips' size); autoencoder: {ae_kind}")
     d, s = ck.run["data"], ck.run.get("sample", {})
     t, n_cam, h, w = d["num_frames"], d["num_cameras"], d["height"], d["width"]
-    patch = ck.model.cfg.patch_size[1]
-    tok, mu, vt = token_basis(ck.ae, patch, t, h, w)
+    _, ph, pw = ck.model.cfg.patch_size
+    if ph != pw:
+        raise SystemExit(f"{checkpoint}: patch {ck.model.cfg.patch_size}: the token basis needs square patches")
+    tok, mu, vt = token_basis(ck.ae, ph, t, h, w)
     held = evaluate.held_out_scenes(scenes, t, n_cam, h, w)
-    gen = inference.make_generator(ck.model, ck.ae, steps=s.get("steps", 20), shift=s.get("shift", 3.0),
+    gen = inference.make_generator(ck.model, ck.ae, steps=steps or s.get("steps", 20), shift=s.get("shift", 3.0),
                                    prediction=s.get("prediction", "velocity"))
-    cams, times, truth, sources, out = evaluate.case_outputs(gen, ck.model, ck.params, ck.ae, case, held)
+    text = inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else None
+    cams, times, truth, sources, out = evaluate.case_outputs(gen, ck.model, ck.params, ck.ae, case, held, text=text)
     base = evaluate.baselines(sources, cams, times, n_cam, evaluate.source_cameras(case, t, n_cam))
     coef = lambda clip: (tok(ck.ae.encode(inference.to_float(clip))) - mu) @ vt.T  # noqa: E731  [tokens, P]
     ct = coef(truth)
@@ -91,9 +97,10 @@ def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16):
     out_rows = []
     for b0 in range(0, ct.shape[1], band):
         sl = slice(b0, b0 + band)
-        var = np.sum(ct[:, sl] ** 2)
+        var = max(float(np.sum(ct[:, sl] ** 2)), 1e-12)
         got = [1 - np.sum((c[:, sl] - ct[:, sl]) ** 2) / var for c in rows.values()]
-        out_rows.append((b0, var / total, *got, head[b0] / head[0] if b0 < len(head) else None))  # rank <= dim
+        out_rows.append((b0, var / total, *got, head[b0] / head[0] if b0 < len(head) else None,  # rank <= dim
+                         min(b0 + band, ct.shape[1]) - 1))
     return out_rows
 
 
@@ -106,15 +113,16 @@ def main():
     p.add_argument("--dims", default="128")
     p.add_argument("--checkpoint", help="a model trained on procedural scenes: what it reproduces, per band")
     p.add_argument("--case", default="still:reverse")
+    p.add_argument("--steps", type=int, help="with --checkpoint: sampling steps (default: run.json's)")
     a = p.parse_args()
     if a.checkpoint:
         print(f"{a.checkpoint}, {a.case}: share of each band of token principal components reproduced "
               "(1 - error / variance)")
         print("| components | truth variance share | model | temporal mean | first frame | head singular value |")
         print("|---|---|---|---|---|---|")
-        for r in spectrum(a.checkpoint, a.case):
+        for r in spectrum(a.checkpoint, a.case, steps=a.steps):
             head = "–" if r[5] is None else f"{r[5]:.3f}"
-            print(f"| {r[0]}-{r[0] + 15} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {head} |")
+            print(f"| {r[0]}-{r[6]} | {r[1]:.3f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {head} |")
         return
     layouts = [(a.size, a.spatial, a.time_factor)] if a.size else [(32, 4, 4), (24, 4, 1)]
     print("| layout | token values | D | case | PSNR | SSIM | time err | best baseline PSNR |")
