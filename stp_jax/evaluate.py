@@ -282,6 +282,25 @@ def full_table(results: dict) -> str:
 # ---------------------------------------------------------------- a trained checkpoint
 
 
+def run_data_config(ck: inference.Checkpoint) -> pl.DataConfig:
+    """The clips (frames, cameras, size) a model folder was trained on, from its run.json."""
+    d = ck.run.get("data")
+    if d is None:
+        raise ValueError(f"{ck.path}: no run.json with the training data shape; stp-eval scores models "
+                         "trained by stp-train on procedural Cam×Time scenes")
+    return pl.DataConfig(num_frames=d["num_frames"], num_cameras=d["num_cameras"], height=d["height"],
+                         width=d["width"])
+
+
+def run_sampling(ck: inference.Checkpoint, steps: int | None = None, shift: float | None = None) -> dict:
+    """How stp-eval samples a model folder: run.json's sampler and text condition, ``steps`` and
+    ``shift`` overriding (keyword arguments of retiming_eval: steps, shift, prediction, text)."""
+    s = ck.run.get("sample", {})
+    return dict(steps=steps or s.get("steps", 20), shift=shift or s.get("shift", 3.0),
+                prediction=s.get("prediction", "velocity"),
+                text=inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else None)
+
+
 def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_CASES, steps: int | None = None,
                         shift: float | None = None, seed: int = 0, lpips: bool = True) -> tuple[dict, Path]:
     """Score a model trained by stp-train on procedural Cam×Time scenes (``stp-eval``); writes
@@ -299,23 +318,14 @@ def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_
     if out is not None:
         check_can_create(out)
     ck = inference.load_checkpoint(checkpoint)
-    d = ck.run.get("data")
-    if d is None:
-        raise ValueError(f"{checkpoint}: no run.json with the training data shape; stp-eval scores models "
-                         "trained by stp-train on procedural Cam×Time scenes")
-    data_cfg = pl.DataConfig(num_frames=d["num_frames"], num_cameras=d["num_cameras"], height=d["height"],
-                             width=d["width"])
+    data_cfg = run_data_config(ck)
     try:
         cases = check_cases(cases, data_cfg.num_frames, data_cfg.num_cameras)
     except ValueError as e:
         raise ValueError(f"--cases: {e}") from e
     out = Path(out) if out is not None else Path(ck.path) / "eval"
-    s = ck.run.get("sample", {})
     res = retiming_eval(ck.model, ck.params, ck.ae, data_cfg=data_cfg, num_scenes=scenes, cases=cases,
-                        steps=steps or s.get("steps", 20), shift=shift or s.get("shift", 3.0),
-                        prediction=s.get("prediction", "velocity"),
-                        text=inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else None, seed=seed,
-                        with_lpips=lpips, out_dir=out)
+                        **run_sampling(ck, steps, shift), seed=seed, with_lpips=lpips, out_dir=out)
     (out / "eval.md").write_text(f"Held-out procedural scenes: {scenes}; checkpoint {checkpoint}\n\n"
                                  f"{markdown_table(res)}\n\nEvery row and metric:\n\n{full_table(res)}\n")
     return res, out

@@ -77,16 +77,16 @@ def spectrum(checkpoint, case: str, scenes: int = 8, band: int = 16, steps: int 
     if "data" not in ck.run or ck.model.cfg.mode != "spacetimepilot" or ae_kind != "patch":
         raise SystemExit(f"{checkpoint}: expected a SpaceTimePilot model trained by stp-train on procedural scenes "
                          f"with the PatchAutoencoder (its run.json names the clips' size); autoencoder: {ae_kind}")
-    d, s = ck.run["data"], ck.run.get("sample", {})
-    t, n_cam, h, w = d["num_frames"], d["num_cameras"], d["height"], d["width"]
+    d = evaluate.run_data_config(ck)
+    t, n_cam, h, w = d.num_frames, d.num_cameras, d.height, d.width
     _, ph, pw = ck.model.cfg.patch_size
     if ph != pw:
         raise SystemExit(f"{checkpoint}: patch {ck.model.cfg.patch_size}: the token basis needs square patches")
     tok, mu, vt = token_basis(ck.ae, ph, t, h, w)
     held = evaluate.held_out_scenes(scenes, t, n_cam, h, w)
-    gen = inference.make_generator(ck.model, ck.ae, steps=steps or s.get("steps", 20), shift=s.get("shift", 3.0),
-                                   prediction=s.get("prediction", "velocity"))
-    text = inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else None
+    sampling = evaluate.run_sampling(ck, steps)
+    text = sampling.pop("text")
+    gen = inference.make_generator(ck.model, ck.ae, **sampling)
     cams, times, truth, sources, out = evaluate.case_outputs(gen, ck.model, ck.params, ck.ae, case, held, text=text)
     base = evaluate.baselines(sources, cams, times, n_cam, evaluate.source_cameras(case, t, n_cam))
     coef = lambda clip: (tok(ck.ae.encode(inference.to_float(clip))) - mu) @ vt.T  # noqa: E731  [tokens, P]
