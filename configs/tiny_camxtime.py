@@ -25,10 +25,10 @@ learn in minutes (docs/LEARNING.md):
   trades the two controls against each other at this budget (40%: camera, no time; 70%: time
   kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
-Trains on 2 CPU cores for about 8 minutes.
+Trains 1800 steps on 2 CPU cores in about 8.6 minutes (3.5 steps/s).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~27 CPU minutes at 2.5 steps/s: both controls further, docs/LEARNING.md §8).
+4000 steps, ~19 CPU minutes at 3.5 steps/s: both controls further, docs/LEARNING.md §8).
 """
 from stp_jax.config import apply_variants, base
 
@@ -60,7 +60,7 @@ def get_config(variants=None):
                   fixed_camera_steps=600)
     c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0)
     c.total_steps = 1800  # the cosine schedule ends here (about 8.6 minutes at 3.5 steps/s; 1400 before the
-    # time embedding's conv became a matmul, docs/LEARNING.md §13)
+    # time embedding's conv became a matmul, docs/LEARNING.md §12)
     c.time_limit_minutes = 9.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 600, 2
