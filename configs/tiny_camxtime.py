@@ -16,16 +16,21 @@ learn in minutes (docs/LEARNING.md):
   tokens filmed from one camera meet unrotated; camera error 1.7 -> 0.6 at equal steps);
   RoPE theta 100 instead of 10 000: over 17 frames and a 6x6 token grid every frequency pair turns
   (at 10 000 only the first two did), and both controls come sooner (docs/LEARNING.md §10);
+- a copy of the source in the output (``copy_source``, ours; docs/LEARNING.md §14): the clean-sample
+  prediction is the head's output plus source tokens chosen by one more attention over the last
+  hidden states, so a copied token keeps all of its 192 values, where the 128-wide stream carried
+  only its first ~70 principal components (the blur of docs/LEARNING.md §11); pure retiming goes
+  from ~24 dB to ~40-49 dB, and camera error falls sooner;
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
   rarely leave time as it was;
-- a curriculum (``data.fixed_camera_steps``): fixed-camera pairs only for the first 600 steps,
-  where the copy by animation time forms, then a mix with 70% fixed-camera pairs. The share
-  trades the two controls against each other at this budget (40%: camera, no time; 70%: time
+- a curriculum (``data.fixed_camera_steps``): fixed-camera pairs only for the first 300 steps,
+  where the copy by animation time forms (by step ~300 with the source copy), then a mix with 70%
+  fixed-camera pairs. The share trades the two controls against each other at this budget (40%: camera, no time; 70%: time
   kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
-Trains 1800 steps on 2 CPU cores in about 8.6 minutes (3.5 steps/s).
+Trains 1000 steps on 2 CPU cores in about 8.5 minutes (~2 steps/s).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
 4000 steps, ~19 CPU minutes at 3.5 steps/s: both controls further, docs/LEARNING.md §8).
@@ -52,18 +57,18 @@ def _long(c):  # the default's recipe, 4000 steps (docs/LEARNING.md §8)
 def get_config(variants=None):
     c = base("tiny_camxtime", "tiny", mode="spacetimepilot", dim=128, ffn_dim=512, num_heads=4, num_layers=4,
              in_channels=48, out_channels=48, text_dim=32, freq_dim=64, time_groups=16, patch_size=(1, 2, 2),
-             attention="xla", rope_frames="time", cam_heads=2, rope_theta=100.0)
+             attention="xla", rope_frames="time", cam_heads=2, rope_theta=100.0, copy_source=True)
     c.autoencoder.update(kind="patch", spatial=4, time_factor=1)
     # 500 scenes rendered once into ArrayRecord (about 2 minutes), then read at hundreds of clips/s
     c.data.update(source="tfds", tfds_name="camxtime_procedural", num_scenes=500, worker_count=1, height=24, width=24,
                   global_batch=4, warp_probs=TIME_WARPS, camera_paths=CAMERA_PATHS, fixed_camera_pairs=0.7,
-                  fixed_camera_steps=600)
+                  fixed_camera_steps=300)
     c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0)
-    c.total_steps = 1800  # the cosine schedule ends here (about 8.6 minutes at 3.5 steps/s; 1400 before the
-    # time embedding's conv became a matmul, docs/LEARNING.md §12)
+    c.total_steps = 1000  # the cosine schedule ends here: ~8.5 minutes at the ~2 steps/s of a 2-core machine
+    # (docs/LEARNING.md §14; the copy needs fewer steps than §12's 1800, which a faster machine fit)
     c.time_limit_minutes = 9.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)
-    c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 600, 2
+    c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 500, 2
     c.eval_every = 0
     # 2 sampling steps: as good as 8 on quality and time error, better on camera error, in a quarter of the time;
     # the x0 model's estimate from pure noise is already close to its best (docs/LEARNING.md §11)

@@ -42,7 +42,7 @@ def _train_and_sample():
     lat = ae.latent_shape(T, SIZE, SIZE)
     cfg = preset("tiny", mode="spacetimepilot", dim=DIM, ffn_dim=4 * DIM, num_heads=4, num_layers=LAYERS,
                  in_channels=lat[-1], out_channels=lat[-1], text_dim=16, freq_dim=32, time_groups=8, attention="xla",
-                 rope_frames=SHIPPED.rope_frames, cam_heads=SHIPPED.cam_heads)
+                 rope_frames=SHIPPED.rope_frames, cam_heads=SHIPPED.cam_heads, copy_source=SHIPPED.copy_source)
     model = SpaceTimeDiT(cfg)
     cams = cx.camera_path(SEED, T)
     grid = np.asarray(cx.render_grid_jit(cx.make_scene(SEED), cams, T, SIZE, SIZE))  # [V, T, H, W, 3]

@@ -218,3 +218,56 @@ def test_camera_heads_carry_no_frame_angle():
     out = np.asarray(model.apply({"params": params}, **inp))
     moved = dict(inp, src_time=_times([2, 0, 1]))
     np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **moved)), out, atol=1e-5)
+
+
+def _copy_model_and_params(seed=0, perturb_head=False):
+    model, inp = _model_and_inputs("time", seed=seed, cam_heads=1)
+    model = SpaceTimeDiT(model.cfg.replace(copy_source=True))
+    inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]))
+    params = nn.unbox(model.init(jax.random.PRNGKey(4), **inp))["params"]
+    return model, inp, _perturbed(params, keep=() if perturb_head else ("'head'",))
+
+
+def test_copy_source_returns_source_tokens():
+    """With the head at its zero init the target half is a mixture of source patch vectors: all of one
+    vector when every source token is that vector (whatever the attention), inside their range
+    otherwise; the source half stays the head's output (zero)."""
+    model, inp, params = _copy_model_and_params()
+    patch = np.random.default_rng(5).standard_normal((B, 1, 2, 2, 4))
+    x = np.asarray(inp["x"]).copy()
+    x[:, FH:] = np.tile(patch, (1, FH, HP // 2, WP // 2, 1))
+    out = np.asarray(model.apply({"params": params}, **dict(inp, x=jnp.asarray(x))))
+    np.testing.assert_allclose(out[:, :FH], x[:, FH:], atol=1e-5)
+    assert np.abs(out[:, FH:]).max() == 0.0
+    out = np.asarray(model.apply({"params": params}, **inp))  # random source tokens [B, L/2, P]
+    src = np.asarray(inp["x"][:, FH:]).reshape(B, FH, HP // 2, 2, WP // 2, 2, 4).transpose(0, 1, 2, 4, 3, 5, 6)
+    tgt = out[:, :FH].reshape(B, FH, HP // 2, 2, WP // 2, 2, 4).transpose(0, 1, 2, 4, 3, 5, 6)
+    src, tgt = src.reshape(B, -1, 16), tgt.reshape(B, -1, 16)
+    assert (tgt >= src.min(1, keepdims=True) - 1e-5).all() and (tgt <= src.max(1, keepdims=True) + 1e-5).all()
+    assert tgt.std(axis=1).min() > 1e-3  # target tokens copy different mixtures, not one mean
+
+
+def test_copy_source_adds_to_the_head():
+    """The copy is added to the head's output on the target half only (the same weights without the
+    copy give the head's output)."""
+    model, inp, params = _copy_model_and_params(seed=1, perturb_head=True)
+    plain = SpaceTimeDiT(model.cfg.replace(copy_source=False))
+    out = np.asarray(model.apply({"params": params}, **inp))
+    head = np.asarray(plain.apply({"params": {k: v for k, v in params.items() if k != "copy"}}, **inp))
+    np.testing.assert_allclose(out[:, FH:], head[:, FH:], atol=1e-5)
+    copy = (out - head)[:, :FH]
+    src = np.asarray(inp["x"][:, FH:])
+    assert np.abs(copy).max() > 1e-2
+    assert copy.min() >= src.min() - 1e-4 and copy.max() <= src.max() + 1e-4
+
+
+def test_copy_source_config_errors_and_no_export():
+    from stp_jax.convert.dit import export_dit
+
+    with pytest.raises(ValueError, match="copy_source needs a source half"):
+        preset("tiny", mode="wan", copy_source=True)
+    with pytest.raises(ValueError, match="copy_source needs"):
+        preset("tiny", out_channels=8, copy_source=True)
+    model, _, params = _copy_model_and_params()
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
+        export_dit(params, model.cfg)

@@ -277,6 +277,10 @@ def export_dit(params, cfg: DiTConfig, layout: str = "original", dtypes: dict | 
     """params -> PyTorch state dict (numpy) in Wan's original layout or diffusers'."""
     if layout not in ("original", "diffusers"):
         raise ValueError(f"layout {layout!r} is unknown; expected 'original' or 'diffusers'")
+    if not cfg.published:
+        raise ValueError(f"this model has no PyTorch counterpart to export to: rope_frames {cfg.rope_frames!r}, "
+                         f"cam_heads {cfg.cam_heads}, copy_source {cfg.copy_source} are ours (the published model: "
+                         f"'index', 0, False); its weights would run a different network there")
     sd = invert_table(jax.device_get(params), dit_rules(cfg), dtypes)
     if layout == "diffusers":
         if cfg.mode != "wan":

@@ -65,6 +65,13 @@ ROPE_FRAMES = ("index", "time")
 # unscaled (controls.camera.source_condition rule "first_camera", see source_camera_rule).
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
+# copy_source (ours, for small models; docs/LEARNING.md §14): the target half's clean-sample
+# prediction is the head's output plus a mixture of the source half's input tokens (the clean source
+# latents, patch vectors), weighted by one attention from the last hidden states (q from target
+# tokens, k from source tokens, positioned as in self-attention: the RoPE and camera-pose tables,
+# logits summed over the heads). A copied token keeps every component of the source's pixels,
+# which a 128-wide stream cannot carry (docs/LEARNING.md §11); the head adds what no source token
+# has. Needs a target and a source half and in_channels == out_channels; meant for x0 prediction.
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
 REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
 # Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
@@ -102,6 +109,7 @@ class DiTConfig(JsonConfig):
     rope_theta: float = 10000.0
     rope_frames: str = "index"  # ROPE_FRAMES
     cam_heads: int = 0  # heads whose RoPE frame dims carry the camera pose (0: as published)
+    copy_source: bool = False  # x0 += attention-weighted source tokens (ours; False: as published)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -155,6 +163,10 @@ class DiTConfig(JsonConfig):
                     if frame_dims % 4:
                         problems.append(f"cam_heads needs the RoPE frame dims of head_dim {self.head_dim} "
                                         f"({frame_dims}) to be a multiple of 4")
+        if self.copy_source and (self.mode == "wan" or self.in_channels != self.out_channels):
+            problems.append(f"copy_source needs a source half (mode 'recammaster' or 'spacetimepilot', got "
+                            f"{self.mode!r}) and in_channels == out_channels (got {self.in_channels}, "
+                            f"{self.out_channels})")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -167,6 +179,11 @@ class DiTConfig(JsonConfig):
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def published(self) -> bool:
+        """Whether the published PyTorch model has this architecture (no attention or head of ours)."""
+        return self.rope_frames == "index" and not self.cam_heads and not self.copy_source
 
     @property
     def source_camera_rule(self) -> str:
@@ -244,6 +261,28 @@ class Attention(nn.Module):
             out = attn_lib.attention(q, kk, v, backend=backend, cross=True)
         out = _act(out, "activation_batch", "activation_length", "activation_heads", "activation_kv")
         return Dense((c.dim,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(out)  # [B, L, D]
+
+
+class SourceCopy(nn.Module):
+    """The source tokens a target token copies (DiTConfig.copy_source): one attention from the
+    target half's hidden states to the source half's, whose values are the source's input patch
+    vectors, unchanged. Returns [B, L, P]: the copy for target tokens, zeros for source tokens."""
+    cfg: DiTConfig
+
+    @nn.compact
+    def __call__(self, h, p, rope):  # h [B, L, D] (the head's input), p [B, L, P] (patch vectors)
+        c = self.cfg
+        n, k = c.num_heads, c.head_dim
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        proj = lambda name: Dense((n, k), ("embed", "heads", "kv"), name=name, **kw)  # noqa: E731
+        q = _position(HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_q")(proj("q")(h)), rope, c, 4)  # [B, L, N, K]
+        kk = _position(HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(h)), rope, c, 5)
+        lh = h.shape[1] // 2  # target tokens first
+        logits = jnp.einsum("bqnk,bsnk->bqs", q[:, :lh], kk[:, lh:],
+                            preferred_element_type=jnp.float32) / (n * k) ** 0.5  # [B, L/2, L/2]
+        weights = jax.nn.softmax(logits, axis=-1)
+        copied = jnp.einsum("bqs,bsp->bqp", weights, p[:, lh:].astype(jnp.float32))  # [B, L/2, P]
+        return jnp.concatenate([copied, jnp.zeros_like(copied)], axis=1).astype(p.dtype)  # [B, L, P]
 
 
 class Block(nn.Module):
@@ -365,6 +404,8 @@ class SpaceTimeDiT(nn.Module):
         h = modulate(layer_norm(h, c.eps), mod[:, 0:1], mod[:, 1:2]).astype(dtype)
         out = Dense((pt * ph * pw * c.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros,
                     name="head", **kw)(h)  # [B, L, P]
+        if c.copy_source:
+            out = out + SourceCopy(c, name="copy")(h, p, rope)  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
 
