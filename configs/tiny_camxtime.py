@@ -16,7 +16,7 @@ learn in minutes (docs/LEARNING.md):
   tokens filmed from one camera meet unrotated; camera error 1.7 -> 0.6 at equal steps);
   RoPE theta 100 instead of 10 000: over 17 frames and a 6x6 token grid every frequency pair turns
   (at 10 000 only the first two did), and both controls come sooner (docs/LEARNING.md §10);
-- a copy of the source in the output (``copy_source``, ours; docs/LEARNING.md §14): the clean-sample
+- a copy of the source in the output (``copy_source``, ours; docs/LEARNING.md §13): the clean-sample
   prediction is the head's output plus source tokens chosen by one more attention over the last
   hidden states, so a copied token keeps all of its 192 values, where the 128-wide stream carried
   only its first ~70 principal components (the blur of docs/LEARNING.md §11); pure retiming goes
@@ -65,7 +65,7 @@ def get_config(variants=None):
                   fixed_camera_steps=300)
     c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0)
     c.total_steps = 1000  # the cosine schedule ends here: ~8.5 minutes at the ~2 steps/s of a 2-core machine
-    # (docs/LEARNING.md §14; the copy needs fewer steps than §12's 1800, which a faster machine fit)
+    # (docs/LEARNING.md §13; the copy needs fewer steps than §12's 1800, which a faster machine fit)
     c.time_limit_minutes = 9.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 500, 2

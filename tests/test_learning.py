@@ -8,10 +8,12 @@ covers this path end to end.
 
 Setting (fast on 2 CPU cores): one scene, fixed-camera pairs (only time differs), 16x16
 frames, one latent frame per video frame, a 4-layer 128-wide DiT with the embedded default's
-attention types (RoPE over animation time, camera-relative heads: configs/tiny_camxtime.py) and its
-learning rate, 400 steps (about 1.5 minutes). RoPE theta stays at the published 10 000 (errors
-0.24 / 0.29 when calibrated); at the default's 100 the test passes too, with less margin on
-bullet time (0.12 / 0.94).
+attention types and output (RoPE over animation time, camera-relative heads, the source copy:
+configs/tiny_camxtime.py) and its learning rate, 200 steps (about 1.5 minutes, most of it
+compiling). RoPE theta stays at the published 10 000. Calibrated on 2026-12-02 (this module's
+_train_and_sample with STEPS and SHIPPED.copy_source set by hand): time errors 0.00 on reverse, bullet time and forward, 40 dB against the truth; the
+same 200 steps without the source copy give 23.4 dB and time error 3.9 on reverse (the test fails
+then, as it should: the copy is what makes the pictures sharp, docs/LEARNING.md §13).
 """
 import functools
 
@@ -31,7 +33,7 @@ from stp_jax.data import pipeline as pl
 from stp_jax.diffusion.flow import FlowConfig
 from stp_jax.models.dit import SpaceTimeDiT, dummy_inputs, preset
 
-T, SIZE, SEED, STEPS, BATCH, DIM, LAYERS, LR = 17, 16, 3, 400, 4, 128, 4, 2e-3
+T, SIZE, SEED, STEPS, BATCH, DIM, LAYERS, LR = 17, 16, 3, 200, 4, 128, 4, 2e-3
 SHIPPED = get_config().model  # the embedded default's attention types
 WARPS = (("forward", 0.1), ("backward", 0.3), ("zigzag", 0.2), ("fixed_frame", 0.2), ("slow_global", 0.1),
          ("boomerang", 0.1))
@@ -88,7 +90,7 @@ def test_overfit_follows_the_time_schedule():
         err, _ = metrics.index_errors(observed, times)
         assert err <= 1.0, f"{name}: requested {times.tolist()}, observed {observed.tolist()} (mean error {err:.2f})"
         truth = grid[fixed, times]
-        assert metrics.psnr(clip, truth).mean() > 24.0, name
+        assert metrics.psnr(clip, truth).mean() > 32.0, name  # the copy's sharp frames (40 dB calibrated)
     # different schedules give different videos, each nearest its own truth
     rev, fwd = outs["reverse"][1], outs["forward"][1]
     assert np.abs(rev.astype(int) - fwd.astype(int)).mean() > 3.0

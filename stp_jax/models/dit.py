@@ -65,7 +65,7 @@ ROPE_FRAMES = ("index", "time")
 # unscaled (controls.camera.source_condition rule "first_camera", see source_camera_rule).
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
-# copy_source (ours, for small models; docs/LEARNING.md §14): the target half's clean-sample
+# copy_source (ours, for small models; docs/LEARNING.md §13): the target half's clean-sample
 # prediction is the head's output plus a mixture of the source half's input tokens (the clean source
 # latents, patch vectors), weighted by one attention from the last hidden states (q from target
 # tokens, k from source tokens, positioned as in self-attention: the RoPE and camera-pose tables,
