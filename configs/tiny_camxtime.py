@@ -27,13 +27,13 @@ learn in minutes (docs/LEARNING.md):
   rarely leave time as it was;
 - a curriculum (``data.fixed_camera_steps``): fixed-camera pairs only for the first 300 steps,
   where the copy by animation time forms (by step ~300 with the source copy), then a mix with 70%
-  fixed-camera pairs. The share trades the two controls against each other at this budget (40%: camera, no time; 70%: time
-  kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
+  fixed-camera pairs. The share trades the two controls against each other at this budget (40%:
+  camera, no time; 70%: time kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
 Trains 1000 steps on 2 CPU cores in about 8.5 minutes (~2 steps/s).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~19 CPU minutes at 3.5 steps/s: both controls further, docs/LEARNING.md §8).
+4000 steps, ~35 minutes at ~2 steps/s on 2 CPU cores: both controls further, docs/LEARNING.md §8, §13).
 """
 from stp_jax.config import apply_variants, base
 

@@ -11,9 +11,10 @@ frames, one latent frame per video frame, a 4-layer 128-wide DiT with the embedd
 attention types and output (RoPE over animation time, camera-relative heads, the source copy:
 configs/tiny_camxtime.py) and its learning rate, 200 steps (about 1.5 minutes, most of it
 compiling). RoPE theta stays at the published 10 000. Calibrated on 2026-12-02 (this module's
-_train_and_sample with STEPS and SHIPPED.copy_source set by hand): time errors 0.00 on reverse, bullet time and forward, 40 dB against the truth; the
-same 200 steps without the source copy give 23.4 dB and time error 3.9 on reverse (the test fails
-then, as it should: the copy is what makes the pictures sharp, docs/LEARNING.md §13).
+_train_and_sample with STEPS and SHIPPED.copy_source set by hand): time errors 0.00 on reverse,
+bullet time and forward, 40 dB against the truth; the same 200 steps without the source copy give
+23.4 dB and time error 3.9 on reverse (the test fails then, as it should: the copy is what makes
+the pictures sharp, docs/LEARNING.md §13).
 """
 import functools
 

@@ -63,8 +63,6 @@ ROPE_FRAMES = ("index", "time")
 # target token and a source token filmed from the same camera meet as if unrotated, whatever the
 # times. Needs target and source poses in one frame: the source's relative to its first camera,
 # unscaled (controls.camera.source_condition rule "first_camera", see source_camera_rule).
-# The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
-# batch keys of the pipeline, the train step and the sampler).
 # copy_source (ours, for small models; docs/LEARNING.md §13): the target half's clean-sample
 # prediction is the head's output plus a mixture of the source half's input tokens (the clean source
 # latents, patch vectors), weighted by one attention from the last hidden states (q from target
@@ -72,6 +70,8 @@ ROPE_FRAMES = ("index", "time")
 # logits summed over the heads). A copied token keeps every component of the source's pixels,
 # which a 128-wide stream cannot carry (docs/LEARNING.md §11); the head adds what no source token
 # has. Needs a target and a source half and in_channels == out_channels; meant for x0 prediction.
+# The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
+# batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
 REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
 # Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
@@ -485,6 +485,8 @@ def forward_flops(cfg: DiTConfig, tokens: int, text_len: int) -> float:
     if cfg.mode != "wan":
         per_block += 2 * tokens * d * d  # projector
     total = layers * per_block
+    if cfg.copy_source:  # q, k on every token; target x source scores and the weighted sum of patch vectors
+        total += 2 * tokens * d * d * 2 + 2 * (tokens // 2) ** 2 * (d + pt * ph * pw * cfg.in_channels)
     total += 2 * tokens * d * pt * ph * pw * (cfg.in_channels + cfg.out_channels)  # patch embed + head
     total += 2 * text_len * (cfg.text_dim * d + d * d)  # text embedding
     return float(total)
