@@ -25,6 +25,8 @@ from stp_jax.models.dit import COND_KEYS, DiTConfig, SpaceTimeDiT, dummy_inputs,
 from stp_jax.parallel import hardware
 from stp_jax.parallel import mesh as mesh_lib
 
+STEP_COMPILE_TIMEOUT_S = 1800  # how long the first process to compile the train step waits for the last
+
 # The model fields that describe how it runs, not its weights: a checkpoint may differ in them.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics")
 
@@ -59,6 +61,7 @@ class Trainer:
                              f"{self.mcfg.in_channels}")
         self.text_len = self.text_cfg.length
         self._ae = self._context = None
+        self._step_compiled = False  # see step()
         # init traces one dummy clip outside the mesh (parameter shapes do not depend on the batch)
         self.abstract_vars = jax.eval_shape(self._init_vars, jax.random.PRNGKey(0))
         self.param_sh = mesh_lib.param_shardings(self.abstract_vars, self.mesh, self.rules)["params"]
@@ -146,6 +149,15 @@ class Trainer:
         with self.mesh_context():
             gbatch = {k: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(v)), np.asarray(v))
                       for k, v in batch.items() if k != "seed"}
+            if not self._step_compiled and jax.process_count() > 1:
+                # Every process compiles the step (jit reuses it) and waits for the others before any runs
+                # its first collective: CPU (gloo) collectives give a late peer only 30 s, and compile times
+                # differ between busy hosts by more than that.
+                from orbax.checkpoint import multihost
+
+                self.step_fn.lower(state, gbatch, rng, self.context).compile()
+                multihost.sync_global_processes("stp_jax_train_step_compiled", timeout=STEP_COMPILE_TIMEOUT_S)
+            self._step_compiled = True
             return self.step_fn(state, gbatch, rng, self.context)
 
     # ------------------------------------------------------------ ahead-of-time
