@@ -8,6 +8,7 @@ training runs (``Trainer.lower``). The loop is in stp_jax.train.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 
 import jax
@@ -26,6 +27,7 @@ from stp_jax.parallel import hardware
 from stp_jax.parallel import mesh as mesh_lib
 
 STEP_COMPILE_TIMEOUT_S = 1800  # how long the first process to compile the train step waits for the last
+_BARRIERS = itertools.count()  # a barrier name is used once (orbax): one per Trainer in this program
 
 # The model fields that describe how it runs, not its weights: a checkpoint may differ in them.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics")
@@ -156,7 +158,8 @@ class Trainer:
                 from orbax.checkpoint import multihost
 
                 self.step_fn.lower(state, gbatch, rng, self.context).compile()
-                multihost.sync_global_processes("stp_jax_train_step_compiled", timeout=STEP_COMPILE_TIMEOUT_S)
+                multihost.sync_global_processes(f"stp_jax_train_step_compiled_{next(_BARRIERS)}",
+                                                timeout=STEP_COMPILE_TIMEOUT_S)
             self._step_compiled = True
             return self.step_fn(state, gbatch, rng, self.context)
 
