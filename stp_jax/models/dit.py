@@ -236,6 +236,24 @@ def _position(x, rope, c: DiTConfig, which: int):
     return jnp.concatenate([posed, apply_rope(x[:, :, n:], *rope[:2])], axis=2)
 
 
+def _head_proj(c: DiTConfig, name: str) -> Dense:
+    """One per-head projection D -> [N, K] (q, k or v) of an attention."""
+    return Dense((c.num_heads, c.head_dim), ("embed", "heads", "kv"), name=name, dtype=jnp.dtype(c.dtype),
+                 param_dtype=jnp.dtype(c.param_dtype))
+
+
+def _query_key(c: DiTConfig, x, ctx, rope=None):
+    """Wan's queries and keys, made inside the calling compact module (parameters q, k, norm_q,
+    norm_k): projected, RMS-normed across heads, then positioned when ``rope`` is given (_position).
+    x [B, L, D], ctx [B, S, D] -> q [B, L, N, K], k [B, S, N, K]."""
+    pdtype = jnp.dtype(c.param_dtype)
+    q = HeadRMSNorm(c.eps, pdtype, name="norm_q")(_head_proj(c, "q")(x))
+    kk = HeadRMSNorm(c.eps, pdtype, name="norm_k")(_head_proj(c, "k")(ctx))
+    if rope is not None:
+        q, kk = _position(q, rope, c, 4), _position(kk, rope, c, 5)
+    return q, kk
+
+
 class Attention(nn.Module):
     """Wan attention: q/k/v projections, RMSNorm across heads on q and k, optional RoPE."""
     cfg: DiTConfig
@@ -244,14 +262,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, ctx, rope=None):  # x [B, L, D], ctx [B, S, D] -> [B, L, D]
         c = self.cfg
-        n, k = c.num_heads, c.head_dim
-        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        proj = lambda name: Dense((n, k), ("embed", "heads", "kv"), name=name, **kw)  # noqa: E731
-        q = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_q")(proj("q")(x))  # [B, L, N, K]
-        kk = HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(ctx))  # [B, S, N, K]
-        v = proj("v")(ctx)
-        if rope is not None:
-            q, kk = _position(q, rope, c, 4), _position(kk, rope, c, 5)
+        q, kk = _query_key(c, x, ctx, rope)  # [B, L, N, K], [B, S, N, K]
+        v = _head_proj(c, "v")(ctx)
         q = _act(q, "activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.self_attention:
             out = attn_lib.attention(q, kk, v, backend=c.attention, context_parallel=c.context_parallel,
@@ -260,7 +272,8 @@ class Attention(nn.Module):
             backend = "cudnn" if attn_lib.resolve_backend(c.attention, q.dtype) == "cudnn" else "xla"
             out = attn_lib.attention(q, kk, v, backend=backend, cross=True)
         out = _act(out, "activation_batch", "activation_length", "activation_heads", "activation_kv")
-        return Dense((c.dim,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(out)  # [B, L, D]
+        return Dense((c.dim,), ("heads", "kv", "embed"), n_in=2, name="o", dtype=jnp.dtype(c.dtype),
+                     param_dtype=jnp.dtype(c.param_dtype))(out)  # [B, L, D]
 
 
 class SourceCopy(nn.Module):
@@ -273,10 +286,7 @@ class SourceCopy(nn.Module):
     def __call__(self, h, p, rope):  # h [B, L, D] (the head's input), p [B, L, P] (patch vectors)
         c = self.cfg
         n, k = c.num_heads, c.head_dim
-        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        proj = lambda name: Dense((n, k), ("embed", "heads", "kv"), name=name, **kw)  # noqa: E731
-        q = _position(HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_q")(proj("q")(h)), rope, c, 4)  # [B, L, N, K]
-        kk = _position(HeadRMSNorm(c.eps, kw["param_dtype"], name="norm_k")(proj("k")(h)), rope, c, 5)
+        q, kk = _query_key(c, h, h, rope)  # [B, L, N, K] each
         lh = h.shape[1] // 2  # target tokens first
         logits = jnp.einsum("bqnk,bsnk->bqs", q[:, :lh], kk[:, lh:],
                             preferred_element_type=jnp.float32) / (n * k) ** 0.5  # [B, L/2, L/2]
