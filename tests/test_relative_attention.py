@@ -220,9 +220,9 @@ def test_camera_heads_carry_no_frame_angle():
     np.testing.assert_allclose(np.asarray(model.apply({"params": params}, **moved)), out, atol=1e-5)
 
 
-def _copy_model_and_params(seed=0, perturb_head=False):
+def _copy_model_and_params(seed=0, perturb_head=False, unit="patch"):
     model, inp = _model_and_inputs("time", seed=seed, cam_heads=1)
-    model = SpaceTimeDiT(model.cfg.replace(copy_source=True))
+    model = SpaceTimeDiT(model.cfg.replace(copy_source=True, copy_unit=unit))
     inp.update(tgt_time=_times([4, 2, 0]), src_time=_times([0, 1, 2]))
     params = nn.unbox(model.init(jax.random.PRNGKey(4), **inp))["params"]
     return model, inp, _perturbed(params, keep=() if perturb_head else ("'head'",))
@@ -233,6 +233,7 @@ def test_copy_source_returns_source_tokens():
     vector when every source token is that vector (whatever the attention), inside their range
     otherwise; the source half stays the head's output (zero)."""
     model, inp, params = _copy_model_and_params()
+    assert "q" in params["copy"] and params["copy"]["q"]["kernel"].ndim == 3  # [D, N, K]: one query per token
     patch = np.random.default_rng(5).standard_normal((B, 1, 2, 2, 4))
     x = np.asarray(inp["x"]).copy()
     x[:, FH:] = np.tile(patch, (1, FH, HP // 2, WP // 2, 1))
@@ -245,6 +246,67 @@ def test_copy_source_returns_source_tokens():
     src, tgt = src.reshape(B, -1, 16), tgt.reshape(B, -1, 16)
     assert (tgt >= src.min(1, keepdims=True) - 1e-5).all() and (tgt <= src.max(1, keepdims=True) + 1e-5).all()
     assert tgt.std(axis=1).min() > 1e-3  # target tokens copy different mixtures, not one mean
+
+
+def test_copy_pixel_units_move_pixels_within_a_patch():
+    """copy_unit pixel: every latent pixel is copied on its own. Source pixels at one place of their
+    2x2 patch all A, at the other three all Z: a patch copy returns A exactly at that place of every
+    target patch (patches move whole); the pixel copy mixes A and Z there, and returns a pixel
+    vector exactly when every source pixel is that vector (the values are pixels, not patches)."""
+    a, z = np.array([1.0, -2.0, 0.5, 3.0]), np.array([-1.0, 0.0, 2.0, -3.0])
+    for unit in ("patch", "pixel"):
+        model, inp, params = _copy_model_and_params(seed=2, unit=unit)
+        x = np.asarray(inp["x"]).copy()
+        x[:, FH:] = z
+        x[:, FH:, 0::2, 0::2] = a
+        out = np.asarray(model.apply({"params": params}, **dict(inp, x=jnp.asarray(x))))[:, :FH]
+        at_a = out[:, :, 0::2, 0::2]  # [B, FH, HP/2, WP/2, C]
+        if unit == "patch":
+            np.testing.assert_allclose(at_a, np.broadcast_to(a, at_a.shape), atol=1e-5)
+        else:
+            share = (at_a - z) / (a - z)  # the weight on A-pixels, the same in every channel
+            np.testing.assert_allclose(share, share[..., :1].repeat(4, -1), atol=1e-4)
+            assert (share > 1e-3).all() and (share < 1 - 1e-3).all()
+            assert params["copy"]["q"]["kernel"].shape[1:3] == (4, model.cfg.num_heads)  # [D, ph*pw, N, K]
+            x[:, FH:] = a
+            out = np.asarray(model.apply({"params": params}, **dict(inp, x=jnp.asarray(x))))
+            np.testing.assert_allclose(out[:, :FH], x[:, FH:], atol=1e-5)
+
+
+def test_copy_geometry_finds_the_unit_that_saw_the_same_point():
+    """copy_fov: the copy's logits fall with the distance between the world points of a target and a
+    source unit (rays at the initial depth, placed by the poses). With the learned q, k silent and a
+    large distance weight, target cameras moved sideways by one unit's footprint at that depth copy,
+    at every unit, the source unit one column over, patch units and pixel units alike; without the
+    geometry the same silent attention returns the source's mean."""
+    for unit in ("patch", "pixel"):
+        model, inp, params = _copy_model_and_params(seed=3, unit=unit)
+        cfg = model.cfg.replace(copy_fov=50.0, copy_depth=4.0)
+        geo_model = SpaceTimeDiT(cfg)
+        params = dict(params, copy=nn.unbox(geo_model.init(jax.random.PRNGKey(4), **inp))["params"]["copy"])
+        params["copy"] = jax.tree.map(jnp.zeros_like, params["copy"])  # q, k silent; depth at copy_depth
+        step = 1 if unit == "pixel" else 2  # latent columns per unit
+        focal = 0.5 * (WP // step) / np.tan(np.deg2rad(25.0))
+        footprint = cfg.copy_depth / focal  # one unit across, at the initial depth
+        params["copy"]["log_weight"] = jnp.full_like(params["copy"]["log_weight"], np.log(40.0 / footprint ** 2))
+        eye = np.eye(4)[:3].reshape(12)
+        moved = eye.copy()
+        moved[3] = footprint  # target camera centres one footprint to the right (x)
+        g = np.random.default_rng(6)
+        x = np.asarray(inp["x"]).copy()
+        x[:, FH:] = g.standard_normal((B, 1, HP, WP, 4))  # one source frame, filmed FH times from one camera
+        inp = dict(inp, x=jnp.asarray(x), src_cam=jnp.asarray(np.tile(eye, (B, FH, 1)), jnp.float32),
+                   tgt_cam=jnp.asarray(np.tile(moved, (B, FH, 1)), jnp.float32))
+        out = np.asarray(geo_model.apply({"params": params}, **inp))[:, :FH]  # [B, FH, HP, WP, C]
+        want = np.broadcast_to(x[:, FH:FH + 1, :, step:], out[:, :, :, :-step].shape)
+        np.testing.assert_allclose(out[:, :, :, :-step], want, atol=1e-4)
+        plain = dict(params)
+        plain["copy"] = {k: v for k, v in params["copy"].items() if k not in ("depth", "log_weight")}
+        mean = np.asarray(model.apply({"params": plain}, **inp))[:, :FH]
+        assert np.abs(mean - out).max() > 0.1
+        src = x[:, FH].reshape(B, HP // step, step, WP // step, step, 4)  # [B, H/s, s, W/s, s, C] units
+        got = mean.reshape(B, FH, HP // step, step, WP // step, step, 4)
+        np.testing.assert_allclose(got, np.broadcast_to(src.mean((1, 3))[:, None, None, :, None], got.shape), atol=1e-4)
 
 
 def test_copy_source_adds_to_the_head():
@@ -268,6 +330,12 @@ def test_copy_source_config_errors_and_no_export():
         preset("tiny", mode="wan", copy_source=True)
     with pytest.raises(ValueError, match="copy_source needs"):
         preset("tiny", out_channels=8, copy_source=True)
+    with pytest.raises(ValueError, match="copy_unit 'token' is not one of"):
+        preset("tiny", copy_source=True, copy_unit="token")
+    with pytest.raises(ValueError, match="copy_fov 50.0 needs copy_source, cam_heads > 0"):
+        preset("tiny", copy_source=True, copy_fov=50.0)
+    with pytest.raises(ValueError, match="copy_fov 180.0 needs"):
+        preset("tiny", copy_source=True, cam_heads=1, rope_frames="time", copy_fov=180.0)
     model, _, params = _copy_model_and_params()
     with pytest.raises(ValueError, match="no PyTorch counterpart"):
         export_dit(params, model.cfg)

@@ -70,6 +70,19 @@ ROPE_FRAMES = ("index", "time")
 # logits summed over the heads). A copied token keeps every component of the source's pixels,
 # which a 128-wide stream cannot carry (docs/LEARNING.md §11); the head adds what no source token
 # has. Needs a target and a source half and in_channels == out_channels; meant for x0 prediction.
+# copy_unit: what one copy choice moves. patch: a whole token (its ph*pw latent pixels together, as
+# the transformer sees them). pixel: each latent pixel of a target token by its own query (the token's
+# hidden state projected once per pixel of its patch) over every latent pixel of the source, positioned
+# at the latent-pixel grid; an object's pixels then need not arrive in the block they left
+# (docs/LEARNING.md §15, tools/copy_ceiling.py: with 8x8-pixel tokens even an oracle choice of source
+# tokens leaves retiming along a moving camera 4.4 frames off, with 4x4-pixel units 0.3).
+# copy_fov > 0 (geometry in the copy): the copy's logits also get -w * |X_t - X_s|^2, the squared
+# distance between the world points of a target and a source unit: each unit's ray through its
+# centre (a pinhole of copy_fov degrees across the frame's width, square pixels) at a depth predicted
+# from its hidden state (copy_depth at init), placed by its frame's camera (the poses relative to
+# the source's first camera: needs cam_heads). w is learned. A target unit then finds the source unit
+# that saw the same point, wherever the camera change moved it; the time heads pick the frame.
+COPY_UNITS = ("patch", "pixel")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -110,6 +123,9 @@ class DiTConfig(JsonConfig):
     rope_frames: str = "index"  # ROPE_FRAMES
     cam_heads: int = 0  # heads whose RoPE frame dims carry the camera pose (0: as published)
     copy_source: bool = False  # x0 += attention-weighted source tokens (ours; False: as published)
+    copy_unit: str = "patch"  # COPY_UNITS: what one copy choice moves (copy_source only)
+    copy_fov: float = 0.0  # > 0: the copy compares world points of units, a pinhole of this FOV (degrees)
+    copy_depth: float = 5.0  # the initial depth of every unit's point (copy_fov > 0), in pose units
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -167,6 +183,12 @@ class DiTConfig(JsonConfig):
             problems.append(f"copy_source needs a source half (mode 'recammaster' or 'spacetimepilot', got "
                             f"{self.mode!r}) and in_channels == out_channels (got {self.in_channels}, "
                             f"{self.out_channels})")
+        if self.copy_unit not in COPY_UNITS:
+            problems.append(f"copy_unit {self.copy_unit!r} is not one of {COPY_UNITS}")
+        if self.copy_fov and not (self.copy_source and self.cam_heads and 0 < self.copy_fov < 180
+                                  and self.copy_depth > 0):
+            problems.append(f"copy_fov {self.copy_fov} needs copy_source, cam_heads > 0 (target and source poses "
+                            f"in one frame), 0 < copy_fov < 180 and copy_depth > 0 (got {self.copy_depth})")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -236,6 +258,41 @@ def _position(x, rope, c: DiTConfig, which: int):
     return jnp.concatenate([posed, apply_rope(x[:, :, n:], *rope[:2])], axis=2)
 
 
+def _rope_inputs(c: DiTConfig, grid, frame_pos, cam, patch=None):
+    """The positions attention applies (_position's ``rope``) for a (F, H, W) grid: cos, sin
+    [L, K/2] (rope_frames time: [B, L, K/2]) and with camera heads also the tables without frame
+    angles and the per-token pose matrices [B, L, 4, 4]. ``patch`` (ph, pw): the grid is of latent
+    pixels, returned in token-major order (tokens of (ph, pw) pixels, as SourceCopy's pixel units)."""
+    f, hh, ww = grid
+    rope = rope_tables(grid, c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
+    if patch is not None:
+        rope = tuple(rearrange(t, "... (f h a w e) k -> ... (f h w a e) k", f=f, h=hh // patch[0], a=patch[0],
+                               w=ww // patch[1], e=patch[1]) for t in rope)
+    if c.cam_heads:  # camera heads: no frame angle; per-token poses, q by inv(P)^T, k by P
+        dt = rope_split(c.head_dim)[0]
+        cos0, sin0 = rope[0].at[..., : dt // 2].set(1.0), rope[1].at[..., : dt // 2].set(0.0)
+        tok = jnp.arange(f * hh * ww) // (hh * ww)  # the frame of each token (of each pixel: frames stay whole)
+        rope = (*rope, cos0, sin0, *(jnp.take(m, tok, axis=1) for m in pose_mats(cam)))  # + 2 x [B, L, 4, 4]
+    return rope
+
+
+def _unit_rays(c: DiTConfig, grid, patch=None):
+    """The copy's geometry inputs for a (F, H, W) grid of units: each unit's ray through its centre in
+    camera coordinates (OpenCV: x right, y down, z forward; z = 1) [U, 3] and its frame [U]; a pinhole
+    of c.copy_fov degrees across W. ``patch`` (ph, pw): latent pixels in token-major order, as
+    _rope_inputs."""
+    f, hh, ww = grid
+    focal = 0.5 * ww / jnp.tan(jnp.deg2rad(c.copy_fov) / 2)
+    v, u = jnp.meshgrid(jnp.arange(hh, dtype=jnp.float32), jnp.arange(ww, dtype=jnp.float32), indexing="ij")
+    rays = jnp.stack([(u + 0.5 - ww / 2) / focal, (v + 0.5 - hh / 2) / focal, jnp.ones_like(u)], -1)  # [H, W, 3]
+    rays = jnp.broadcast_to(rays, (f, hh, ww, 3))
+    frames = jnp.broadcast_to(jnp.arange(f)[:, None, None], (f, hh, ww))
+    order = "f h w" if patch is None else "f (h a) (w e)"
+    to = "(f h w)" if patch is None else "(f h w a e)"
+    kw = {} if patch is None else dict(a=patch[0], e=patch[1])
+    return rearrange(rays, f"{order} x -> {to} x", **kw), rearrange(frames, f"{order} -> {to}", **kw)
+
+
 def _head_proj(c: DiTConfig, name: str) -> Dense:
     """One per-head projection D -> [N, K] (q, k or v) of an attention."""
     return Dense((c.num_heads, c.head_dim), ("embed", "heads", "kv"), name=name, dtype=jnp.dtype(c.dtype),
@@ -277,21 +334,54 @@ class Attention(nn.Module):
 
 
 class SourceCopy(nn.Module):
-    """The source tokens a target token copies (DiTConfig.copy_source): one attention from the
-    target half's hidden states to the source half's, whose values are the source's input patch
-    vectors, unchanged. Returns [B, L, P]: the copy for target tokens, zeros for source tokens."""
+    """What a target token copies from the source (DiTConfig.copy_source): one attention from the
+    target half's hidden states to the source half's, whose values are the source's input
+    latents, unchanged. copy_unit patch: one query per token, the values the source's patch
+    vectors; pixel: one query per latent pixel of a token's patch (the hidden state projected
+    ph*pw times), the values the source's latent pixels, ``rope`` then the tables of the
+    latent-pixel grid in token-major order (_rope_inputs). Returns [B, L, P]: the copy for target
+    tokens, zeros for source tokens."""
     cfg: DiTConfig
 
     @nn.compact
-    def __call__(self, h, p, rope):  # h [B, L, D] (the head's input), p [B, L, P] (patch vectors)
+    def __call__(self, h, p, rope, geo=None):  # h [B, L, D] (the head's input), p [B, L, P] (patch vectors)
         c = self.cfg
         n, k = c.num_heads, c.head_dim
-        q, kk = _query_key(c, h, h, rope)  # [B, L, N, K] each
-        lh = h.shape[1] // 2  # target tokens first
+        b, l, _ = h.shape
+        s = 1 if c.copy_unit == "patch" else c.patch_size[1] * c.patch_size[2]  # units per token
+        if c.copy_unit == "patch":
+            q, kk = _query_key(c, h, h, rope)  # [B, L, N, K] each
+            v = p  # [B, L, P]
+        else:  # one unit per latent pixel: U = L * s units, token-major
+            pdtype = jnp.dtype(c.param_dtype)
+
+            def proj(name):
+                y = Dense((s, n, k), ("embed", None, "heads", "kv"), name=name, dtype=jnp.dtype(c.dtype),
+                          param_dtype=pdtype)(h)  # [B, L, s, N, K]
+                y = HeadRMSNorm(c.eps, pdtype, name=f"norm_{name}")(y.reshape(b, l * s, n, k))
+                return _position(y, rope, c, 4 if name == "q" else 5)  # [B, U, N, K]
+
+            q, kk = proj("q"), proj("k")
+            v = p.reshape(b, l * s, -1)  # [B, U, C]: the patch vector is (ph, pw, C) in order
+        lh = q.shape[1] // 2  # target units first
         logits = jnp.einsum("bqnk,bsnk->bqs", q[:, :lh], kk[:, lh:],
-                            preferred_element_type=jnp.float32) / (n * k) ** 0.5  # [B, L/2, L/2]
+                            preferred_element_type=jnp.float32) / (n * k) ** 0.5  # [B, U/2, U/2]
+        if c.copy_fov:  # world points: each unit's ray at its predicted depth, placed by its frame's camera
+            rays, frames, cam = geo  # [U, 3], [U], [B, F, 12]
+            log_d = Dense((s,), ("embed", None), kernel_init=nn.initializers.zeros, name="depth",
+                          param_dtype=jnp.dtype(c.param_dtype))(h.astype(jnp.float32))  # [B, L, s]
+            depth = c.copy_depth * jnp.exp(jnp.clip(log_d.reshape(b, l * s), -3.0, 3.0))  # [B, U]
+            rt = jnp.take(cam.reshape(b, -1, 3, 4).astype(jnp.float32), frames, axis=1)  # [B, U, 3, 4]
+            pts = jnp.einsum("buij,uj->bui", rt[..., :3], rays) * depth[..., None] + rt[..., 3]  # [B, U, 3]
+            pt_q, pt_s = pts[:, :lh], pts[:, lh:]
+            dist2 = (jnp.sum(pt_q ** 2, -1)[:, :, None] + jnp.sum(pt_s ** 2, -1)[:, None, :]
+                     - 2 * jnp.einsum("bqx,bsx->bqs", pt_q, pt_s))  # [B, U/2, U/2]
+            log_w = self.param("log_weight", nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
+                               jnp.dtype(c.param_dtype))  # [1]
+            logits = logits - jnp.exp(log_w[0].astype(jnp.float32)) * jnp.maximum(dist2, 0.0)
         weights = jax.nn.softmax(logits, axis=-1)
-        copied = jnp.einsum("bqs,bsp->bqp", weights, p[:, lh:].astype(jnp.float32))  # [B, L/2, P]
+        copied = jnp.einsum("bqs,bsp->bqp", weights, v[:, lh:].astype(jnp.float32))  # [B, U/2, P or C]
+        copied = copied.reshape(b, l // 2, -1)  # [B, L/2, P]
         return jnp.concatenate([copied, jnp.zeros_like(copied)], axis=1).astype(p.dtype)  # [B, L, P]
 
 
@@ -392,12 +482,7 @@ class SpaceTimeDiT(nn.Module):
         frame_pos = None
         if c.rope_frames == "time":  # target then source, as the sequence: [B, F]
             frame_pos = jnp.concatenate([latent_times(tgt_time), latent_times(src_time)], axis=1)
-        rope = rope_tables((f, hh, ww), c.head_dim, c.rope_theta, frame_pos)  # 2 x [L, K/2] (time: [B, L, K/2])
-        if c.cam_heads:  # camera heads: no frame angle; per-token poses, q by inv(P)^T, k by P
-            dt = rope_split(c.head_dim)[0]
-            cos0, sin0 = rope[0].at[..., : dt // 2].set(1.0), rope[1].at[..., : dt // 2].set(0.0)
-            tok = jnp.arange(f * hh * ww) // (hh * ww)
-            rope = (*rope, cos0, sin0, *(jnp.take(m, tok, axis=1) for m in pose_mats(cam)))  # + 2 x [B, L, 4, 4]
+        rope = _rope_inputs(c, (f, hh, ww), frame_pos, cam)
 
         block = Block
         if c.remat != "none":
@@ -415,7 +500,10 @@ class SpaceTimeDiT(nn.Module):
         out = Dense((pt * ph * pw * c.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros,
                     name="head", **kw)(h)  # [B, L, P]
         if c.copy_source:
-            out = out + SourceCopy(c, name="copy")(h, p, rope)  # [B, L, P]
+            unit_grid, unit_patch = ((f, hh, ww), None) if c.copy_unit == "patch" else ((f, hp, wp), (ph, pw))
+            copy_rope = rope if unit_patch is None else _rope_inputs(c, unit_grid, frame_pos, cam, unit_patch)
+            geo = (*_unit_rays(c, unit_grid, unit_patch), cam) if c.copy_fov else None
+            out = out + SourceCopy(c, name="copy")(h, p, copy_rope, geo)  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
 
@@ -496,7 +584,9 @@ def forward_flops(cfg: DiTConfig, tokens: int, text_len: int) -> float:
         per_block += 2 * tokens * d * d  # projector
     total = layers * per_block
     if cfg.copy_source:  # q, k on every token; target x source scores and the weighted sum of patch vectors
-        total += 2 * tokens * d * d * 2 + 2 * (tokens // 2) ** 2 * (d + pt * ph * pw * cfg.in_channels)
+        units = ph * pw if cfg.copy_unit == "pixel" else 1  # copy choices per token
+        total += 2 * tokens * d * d * 2 * units + 2 * (tokens * units // 2) ** 2 * (d + pt * ph * pw * cfg.in_channels
+                                                                                      // units)
     total += 2 * tokens * d * pt * ph * pw * (cfg.in_channels + cfg.out_channels)  # patch embed + head
     total += 2 * text_len * (cfg.text_dim * d + d * d)  # text embedding
     return float(total)
