@@ -309,6 +309,32 @@ def test_copy_geometry_finds_the_unit_that_saw_the_same_point():
         np.testing.assert_allclose(got, np.broadcast_to(src.mean((1, 3))[:, None, None, :, None], got.shape), atol=1e-4)
 
 
+def test_copy_block_shortcut_closes_only_same_camera_other_time():
+    """copy_block_shortcut: a target frame does not copy from a source frame filmed from its camera at
+    another time; the frame at its time and frames from other cameras stay open. With q, k silent
+    (uniform weights over the open units) each target frame is the mean of the open frames' pixels."""
+    model, inp, params = _copy_model_and_params(seed=4, unit="pixel")
+    cfg = model.cfg.replace(copy_block_shortcut=True)
+    params = dict(params, copy=jax.tree.map(jnp.zeros_like, params["copy"]))  # q, k silent
+    eye = np.eye(4)[:3].reshape(12)
+    other = eye.copy()
+    other[3] = 1.0
+    src_cam = np.stack([eye, other, eye])  # source frame 1 from another camera
+    x = np.asarray(inp["x"]).copy()
+    inp = dict(inp, x=jnp.asarray(x), tgt_time=_times([2, 0, 1]), src_time=_times([0, 1, 2]),
+               tgt_cam=jnp.asarray(np.tile(eye, (B, FH, 1)), jnp.float32),
+               src_cam=jnp.asarray(np.tile(src_cam, (B, 1, 1)), jnp.float32))
+    out = np.asarray(SpaceTimeDiT(cfg).apply({"params": params}, **inp))[:, :FH]  # [B, FH, HP, WP, C]
+    frame_mean = x[:, FH:].mean((2, 3))  # [B, FH, C]
+    open_frames = {0: (1, 2), 1: (0, 1), 2: (1,)}  # target frame -> open source frames
+    for i, js in open_frames.items():
+        want = frame_mean[:, list(js)].mean(1)[:, None, None]
+        np.testing.assert_allclose(out[:, i], np.broadcast_to(want, out[:, i].shape), atol=1e-5)
+    plain = np.asarray(model.apply({"params": params}, **inp))[:, :FH]  # without the rule: all open
+    np.testing.assert_allclose(plain[:, 0], np.broadcast_to(frame_mean.mean(1)[:, None, None], plain[:, 0].shape),
+                               atol=1e-5)
+
+
 def test_copy_source_adds_to_the_head():
     """The copy is added to the head's output on the target half only (the same weights without the
     copy give the head's output)."""
@@ -336,6 +362,8 @@ def test_copy_source_config_errors_and_no_export():
         preset("tiny", copy_source=True, copy_fov=50.0)
     with pytest.raises(ValueError, match="copy_fov 180.0 needs"):
         preset("tiny", copy_source=True, cam_heads=1, rope_frames="time", copy_fov=180.0)
+    with pytest.raises(ValueError, match="copy_block_shortcut needs copy_source and cam_heads"):
+        preset("tiny", copy_source=True, copy_block_shortcut=True)
     model, _, params = _copy_model_and_params()
     with pytest.raises(ValueError, match="no PyTorch counterpart"):
         export_dit(params, model.cfg)

@@ -74,7 +74,7 @@ ROPE_FRAMES = ("index", "time")
 # the transformer sees them). pixel: each latent pixel of a target token by its own query (the token's
 # hidden state projected once per pixel of its patch) over every latent pixel of the source, positioned
 # at the latent-pixel grid; an object's pixels then need not arrive in the block they left
-# (docs/LEARNING.md §15, tools/copy_ceiling.py: with 8x8-pixel tokens even an oracle choice of source
+# (docs/LEARNING.md §14, tools/copy_ceiling.py: with 8x8-pixel tokens even an oracle choice of source
 # tokens leaves retiming along a moving camera 4.4 frames off, with 4x4-pixel units 0.3).
 # copy_fov > 0 (geometry in the copy): the copy's logits also get -w * |X_t - X_s|^2, the squared
 # distance between the world points of a target and a source unit: each unit's ray through its
@@ -82,6 +82,11 @@ ROPE_FRAMES = ("index", "time")
 # from its hidden state (copy_depth at init), placed by its frame's camera (the poses relative to
 # the source's first camera: needs cam_heads). w is learned. A target unit then finds the source unit
 # that saw the same point, wherever the camera change moved it; the time heads pick the frame.
+# copy_block_shortcut: the copy may not take a target frame's pixels from a source frame filmed from
+# the same camera at another time (the camera-matched frame, which matches every static pixel at any
+# depth and so wins over the frame at the requested time, docs/LEARNING.md §14); frames at the
+# requested time, and frames from other cameras, stay open. Cameras equal within 1e-3, times within
+# 1e-3 frames; needs cam_heads (poses in one frame).
 COPY_UNITS = ("patch", "pixel")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
@@ -126,6 +131,7 @@ class DiTConfig(JsonConfig):
     copy_unit: str = "patch"  # COPY_UNITS: what one copy choice moves (copy_source only)
     copy_fov: float = 0.0  # > 0: the copy compares world points of units, a pinhole of this FOV (degrees)
     copy_depth: float = 5.0  # the initial depth of every unit's point (copy_fov > 0), in pose units
+    copy_block_shortcut: bool = False  # no copy from the target camera's source frame at another time
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -189,6 +195,9 @@ class DiTConfig(JsonConfig):
                                   and self.copy_depth > 0):
             problems.append(f"copy_fov {self.copy_fov} needs copy_source, cam_heads > 0 (target and source poses "
                             f"in one frame), 0 < copy_fov < 180 and copy_depth > 0 (got {self.copy_depth})")
+        if self.copy_block_shortcut and not (self.copy_source and self.cam_heads):
+            problems.append("copy_block_shortcut needs copy_source and cam_heads > 0 (target and source poses in "
+                            "one frame)")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -344,7 +353,9 @@ class SourceCopy(nn.Module):
     cfg: DiTConfig
 
     @nn.compact
-    def __call__(self, h, p, rope, geo=None):  # h [B, L, D] (the head's input), p [B, L, P] (patch vectors)
+    def __call__(self, h, p, rope, geo=None, blocked=None):
+        # h [B, L, D] (the head's input), p [B, L, P] (patch vectors); blocked [B, Fh, Fh]: target frame i
+        # may not copy from source frame j (copy_block_shortcut)
         c = self.cfg
         n, k = c.num_heads, c.head_dim
         b, l, _ = h.shape
@@ -379,6 +390,11 @@ class SourceCopy(nn.Module):
             log_w = self.param("log_weight", nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
                                jnp.dtype(c.param_dtype))  # [1]
             logits = logits - jnp.exp(log_w[0].astype(jnp.float32)) * jnp.maximum(dist2, 0.0)
+        if blocked is not None:  # per frame pair -> per unit pair (units are frame-major)
+            fh = blocked.shape[1]
+            per = lh // fh  # units per frame
+            logits = jnp.where(blocked[:, :, None, :, None], -1e9,
+                               logits.reshape(b, fh, per, fh, per)).reshape(b, lh, lh)
         weights = jax.nn.softmax(logits, axis=-1)
         copied = jnp.einsum("bqs,bsp->bqp", weights, v[:, lh:].astype(jnp.float32))  # [B, U/2, P or C]
         copied = copied.reshape(b, l // 2, -1)  # [B, L/2, P]
@@ -503,7 +519,12 @@ class SpaceTimeDiT(nn.Module):
             unit_grid, unit_patch = ((f, hh, ww), None) if c.copy_unit == "patch" else ((f, hp, wp), (ph, pw))
             copy_rope = rope if unit_patch is None else _rope_inputs(c, unit_grid, frame_pos, cam, unit_patch)
             geo = (*_unit_rays(c, unit_grid, unit_patch), cam) if c.copy_fov else None
-            out = out + SourceCopy(c, name="copy")(h, p, copy_rope, geo)  # [B, L, P]
+            blocked = None
+            if c.copy_block_shortcut:  # same camera, other time: [B, Fh, Fh]
+                same_cam = jnp.max(jnp.abs(tgt_cam[:, :, None] - src_cam[:, None]), axis=-1) < 1e-3
+                other_time = jnp.abs(latent_times(tgt_time)[:, :, None] - latent_times(src_time)[:, None]) > 1e-3
+                blocked = same_cam & other_time
+            out = out + SourceCopy(c, name="copy")(h, p, copy_rope, geo, blocked)  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
 
