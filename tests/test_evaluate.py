@@ -64,3 +64,24 @@ def test_layout_ceiling_reads_a_models_bands(model_dir):
     assert rows[0][4] > 0.5
     # random weights reproduce nothing of any band
     assert all(np.isfinite(r[2]) and r[2] < 0.2 for r in rows)
+
+
+def test_copy_ceiling_oracle():
+    """tools/copy_ceiling.py's oracle: a target made of source tiles comes back exactly (at the tile
+    grid, and at any offset for tiles moved off it); a tile no source frame holds gets its nearest."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "copy_ceiling.py"
+    spec = importlib.util.spec_from_file_location("copy_ceiling", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    truth = src[::-1].copy()  # reversed: every tile is in the source
+    np.testing.assert_array_equal(tool.oracle_copy(src, truth, 4), truth)
+    shifted = np.roll(src, 1, axis=2)  # tiles one pixel off the grid
+    shifted[:, :, 0] = src[:, :, 0]
+    off = tool.oracle_copy(src, shifted, 4)
+    assert np.abs(off[:, :, 4:].astype(int) - shifted[:, :, 4:]).max() > 0  # the grid has no such tile
+    np.testing.assert_array_equal(tool.oracle_copy(src, shifted, 4, any_offset=True)[:, :, 4:], shifted[:, :, 4:])
+    dark = np.zeros_like(src[:1])
+    best = tool.oracle_copy(src, dark, 8)  # the darkest whole frame
+    np.testing.assert_array_equal(best[0], src[np.argmin((src.astype(float) ** 2).sum((1, 2, 3)))])
