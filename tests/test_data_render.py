@@ -96,7 +96,7 @@ def test_grid_diagonal_equals_source_clip(scene):
 def test_time_changes_only_animated_pixels(scene):
     s, cams = scene
     render = jax.jit(lambda t: cx.render(s, cams[2], t, 9, 48, 64, with_aux=True))
-    (a, obj_a, sh_a), (b, obj_b, sh_b) = render(0), render(8)
+    (a, obj_a, sh_a, _), (b, obj_b, sh_b, _) = render(0), render(8)
     a, b = np.asarray(a), np.asarray(b)
     static = (np.asarray(obj_a) < 0) & (np.asarray(obj_b) < 0) & ~np.asarray(sh_a) & ~np.asarray(sh_b)
     assert static.mean() > 0.3
@@ -105,6 +105,23 @@ def test_time_changes_only_animated_pixels(scene):
     # moving the camera at a fixed time changes the background
     c = np.asarray(cx.render(s, cams[8], 0, 9, 48, 64))
     assert np.abs(a - c)[static].mean() > 0.01
+
+
+def test_depth_places_ground_pixels_on_the_ground(scene):
+    """with_aux's depth is z in the camera's frame: a ground pixel's ray (the renderer's pinhole) at
+    that depth lands on the plane y = 0; object pixels stand above it; the sky is BIG."""
+    s, cams = scene
+    h, w = 48, 64
+    _, obj, _, z = (np.asarray(a) for a in cx.render(s, cams[2], 3, 9, h, w, with_aux=True))
+    f = 0.5 * w / np.tan(np.deg2rad(cx.FOV_DEG) / 2)
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    rays = np.stack([(u - w / 2) / f, (v - h / 2) / f, np.ones_like(u)], -1)  # z = 1
+    sky = z >= cx.BIG
+    world = np.einsum("ij,hwj->hwi", cams[2][:3, :3], rays * np.where(sky, 0, z)[..., None]) + cams[2][:3, 3]
+    ground = (obj < 0) & ~sky
+    assert ground.mean() > 0.2 and sky.mean() > 0.05 and (obj >= 0).mean() > 0.02
+    np.testing.assert_allclose(world[ground][:, 1], 0.0, atol=1e-3)
+    assert world[obj >= 0][:, 1].min() > -1e-3
 
 
 @pytest.mark.parametrize("kind", cx.PATH_KINDS)

@@ -85,3 +85,27 @@ def test_copy_ceiling_oracle():
     dark = np.zeros_like(src[:1])
     best = tool.oracle_copy(src, dark, 8)  # the darkest whole frame
     np.testing.assert_array_equal(best[0], src[np.argmin((src.astype(float) ** 2).sum((1, 2, 3)))])
+
+
+def test_copy_ceiling_geometry():
+    """tools/copy_ceiling.py's copy by geometry: a tile takes the source tile whose centre's world point
+    is nearest: one tile over when the target camera moves one tile footprint sideways; from the
+    allowed frame only when frames are restricted."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "copy_ceiling.py"
+    spec = importlib.util.spec_from_file_location("copy_ceiling", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(2)
+    t, size, block, z = 3, 16, 4, 5.0
+    src = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    still = np.tile(np.eye(4), (t, 1, 1))
+    depth = np.full((t, size, size), z)
+    pts = tool.tile_points(still, depth, block)
+    assert pts.shape == (t * (size // block) ** 2, 3)
+    allowed = np.eye(t, dtype=bool)[::-1]  # target frame i from source frame t-1-i
+    np.testing.assert_array_equal(tool.geometric_copy(src, pts, pts, block, allowed), src[::-1])
+    focal = 0.5 * size / np.tan(np.deg2rad(tool.cx.FOV_DEG) / 2)
+    moved = still.copy()
+    moved[:, 0, 3] = block * z / focal  # one tile's footprint at depth z, to the right
+    out = tool.geometric_copy(src, pts, tool.tile_points(moved, depth, block), block, np.eye(t, dtype=bool))
+    np.testing.assert_array_equal(out[:, :, :-block], src[:, :, block:])

@@ -8,6 +8,14 @@ limits). This scores that oracle like stp-eval does (PSNR, SSIM, time and camera
 the held-out scenes' grids), beside the trivial baselines. If the oracle cannot retime a case, no
 copy at that unit size can.
 
+Beside it, the copy by geometry alone (what DiTConfig.copy_fov's distance term does with nothing
+learned): every target tile takes the source tile whose centre's world point is nearest to its
+own, each point the tile centre's ray at a depth, placed by its camera: the renderer's true depth
+(the tile's median z), or one depth for every tile (copy_fov's initial 5); and with the true depth
+from the source frame of the requested time only (what the time heads would add: a reprojection
+of that frame). No truth pixels are looked at: if this retimes a case, a copy with the right
+depths can.
+
     python tools/copy_ceiling.py                                  # 8x8 (tokens) and 4x4 (latent pixels)
     python tools/copy_ceiling.py --blocks 8,4,2 --scenes 8 --cases reverse,moving:reverse
 """
@@ -18,10 +26,13 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from stp_jax import evaluate  # noqa: E402
+from stp_jax.data import camxtime as cx  # noqa: E402
 
 CASES = "still:reverse,reverse,moving:reverse,moving:freeze_mid,cam:reverse_path,cam:last_view"
 
@@ -41,6 +52,42 @@ def oracle_copy(sources: np.ndarray, truth: np.ndarray, block: int, any_offset: 
     best = cand[np.argmin(d2, axis=1)]
     return rearrange(best, "(t y x) (a e c) -> t (y a) (x e) c", t=t, y=h // block, x=w // block, a=block,
                      e=block).round().clip(0, 255).astype(np.uint8)
+
+
+FLAT_DEPTH = 5.0  # DiTConfig.copy_depth's default: the cameras' distance to the scene centre
+SKY_DEPTH = 30.0  # the sky's points: far, so nearby directions stay near each other
+
+
+def tile_points(c2w: np.ndarray, depth: np.ndarray, block: int) -> np.ndarray:
+    """World points of every block x block tile's centre [T*Y*X, 3] for frames filmed by c2w [T, 4, 4]
+    with per-pixel z depth [T, H, W] (the tile's median; the sky at SKY_DEPTH)."""
+    t, h, w = depth.shape
+    f = 0.5 * w / np.tan(np.deg2rad(cx.FOV_DEG) / 2)
+    z = np.median(rearrange(np.minimum(depth, SKY_DEPTH), "t (y a) (x e) -> t y x (a e)", a=block, e=block), -1)
+    v, u = (np.mgrid[0:h // block, 0:w // block] + 0.5) * block
+    rays = np.stack([(u - w / 2) / f, (v - h / 2) / f, np.ones_like(u)], -1)  # [Y, X, 3]
+    pts = np.einsum("tij,tyxj->tyxi", c2w[:, :3, :3], rays[None] * z[..., None]) + c2w[:, None, None, :3, 3]
+    return pts.reshape(-1, 3)
+
+
+def geometric_copy(sources: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, block: int,
+                   allowed: np.ndarray | None = None) -> np.ndarray:
+    """Each target tile <- the source tile whose centre point is nearest (tile_points' order), among
+    the source frames ``allowed`` [T target, T source] for its frame (default: all)."""
+    t, h, w, _ = sources.shape
+    tiles = rearrange(sources, "t (y a) (x e) c -> (t y x) a e c", a=block, e=block)
+    d2 = (tgt_pts ** 2).sum(1)[:, None] + (src_pts ** 2).sum(1)[None] - 2 * tgt_pts @ src_pts.T
+    if allowed is not None:
+        per = len(tgt_pts) // t  # tiles per frame
+        d2 = np.where(np.repeat(np.repeat(allowed, per, 0), per, 1), d2, np.inf)
+    return rearrange(tiles[np.argmin(d2, axis=1)], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
+
+
+def cell_depths(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int) -> np.ndarray:
+    """The renderer's z depth [T, H, W] of the cells (c2w [T, 4, 4], times [T]) of scene ``seed``."""
+    scene = cx.make_scene(seed)
+    one = jax.jit(jax.vmap(lambda c, t: cx.render(scene, c, t, num_times, size, size, with_aux=True)[3]))
+    return np.asarray(one(jnp.asarray(c2w, jnp.float32), jnp.asarray(times)))
 
 
 def main(argv=None):
@@ -70,6 +117,21 @@ def main(argv=None):
             rows[f"oracle copy {b}x{b}"] = np.stack([oracle_copy(s, t, b) for s, t in zip(sources, truth)])
             rows[f"oracle copy {b}x{b}, any offset"] = np.stack([oracle_copy(s, t, b, True)
                                                                   for s, t in zip(sources, truth)])
+        for b in blocks:
+            true, flat, timed = [], [], []
+            at_time = times[:, None] == np.arange(a.frames)[None]  # the source frame of the requested time
+            for seed, path, src in zip(scenes[0], scenes[1], sources):
+                s_c2w, t_c2w = path[src_c], path[cams]
+                s_z = cell_depths(seed, s_c2w, np.arange(a.frames), a.frames, a.size)
+                t_z = cell_depths(seed, t_c2w, times, a.frames, a.size)
+                s_pts, t_pts = tile_points(s_c2w, s_z, b), tile_points(t_c2w, t_z, b)
+                true.append(geometric_copy(src, s_pts, t_pts, b))
+                timed.append(geometric_copy(src, s_pts, t_pts, b, at_time))
+                s_5, t_5 = np.full_like(s_z, FLAT_DEPTH), np.full_like(t_z, FLAT_DEPTH)
+                flat.append(geometric_copy(src, tile_points(s_c2w, s_5, b), tile_points(t_c2w, t_5, b), b))
+            rows[f"geometry {b}x{b}, true depth"] = np.stack(true)
+            rows[f"geometry {b}x{b}, depth {FLAT_DEPTH:g}"] = np.stack(flat)
+            rows[f"geometry {b}x{b}, true depth, frame of the requested time"] = np.stack(timed)
         rows.update(evaluate.baselines(sources, cams, times, a.frames, src_c))
         for name, clip in rows.items():
             m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)

@@ -215,7 +215,8 @@ def _normal_and_uv(scene: Scene, centre, rots, idx, p):
 def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, with_aux: bool = False):
     """One image [H, W, 3] float32 in [0, 1] for camera ``c2w`` [4, 4] at animation frame
     ``time`` (0..num_times-1). ``with_aux`` also returns the per-pixel object id (-1 for
-    background) and shadow flag, for tests."""
+    background), shadow flag and depth (z in the camera's frame; BIG for the sky), for tests and
+    probes."""
     scene = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), scene)
     c2w = jnp.asarray(c2w, jnp.float32)
     tau = jnp.asarray(time, jnp.float32) / max(num_times - 1, 1)
@@ -252,7 +253,8 @@ def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, wit
     img = jnp.where(surface[..., None], shaded * fog + sky * (1 - fog), sky)
     img = jnp.clip(img, 0.0, 1.0)
     if with_aux:
-        return img, jnp.where(hit_obj & surface, obj, -1), shadow & surface
+        depth = jnp.where(surface, t * jnp.sum(d * c2w[:3, 2], -1), BIG)  # ray distance -> z along the axis
+        return img, jnp.where(hit_obj & surface, obj, -1), shadow & surface, depth
     return img
 
 
