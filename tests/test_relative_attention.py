@@ -335,6 +335,29 @@ def test_copy_block_shortcut_closes_only_same_camera_other_time():
                                atol=1e-5)
 
 
+def test_copy_gate_mixes_the_open_and_the_closed_copy():
+    """copy_gate: a second copy closed to the camera-matched shortcut, mixed with the first by a
+    learned per-unit gate (half each at init; all the first's when its logit is large)."""
+    model, inp, params = _copy_model_and_params(seed=5, unit="pixel")
+    gated = SpaceTimeDiT(model.cfg.replace(copy_gate=True))
+    eye = np.eye(4)[:3].reshape(12)
+    inp = dict(inp, tgt_time=_times([2, 0, 1]), src_time=_times([0, 1, 2]),
+               tgt_cam=jnp.asarray(np.tile(eye, (B, FH, 1)), jnp.float32),
+               src_cam=jnp.asarray(np.tile(eye, (B, FH, 1)), jnp.float32))
+    new = nn.unbox(gated.init(jax.random.PRNGKey(4), **inp))["params"]
+    assert new["copy_gate"]["kernel"].shape == (model.cfg.dim, 4)  # one gate per latent pixel of a token
+    params = dict(params, **{k: jax.tree.map(jnp.zeros_like, new[k]) for k in ("copy", "copy_moved", "copy_gate")})
+    x = np.asarray(inp["x"])
+    frame_mean = x[:, FH:].mean((2, 3))  # [B, FH, C]; q, k silent: uniform weights over the open units
+    open_copy = frame_mean.mean(1)[:, None]  # every source frame
+    closed_copy = frame_mean[:, [2, 0, 1]]  # only the frame at the requested time (one camera)
+    out = np.asarray(gated.apply({"params": params}, **inp))[:, :FH].mean((2, 3))  # [B, FH, C]
+    np.testing.assert_allclose(out, 0.5 * open_copy + 0.5 * closed_copy, atol=1e-5)
+    params["copy_gate"]["bias"] = jnp.full_like(params["copy_gate"]["bias"], 30.0)
+    out = np.asarray(gated.apply({"params": params}, **inp))[:, :FH].mean((2, 3))
+    np.testing.assert_allclose(out, np.broadcast_to(open_copy, out.shape), atol=1e-5)
+
+
 def test_copy_source_adds_to_the_head():
     """The copy is added to the head's output on the target half only (the same weights without the
     copy give the head's output)."""
@@ -364,6 +387,8 @@ def test_copy_source_config_errors_and_no_export():
         preset("tiny", copy_source=True, cam_heads=1, rope_frames="time", copy_fov=180.0)
     with pytest.raises(ValueError, match="copy_block_shortcut needs copy_source and cam_heads"):
         preset("tiny", copy_source=True, copy_block_shortcut=True)
+    with pytest.raises(ValueError, match="copy_gate needs copy_source and cam_heads"):
+        preset("tiny", copy_source=True, copy_gate=True)
     model, _, params = _copy_model_and_params()
     with pytest.raises(ValueError, match="no PyTorch counterpart"):
         export_dit(params, model.cfg)

@@ -87,6 +87,10 @@ ROPE_FRAMES = ("index", "time")
 # depth and so wins over the frame at the requested time, docs/LEARNING.md §14); frames at the
 # requested time, and frames from other cameras, stay open. Cameras equal within 1e-3, times within
 # 1e-3 frames; needs cam_heads (poses in one frame).
+# copy_gate: two copies mixed per unit by a learned gate (sigmoid of the hidden state; one half each at
+# init): the first as configured, the second closed to that shortcut (copy_block_shortcut's rule) so
+# it must take from the frame of the requested time or other cameras -- the oracle's mix of the
+# requested camera's frame and the requested time's frame (docs/LEARNING.md §14).
 COPY_UNITS = ("patch", "pixel")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
@@ -132,6 +136,7 @@ class DiTConfig(JsonConfig):
     copy_fov: float = 0.0  # > 0: the copy compares world points of units, a pinhole of this FOV (degrees)
     copy_depth: float = 5.0  # the initial depth of every unit's point (copy_fov > 0), in pose units
     copy_block_shortcut: bool = False  # no copy from the target camera's source frame at another time
+    copy_gate: bool = False  # + a second copy closed to that shortcut, the two mixed by a learned gate
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -195,9 +200,9 @@ class DiTConfig(JsonConfig):
                                   and self.copy_depth > 0):
             problems.append(f"copy_fov {self.copy_fov} needs copy_source, cam_heads > 0 (target and source poses "
                             f"in one frame), 0 < copy_fov < 180 and copy_depth > 0 (got {self.copy_depth})")
-        if self.copy_block_shortcut and not (self.copy_source and self.cam_heads):
-            problems.append("copy_block_shortcut needs copy_source and cam_heads > 0 (target and source poses in "
-                            "one frame)")
+        for name in ("copy_block_shortcut", "copy_gate"):
+            if getattr(self, name) and not (self.copy_source and self.cam_heads):
+                problems.append(f"{name} needs copy_source and cam_heads > 0 (target and source poses in one frame)")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -517,14 +522,22 @@ class SpaceTimeDiT(nn.Module):
                     name="head", **kw)(h)  # [B, L, P]
         if c.copy_source:
             unit_grid, unit_patch = ((f, hh, ww), None) if c.copy_unit == "patch" else ((f, hp, wp), (ph, pw))
+            units = 1 if unit_patch is None else ph * pw  # per token
             copy_rope = rope if unit_patch is None else _rope_inputs(c, unit_grid, frame_pos, cam, unit_patch)
             geo = (*_unit_rays(c, unit_grid, unit_patch), cam) if c.copy_fov else None
             blocked = None
-            if c.copy_block_shortcut:  # same camera, other time: [B, Fh, Fh]
+            if c.copy_block_shortcut or c.copy_gate:  # same camera, other time: [B, Fh, Fh]
                 same_cam = jnp.max(jnp.abs(tgt_cam[:, :, None] - src_cam[:, None]), axis=-1) < 1e-3
                 other_time = jnp.abs(latent_times(tgt_time)[:, :, None] - latent_times(src_time)[:, None]) > 1e-3
                 blocked = same_cam & other_time
-            out = out + SourceCopy(c, name="copy")(h, p, copy_rope, geo, blocked)  # [B, L, P]
+            copied = SourceCopy(c, name="copy")(h, p, copy_rope, geo, blocked if c.copy_block_shortcut else None)
+            if c.copy_gate:  # [B, L, P]: per unit, the first copy's share
+                moved = SourceCopy(c, name="copy_moved")(h, p, copy_rope, geo, blocked)  # [B, L, P]
+                gate = jax.nn.sigmoid(Dense((units,), ("embed", None), kernel_init=nn.initializers.zeros,
+                                            name="copy_gate", param_dtype=pdtype)(h.astype(jnp.float32)))  # [B, L, s]
+                gate = jnp.repeat(gate, p.shape[-1] // units, axis=-1)  # each unit's C values: [B, L, P]
+                copied = (gate * copied + (1 - gate) * moved).astype(copied.dtype)
+            out = out + copied  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
 
