@@ -534,7 +534,7 @@ class SpaceTimeDiT(nn.Module):
             if c.copy_gate:  # [B, L, P]: per unit, the first copy's share
                 moved = SourceCopy(c, name="copy_moved")(h, p, copy_rope, geo, blocked)  # [B, L, P]
                 gate = jax.nn.sigmoid(Dense((units,), ("embed", None), kernel_init=nn.initializers.zeros,
-                                            name="copy_gate", param_dtype=pdtype)(h.astype(jnp.float32)))  # [B, L, s]
+                                            name="copy_gate", param_dtype=pdtype)(h.astype(jnp.float32)))  # [B, L, units]
                 gate = jnp.repeat(gate, p.shape[-1] // units, axis=-1)  # each unit's C values: [B, L, P]
                 copied = (gate * copied + (1 - gate) * moved).astype(copied.dtype)
             out = out + copied  # [B, L, P]
@@ -619,8 +619,9 @@ def forward_flops(cfg: DiTConfig, tokens: int, text_len: int) -> float:
     total = layers * per_block
     if cfg.copy_source:  # q, k on every token; target x source scores and the weighted sum of patch vectors
         units = ph * pw if cfg.copy_unit == "pixel" else 1  # copy choices per token
-        total += 2 * tokens * d * d * 2 * units + 2 * (tokens * units // 2) ** 2 * (d + pt * ph * pw * cfg.in_channels
-                                                                                      // units)
+        copies = 2 if cfg.copy_gate else 1
+        total += copies * (2 * tokens * d * d * 2 * units
+                           + 2 * (tokens * units // 2) ** 2 * (d + pt * ph * pw * cfg.in_channels // units))
     total += 2 * tokens * d * pt * ph * pw * (cfg.in_channels + cfg.out_channels)  # patch embed + head
     total += 2 * text_len * (cfg.text_dim * d + d * d)  # text embedding
     return float(total)
