@@ -32,6 +32,15 @@ def model_dir(tmp_path_factory):
     return d / "model"
 
 
+def _tool(name: str):
+    """tools/<name>.py as a module."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
     from stp_jax.cli import eval_main
 
@@ -52,10 +61,7 @@ def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
 
 
 def test_layout_ceiling_reads_a_models_bands(model_dir):
-    path = Path(__file__).resolve().parents[1] / "tools" / "layout_ceiling.py"
-    spec = importlib.util.spec_from_file_location("layout_ceiling", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("layout_ceiling")
     rows = tool.spectrum(model_dir, "still:reverse", scenes=1)
     assert [r[0] for r in rows] == [0, 16, 32]  # 2x2 patches of 12-channel latents: 48-value tokens
     assert sum(r[1] for r in rows) == pytest.approx(1.0)  # the bands split the truth's variance
@@ -69,10 +75,7 @@ def test_layout_ceiling_reads_a_models_bands(model_dir):
 def test_copy_ceiling_oracle():
     """tools/copy_ceiling.py's oracle: a target made of source tiles comes back exactly (at the tile
     grid, and at any offset for tiles moved off it); a tile no source frame holds gets its nearest."""
-    path = Path(__file__).resolve().parents[1] / "tools" / "copy_ceiling.py"
-    spec = importlib.util.spec_from_file_location("copy_ceiling", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("copy_ceiling")
     rng = np.random.default_rng(1)
     src = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     truth = src[::-1].copy()  # reversed: every tile is in the source
@@ -91,10 +94,7 @@ def test_copy_ceiling_geometry():
     """tools/copy_ceiling.py's copy by geometry: a tile takes the source tile whose centre's world point
     is nearest: one tile over when the target camera moves one tile footprint sideways; from the
     allowed frame only when frames are restricted."""
-    path = Path(__file__).resolve().parents[1] / "tools" / "copy_ceiling.py"
-    spec = importlib.util.spec_from_file_location("copy_ceiling", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("copy_ceiling")
     rng = np.random.default_rng(2)
     t, size, block, z = 3, 16, 4, 5.0
     src = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)

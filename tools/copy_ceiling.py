@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from stp_jax import evaluate  # noqa: E402
+from stp_jax.controls.camera import pinhole_rays  # noqa: E402
 from stp_jax.data import camxtime as cx  # noqa: E402
 
 CASES = "still:reverse,reverse,moving:reverse,moving:freeze_mid,cam:reverse_path,cam:last_view"
@@ -61,11 +62,9 @@ SKY_DEPTH = 30.0  # the sky's points: far, so nearby directions stay near each o
 def tile_points(c2w: np.ndarray, depth: np.ndarray, block: int) -> np.ndarray:
     """World points of every block x block tile's centre [T*Y*X, 3] for frames filmed by c2w [T, 4, 4]
     with per-pixel z depth [T, H, W] (the tile's median; the sky at SKY_DEPTH)."""
-    t, h, w = depth.shape
-    f = 0.5 * w / np.tan(np.deg2rad(cx.FOV_DEG) / 2)
+    _, h, w = depth.shape
     z = np.median(rearrange(np.minimum(depth, SKY_DEPTH), "t (y a) (x e) -> t y x (a e)", a=block, e=block), -1)
-    v, u = (np.mgrid[0:h // block, 0:w // block] + 0.5) * block
-    rays = np.stack([(u - w / 2) / f, (v - h / 2) / f, np.ones_like(u)], -1)  # [Y, X, 3]
+    rays = np.asarray(pinhole_rays(h // block, w // block, cx.FOV_DEG))  # [Y, X, 3]: a tile's centre, as a pixel of a coarser grid
     pts = np.einsum("tij,tyxj->tyxi", c2w[:, :3, :3], rays[None] * z[..., None]) + c2w[:, None, None, :3, 3]
     return pts.reshape(-1, 3)
 

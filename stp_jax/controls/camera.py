@@ -338,6 +338,17 @@ def _trans(v) -> np.ndarray:
     return m
 
 
+def pinhole_rays(height: int, width: int, fov_deg: float):
+    """Rays through the pixel centres of a pinhole camera in its own frame (OpenCV: x right, y down,
+    z forward), scaled to z = 1: [H, W, 3] float32 (a jax array: the procedural renderer's pixels
+    depend on these exact float32 operations). ``fov_deg`` spans the width; square pixels."""
+    import jax.numpy as jnp
+
+    focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    return jnp.stack([(u + 0.5 - width / 2) / focal, (v + 0.5 - height / 2) / focal, jnp.ones_like(u)], -1)
+
+
 def look_at(eye, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
     """OpenCV c2w at ``eye`` looking at ``target`` (y down, so 'up' is -y)."""
     eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))

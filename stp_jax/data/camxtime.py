@@ -17,14 +17,13 @@ Letters as in stp_jax/models/layers.py: V cameras, T times, H/W pixels; and O ob
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stp_jax.controls.camera import look_at
+from stp_jax.controls.camera import look_at, pinhole_rays
 from stp_jax.data.video_io import to_uint8
 
 N_SPHERES, N_BOXES, N_CAPSULES = 3, 2, 1
@@ -222,10 +221,7 @@ def render(scene: Scene, c2w, time, num_times: int, height: int, width: int, wit
     tau = jnp.asarray(time, jnp.float32) / max(num_times - 1, 1)
     centre, spin, color = animate(scene, tau)
     rots = _rot_y(spin)  # [O, 3, 3]
-    f = 0.5 * width / math.tan(math.radians(FOV_DEG) / 2)
-    v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
-    dirs = jnp.stack([(u + 0.5 - width / 2) / f, (v + 0.5 - height / 2) / f, jnp.ones_like(u)], -1)
-    d = _mv(c2w[:3, :3], dirs)
+    d = _mv(c2w[:3, :3], pinhole_rays(height, width, FOV_DEG))
     d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)  # [H, W, 3]
     o = jnp.broadcast_to(c2w[:3, 3], d.shape)
 

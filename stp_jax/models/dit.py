@@ -25,7 +25,7 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from stp_jax.config_utils import JsonConfig
-from stp_jax.controls.camera import source_rule
+from stp_jax.controls.camera import pinhole_rays, source_rule
 from stp_jax.controls.timing import latent_times, raw_frames
 from stp_jax.models import attention as attn_lib
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
@@ -296,10 +296,7 @@ def _unit_rays(c: DiTConfig, grid, patch=None):
     of c.copy_fov degrees across W. ``patch`` (ph, pw): latent pixels in token-major order, as
     _rope_inputs."""
     f, hh, ww = grid
-    focal = 0.5 * ww / jnp.tan(jnp.deg2rad(c.copy_fov) / 2)
-    v, u = jnp.meshgrid(jnp.arange(hh, dtype=jnp.float32), jnp.arange(ww, dtype=jnp.float32), indexing="ij")
-    rays = jnp.stack([(u + 0.5 - ww / 2) / focal, (v + 0.5 - hh / 2) / focal, jnp.ones_like(u)], -1)  # [H, W, 3]
-    rays = jnp.broadcast_to(rays, (f, hh, ww, 3))
+    rays = jnp.broadcast_to(pinhole_rays(hh, ww, c.copy_fov), (f, hh, ww, 3))
     frames = jnp.broadcast_to(jnp.arange(f)[:, None, None], (f, hh, ww))
     order = "f h w" if patch is None else "f (h a) (w e)"
     to = "(f h w)" if patch is None else "(f h w a e)"
