@@ -319,6 +319,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         except (TypeError, ValueError) as e:
             raise ValueError(f"config {cfg.name}, section {section!r}: {e}") from e
     run(cfg)
+    if cfg.flow.copy_loss and not cfg.model.copy_source:
+        raise ValueError(f"config {cfg.name}: flow.copy_loss {cfg.flow.copy_loss} supervises the source copy; "
+                         "set model.copy_source=true or flow.copy_loss=0")
+    if cfg.flow.copy_loss and cfg.flow.copy_loss_time and cfg.model.mode != "spacetimepilot":
+        raise ValueError(f"config {cfg.name}: flow.copy_loss_time needs animation times (model.mode "
+                         f"'spacetimepilot', got {cfg.model.mode!r})")
     from stp_jax.evaluate import check_cases
 
     try:

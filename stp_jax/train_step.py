@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from stp_jax.controls.timing import latent_times
 from stp_jax.diffusion import flow
-from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS
+from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS, copy_unit_places, copy_units
 
 # Trainable subsets, as regexes over "/"-joined param paths.
 TRAINABLE = {
@@ -168,9 +169,43 @@ def loss_fn(model, params, batch, rng, flow_cfg: flow.FlowConfig = flow.FlowConf
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
     x = flow.noise_target_half(target, source, noise, sigma)
     cond = {k: batch[k] for k in COND_KEYS[model.cfg.mode]}
-    pred = model.apply({"params": params}, x, t, batch["context"], **cond)
+    if not flow_cfg.copy_loss:
+        pred = model.apply({"params": params}, x, t, batch["context"], **cond)
+        return flow.flow_loss(pred, target, noise, weight, flow_cfg.prediction), {"sigma_mean": jnp.mean(sigma)}
+    pred, inter = model.apply({"params": params}, x, t, batch["context"], **cond, mutable=["intermediates"])
+    ce = copy_supervision(model.cfg, inter["intermediates"], batch, flow_cfg)
     loss = flow.flow_loss(pred, target, noise, weight, flow_cfg.prediction)
-    return loss, {"sigma_mean": jnp.mean(sigma)}
+    return loss + flow_cfg.copy_loss * ce, {"sigma_mean": jnp.mean(sigma), "flow_loss": loss, "copy_ce": ce}
+
+
+def copy_supervision(cfg, intermediates, batch, flow_cfg: flow.FlowConfig):
+    """Cross-entropy of every source copy's choice (the sown logits [B, Q, S] of "copy", and of
+    "copy_moved" with copy_gate) against flow.copy_targets of the batch's clean target and source
+    halves [B, F', H, W, C] (with flow_cfg's temperature and tie-breaks: place in the frame, animation
+    time); pairs a copy may not take (copy_block_shortcut's -1e9) are left out of the targets too.
+    Mean over copies, batch and target units."""
+    target, source = batch["target"], batch["source"]
+    f, h, w = target.shape[1:4]
+    places = copy_unit_places(cfg, f, h, w)  # [Q, 2]
+    per_frame = places.shape[0] // f  # units per latent frame (frame-major)
+    times = None
+    if flow_cfg.copy_loss_time:  # [B, Q] each: every unit at its frame's animation time
+        times = tuple(jnp.repeat(latent_times(batch[k]), per_frame, axis=1) for k in ("tgt_time", "src_time"))
+    want = flow.copy_targets(copy_units(cfg, target), copy_units(cfg, source), flow_cfg.copy_loss_temp, places,
+                             flow_cfg.copy_loss_shift, times, flow_cfg.copy_loss_time)  # [B, Q, S]
+    ces = []
+    for name in ("copy", "copy_moved"):
+        if name not in intermediates:
+            continue
+        logits = intermediates[name]["logits"][0]  # [B, Q, S]
+        open_ = logits > -1e8
+        w = jnp.where(open_, want, 0.0)
+        w = w / jnp.maximum(jnp.sum(w, -1, keepdims=True), 1e-12)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        ces.append(-jnp.mean(jnp.sum(jnp.where(open_, w * logp, 0.0), -1)))
+    if not ces:
+        raise ValueError("flow.copy_loss needs model.copy_source: the model has no source copy to supervise")
+    return sum(ces) / len(ces)
 
 
 def train_step(model, optimizer, state: TrainState, batch: dict, rng, *,

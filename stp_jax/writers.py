@@ -19,16 +19,26 @@ def log(msg: str):
         print(msg, flush=True)
 
 
-# Means over the steps of one logging window of what the train step reports.
-TrainMetrics = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in
-                                                ("loss", "grad_norm", "update_norm", "sigma_mean")})
+# Means over the steps of one logging window of what the train step reports: always these, and the
+# loss's terms when it has more than one (flow.FlowConfig.copy_loss).
+TRAIN_METRICS = ("loss", "grad_norm", "update_norm", "sigma_mean")
+LOSS_TERMS = ("flow_loss", "copy_ce")
+
+
+def _collection(keys):
+    return clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in keys})
+
+
+TrainMetrics = _collection(TRAIN_METRICS)
 
 
 def window_metrics(step_metrics: list[dict]) -> dict[str, float]:
-    """Average a window of per-step metric dicts (device arrays) with TrainMetrics."""
+    """Average a window of per-step metric dicts (device arrays) with clu's Average."""
     acc = None
     for m in step_metrics:
-        one = TrainMetrics.single_from_model_output(**{k: v for k, v in m.items() if k != "finite"})
+        keys = TRAIN_METRICS + tuple(k for k in LOSS_TERMS if k in m)
+        one = (TrainMetrics if len(keys) == len(TRAIN_METRICS) else _collection(keys)).single_from_model_output(
+            **{k: v for k, v in m.items() if k != "finite"})
         acc = one if acc is None else acc.merge(one)
     return {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}
 

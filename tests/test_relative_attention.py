@@ -16,7 +16,7 @@ from stp_jax.controls import camera as cam_lib
 from stp_jax.controls.timing import latent_times, model_times
 from stp_jax.data import camxtime as cx
 from stp_jax.data import pipeline as pl
-from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, preset
+from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, copy_distance2, copy_units, preset
 from stp_jax.models.layers import apply_pose, pose_mats, rope_tables
 
 FH, HP, WP, B = 3, 4, 6, 2
@@ -273,15 +273,31 @@ def test_copy_pixel_units_move_pixels_within_a_patch():
             np.testing.assert_allclose(out[:, :FH], x[:, FH:], atol=1e-5)
 
 
+def test_copy_sows_the_logits_it_mixes_units_by():
+    """The sown logits [B, Q, S] and copy_units' order are the copy's own: with the head at zero the
+    target half's units are softmax(logits) times the source's units, patch and pixel units alike
+    (what flow.FlowConfig.copy_loss supervises is what the copy does)."""
+    for unit, per in (("patch", 1), ("pixel", 4)):
+        model, inp, params = _copy_model_and_params(seed=6, unit=unit)
+        out, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
+        logits = inter["intermediates"]["copy"]["logits"][0]
+        assert logits.shape == (B, FH * HP * WP // 4 * per, FH * HP * WP // 4 * per)
+        src_units = copy_units(model.cfg, inp["x"][:, FH:])
+        want = jnp.einsum("bqs,bsv->bqv", jax.nn.softmax(logits, -1), src_units)
+        np.testing.assert_allclose(copy_units(model.cfg, out[:, :FH]), want, atol=1e-5)
+        assert float(jnp.std(jax.nn.softmax(logits, -1).max(-1))) > 0  # not one uniform mixture
+
+
 def test_copy_geometry_finds_the_unit_that_saw_the_same_point():
     """copy_fov: the copy's logits fall with the distance between the world points of a target and a
     source unit (rays at the initial depth, placed by the poses). With the learned q, k silent and a
     large distance weight, target cameras moved sideways by one unit's footprint at that depth copy,
     at every unit, the source unit one column over, patch units and pixel units alike (the depth head
-    [D, units per token]); without the geometry the same silent attention returns the source's mean."""
-    for unit in ("patch", "pixel"):
+    [D, units per token]); copy_geometry "ray" (source points against the target units' rays) too;
+    without the geometry the same silent attention returns the source's mean."""
+    for unit, geometry in (("patch", "point"), ("pixel", "point"), ("pixel", "ray")):
         model, inp, params = _copy_model_and_params(seed=3, unit=unit)
-        cfg = model.cfg.replace(copy_fov=50.0, copy_depth=4.0)
+        cfg = model.cfg.replace(copy_fov=50.0, copy_depth=4.0, copy_geometry=geometry)
         geo_model = SpaceTimeDiT(cfg)
         step = 1 if unit == "pixel" else 2  # latent columns per unit
         focal = 0.5 * (WP // step) / np.tan(np.deg2rad(25.0))
@@ -302,7 +318,7 @@ def test_copy_geometry_finds_the_unit_that_saw_the_same_point():
         out = np.asarray(geo_model.apply({"params": params}, **inp))[:, :FH]  # [B, FH, HP, WP, C]
         want = np.broadcast_to(x[:, FH:FH + 1, :, step:], out[:, :, :, :-step].shape)
         np.testing.assert_allclose(out[:, :, :, :-step], want, atol=1e-4)
-        if unit == "patch":
+        if unit == "patch" or geometry == "ray":
             continue
         plain = dict(params)
         plain["copy"] = {k: v for k, v in params["copy"].items() if k not in ("depth", "log_weight")}
@@ -311,6 +327,18 @@ def test_copy_geometry_finds_the_unit_that_saw_the_same_point():
         src = x[:, FH].reshape(B, HP // step, step, WP // step, step, 4)  # [B, H/s, s, W/s, s, C] units
         got = mean.reshape(B, FH, HP // step, step, WP // step, step, 4)
         np.testing.assert_allclose(got, np.broadcast_to(src.mean((1, 3))[:, None, None, :, None], got.shape), atol=1e-4)
+
+
+def test_copy_distance_to_a_target_ray_ignores_depth_along_it():
+    """copy_geometry "ray": a source point anywhere on the target unit's half-line is at distance 0,
+    one r off it at r^2 whatever its depth, one behind the camera at its distance to the centre;
+    "point" compares the target's own point (at its depth) instead."""
+    o, d = jnp.asarray([[[1.0, 2.0, 3.0]]]), jnp.asarray([[[0.0, 0.0, 2.0]]])  # [B, Q, 3]: looking along +z
+    pts = jnp.asarray([[[1.0, 2.0, 4.0], [1.0, 2.0, 30.0], [1.5, 2.0, 9.0], [1.0, 2.0, 1.0]]])  # [B, S, 3]
+    ray = np.asarray(copy_distance2("ray", None, pts, o, d))[0, 0]
+    np.testing.assert_allclose(ray, [0.0, 0.0, 0.25, 4.0], atol=1e-4)
+    point = np.asarray(copy_distance2("point", o + 3 * d, pts, o, d))[0, 0]  # target point at z = 9
+    np.testing.assert_allclose(point, [25.0, 441.0, 0.25, 64.0], atol=1e-3)
 
 
 def test_copy_block_shortcut_closes_only_same_camera_other_time():
@@ -385,6 +413,8 @@ def test_copy_source_config_errors_and_no_export():
         preset("tiny", out_channels=8, copy_source=True)
     with pytest.raises(ValueError, match="copy_unit 'token' is not one of"):
         preset("tiny", copy_source=True, copy_unit="token")
+    with pytest.raises(ValueError, match="copy_geometry 'plane' is not one of"):
+        preset("tiny", copy_source=True, copy_geometry="plane")
     with pytest.raises(ValueError, match="copy_fov 50.0 needs copy_source, cam_heads > 0"):
         preset("tiny", copy_source=True, copy_fov=50.0)
     with pytest.raises(ValueError, match="copy_fov 180.0 needs"):

@@ -8,6 +8,8 @@ import pytest
 from flax import linen as nn
 
 from stp_jax import train_step as ts
+from stp_jax.controls.timing import model_times
+from stp_jax.diffusion import flow
 from stp_jax.models.dit import SpaceTimeDiT, preset
 from stp_jax.parallel import mesh as mesh_lib
 
@@ -151,3 +153,59 @@ def test_frozen_weights_stored_in_the_compute_dtype_change_no_output(setup):
     np.testing.assert_array_equal(np.asarray(o32), np.asarray(o16))
     for a, b in zip(jax.tree.leaves(g32["blocks"]["self_attn"]), jax.tree.leaves(g16["blocks"]["self_attn"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_copy_targets_are_the_nearest_source_units():
+    """flow.copy_targets: an exact match gets e times the weight of a unit one temp (mean squared
+    difference per value) further, and nothing goes to far units."""
+    a = np.zeros(4, np.float32)
+    near = a + np.sqrt(0.01)  # mean squared difference 0.01
+    far = a + 3.0
+    w = np.asarray(flow.copy_targets(jnp.asarray([[a]]), jnp.asarray([[far, a, near]]), 0.01))[0, 0]
+    np.testing.assert_allclose(w, [0.0, 1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], atol=1e-6)
+    # ties broken by place in the frame (shift: nats per squared unit) and by animation time (per frame)
+    places = jnp.asarray([[0.0, 0.0], [0.0, 2.0]])  # two units a frame (target and source alike)
+    times = (jnp.asarray([[3.0, 3.0]]), jnp.asarray([[3.0, 5.0]]))  # target units at time 3; sources at 3 and 5
+    both = jnp.asarray([[a, a]])
+    w = np.asarray(flow.copy_targets(both, both, 0.01, places, 0.25, times, 0.5))[0]  # [Q, S]
+    # target unit 0: source 0 (same place, same time) against source 1 (4 squared units and 2 frames away)
+    np.testing.assert_allclose(w[0], [1 / (1 + np.exp(-2.0)), np.exp(-2.0) / (1 + np.exp(-2.0))], atol=1e-6)
+    np.testing.assert_allclose(w[1], [0.5, 0.5], atol=1e-6)  # unit 1: source 1's place against source 0's time
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_copy_loss_trains_the_copy_to_choose_the_matching_source_unit(block):
+    """flow.copy_loss adds copy_loss x the copy's cross-entropy against copy_targets to the flow loss
+    (the loss says both terms). Targets that are the source's units reversed in time: a few steps
+    on the cross-entropy alone raise the copy's share on the matching unit, with
+    copy_block_shortcut's closed pairs (here: every pair of frames, cameras all one) left out."""
+    cfg = preset("tiny", mode="spacetimepilot", attention="xla", cam_heads=1, copy_source=True, copy_unit="pixel",
+                 copy_block_shortcut=block)
+    model = SpaceTimeDiT(cfg)
+    batch = _batch(cfg, b=2, fh=3)
+    batch["target"] = batch["source"][:, ::-1]
+    batch["src_time"] = jnp.tile(jnp.asarray(model_times(np.array([0.0, 1.0, 2.0]), 1)), (2, 1))  # [B, T]
+    batch["tgt_time"] = jnp.tile(jnp.asarray(model_times(np.array([2.0, 1.0, 0.0]), 1)), (2, 1))
+    batch["tgt_cam"] = batch["src_cam"] = jnp.zeros_like(batch["src_cam"]).at[..., jnp.array([0, 5, 10])].set(1.0)
+    x = jnp.concatenate([batch["target"], batch["source"]], 1)
+    cond = {k: batch[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), x, jnp.zeros(2), batch["context"], **cond))["params"]
+    fcfg = flow.FlowConfig(prediction="x0", copy_loss=1.0, copy_loss_temp=0.01)
+    loss, aux = ts.loss_fn(model, params, batch, jax.random.PRNGKey(1), fcfg)
+    np.testing.assert_allclose(loss, aux["flow_loss"] + aux["copy_ce"], rtol=1e-6)
+    assert np.isfinite(float(aux["copy_ce"]))
+
+    def share(p):  # the copy's mean weight on the target's own unit (the source unit it equals)
+        _, inter = model.apply({"params": p}, x, jnp.zeros(2), batch["context"], **cond, mutable=["intermediates"])
+        w = jax.nn.softmax(inter["intermediates"]["copy"]["logits"][0], -1)  # [B, Q, S]
+        q = w.shape[1]
+        own = (jnp.arange(q) % (q // 3)) + (2 - jnp.arange(q) // (q // 3)) * (q // 3)  # frame i <- frame 2 - i
+        return float(jnp.mean(jnp.take_along_axis(w, jnp.broadcast_to(own[None, :, None], (2, q, 1)), -1)))
+
+    opt = ts.make_optimizer(params, ts.OptimConfig(lr=3e-3, warmup=1, trainable=r"copy/.*"), 100)
+    state = ts.init_state(params, opt)
+    step = jax.jit(functools.partial(ts.train_step, model, opt, flow_cfg=fcfg))
+    before = share(params)
+    for _ in range(30):
+        state, m = step(state, batch, jax.random.PRNGKey(1))
+    assert share(state.params) > 2 * before, (before, share(state.params))

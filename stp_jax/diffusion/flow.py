@@ -25,15 +25,26 @@ PREDICTIONS = ("velocity", "x0")
 
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
-    """How training draws noise levels and what the model predicts (a config's ``flow`` section)."""
+    """How training draws noise levels, what the model predicts and what the loss adds (a config's
+    ``flow`` section)."""
     shift: float = 5.0  # sigma' = s * sigma / (1 + (s - 1) * sigma)
     timestep_mode: str = "uniform"  # see sample_sigma
     prediction: str = "velocity"  # velocity (published) | x0 (see flow_loss)
     bf16_timesteps: bool = False  # round t to bf16 before noising, the DiT and the loss weight (as published)
+    # > 0 (ours; model.copy_source only): + this weight x the cross-entropy of the copy's choice against
+    # the source units nearest the clean target (copy_targets; train_step.copy_supervision)
+    copy_loss: float = 0.0
+    copy_loss_temp: float = 0.003  # the targets' temperature, in mean squared latent difference per value
+    copy_loss_shift: float = 0.0  # + this many nats per squared latent pixel a source unit sits from the target's place
+    copy_loss_time: float = 0.0  # + this many nats per frame of animation time between a source unit and the target
 
     def __post_init__(self):
         if not self.shift > 0:
             raise ValueError(f"flow.shift must be > 0, got {self.shift}")
+        if not (self.copy_loss >= 0 and self.copy_loss_temp > 0 and self.copy_loss_shift >= 0 and self.copy_loss_time >= 0):
+            raise ValueError(f"flow.copy_loss, copy_loss_shift and copy_loss_time must be >= 0 and flow.copy_loss_temp "
+                             f"> 0, got {self.copy_loss}, {self.copy_loss_shift}, {self.copy_loss_time} and "
+                             f"{self.copy_loss_temp}")
         if self.timestep_mode not in TIMESTEP_MODES:
             raise ValueError(f"flow.timestep_mode {self.timestep_mode!r} is unknown; expected one of {TIMESTEP_MODES}")
         check_prediction(self.prediction)
@@ -158,3 +169,23 @@ def flow_loss(pred, target, noise, weight, prediction: str = "velocity"):
     err = jnp.square(pred[:, :f].astype(jnp.float32) - want.astype(jnp.float32))
     per_sample = jnp.mean(err, axis=(1, 2, 3, 4))
     return jnp.mean(per_sample * weight)
+
+
+def copy_targets(target_units, source_units, temp: float, places=None, shift: float = 0.0, times=None,
+                 per_frame: float = 0.0):
+    """What the source copy should choose for each target unit: a softmax over source units of
+    -(mean squared difference to the clean target unit) / temp -- the nearest source units, ties
+    shared (an exact match gets weight 1 against e^-1 for one ``temp`` further) -- minus ``shift``
+    times the squared distance between the units' places in their frames (places [Q, 2], the same
+    grid for both halves) and ``per_frame`` times the units' distance in animation time (times: the
+    target's and the source's per unit, [B, Q] each): of equally near units, those nearest in the
+    image and in time. target_units [B, Q, V], source_units [B, S, V] (models.dit.copy_units) -> [B, Q, S]."""
+    t, s = target_units.astype(jnp.float32), source_units.astype(jnp.float32)
+    d2 = (jnp.sum(t ** 2, -1)[:, :, None] + jnp.sum(s ** 2, -1)[:, None, :]
+          - 2 * jnp.einsum("bqv,bsv->bqs", t, s)) / t.shape[-1]  # [B, Q, S]
+    cost = jnp.maximum(d2, 0.0) / temp
+    if shift:
+        cost = cost + shift * jnp.sum(jnp.square(places[:, None] - places[None]), -1)[None]  # + [1, Q, S]
+    if per_frame:
+        cost = cost + per_frame * jnp.abs(times[0][:, :, None] - times[1][:, None, :])  # + [B, Q, S]
+    return jax.nn.softmax(-cost, axis=-1)

@@ -82,6 +82,11 @@ ROPE_FRAMES = ("index", "time")
 # from its hidden state (copy_depth at init), placed by its frame's camera (the poses relative to
 # the source's first camera: needs cam_heads). w is learned. A target unit then finds the source unit
 # that saw the same point, wherever the camera change moved it; the time heads pick the frame.
+# copy_geometry (with copy_fov): "point" compares the two units' points (each at its predicted depth);
+# "ray" compares a source unit's point with the target unit's ray (the squared distance from the
+# point to the half-line from the target camera through the unit's centre): only source depths are
+# predicted (from the clean source), so a target unit need not know its own depth -- what the
+# target's object is at a new time, the transformer cannot tell before it has found it.
 # copy_block_shortcut: the copy may not take a target frame's pixels from a source frame filmed from
 # the same camera at another time (the camera-matched frame, which matches every static pixel at any
 # depth and so wins over the frame at the requested time, docs/LEARNING.md §14); frames at the
@@ -91,7 +96,11 @@ ROPE_FRAMES = ("index", "time")
 # init): the first as configured, the second closed to that shortcut (copy_block_shortcut's rule) so
 # it must take from the frame of the requested time or other cameras -- the oracle's mix of the
 # requested camera's frame and the requested time's frame (docs/LEARNING.md §14).
+# The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
+# training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
+# units in the same order).
 COPY_UNITS = ("patch", "pixel")
+COPY_GEOMETRIES = ("point", "ray")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -135,6 +144,7 @@ class DiTConfig(JsonConfig):
     copy_unit: str = "patch"  # COPY_UNITS: what one copy choice moves (copy_source only)
     copy_fov: float = 0.0  # > 0: the copy compares world points of units, a pinhole of this FOV (degrees)
     copy_depth: float = 5.0  # the initial depth of every unit's point (copy_fov > 0), in pose units
+    copy_geometry: str = "point"  # COPY_GEOMETRIES: target point or target ray against source points (copy_fov > 0)
     copy_block_shortcut: bool = False  # no copy from the target camera's source frame at another time
     copy_gate: bool = False  # + a second copy closed to that shortcut, the two mixed by a learned gate
     mode: str = "spacetimepilot"
@@ -196,6 +206,8 @@ class DiTConfig(JsonConfig):
                             f"{self.out_channels})")
         if self.copy_unit not in COPY_UNITS:
             problems.append(f"copy_unit {self.copy_unit!r} is not one of {COPY_UNITS}")
+        if self.copy_geometry not in COPY_GEOMETRIES:
+            problems.append(f"copy_geometry {self.copy_geometry!r} is not one of {COPY_GEOMETRIES}")
         if self.copy_fov and not (self.copy_source and self.cam_heads and 0 < self.copy_fov < 180
                                   and self.copy_depth > 0):
             problems.append(f"copy_fov {self.copy_fov} needs copy_source, cam_heads > 0 (target and source poses "
@@ -304,6 +316,27 @@ def _unit_rays(c: DiTConfig, grid, patch=None):
     return rearrange(rays, f"{order} x -> {to} x", **kw), rearrange(frames, f"{order} -> {to}", **kw)
 
 
+def copy_units(c: DiTConfig, latents):
+    """The copy's units of latents [B, F, H, W, C] (one half), in SourceCopy's order: [B, U, V] --
+    patch: tokens (f, h, w), each its patch vector (pt, ph, pw, C); pixel: latent pixels token-major
+    (f, h, w, ph, pw), each its C values (patch_size[0] == 1)."""
+    pt, ph, pw = c.patch_size
+    if c.copy_unit == "patch":
+        return rearrange(latents, "b (f pt) (h ph) (w pw) c -> b (f h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
+    return rearrange(latents, "b f (h ph) (w pw) c -> b (f h w ph pw) c", ph=ph, pw=pw)
+
+
+def copy_unit_places(c: DiTConfig, frames: int, height: int, width: int):
+    """Where copy_units' units sit in their frame, in latent pixels (a patch unit at its centre):
+    [U, 2] (row, column) for a half of ``frames`` latent frames of height x width latent pixels."""
+    _, ph, pw = c.patch_size
+    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    grid = jnp.broadcast_to(jnp.stack([rows, cols], -1), (frames, height, width, 2))
+    if c.copy_unit == "patch":
+        return rearrange(grid, "f (h ph) (w pw) x -> (f h w) (ph pw) x", ph=ph, pw=pw).mean(1)
+    return rearrange(grid, "f (h ph) (w pw) x -> (f h w ph pw) x", ph=ph, pw=pw)
+
+
 def _head_proj(c: DiTConfig, name: str) -> Dense:
     """One per-head projection D -> [N, K] (q, k or v) of an attention."""
     return Dense((c.num_heads, c.head_dim), ("embed", "heads", "kv"), name=name, dtype=jnp.dtype(c.dtype),
@@ -344,6 +377,21 @@ class Attention(nn.Module):
                      param_dtype=jnp.dtype(c.param_dtype))(out)  # [B, L, D]
 
 
+def copy_distance2(geometry: str, pt_q, pt_s, origin_q, dir_q):
+    """Squared distances [B, Q, S] between target units (points pt_q, or the half-lines from their
+    cameras' centres origin_q along dir_q, [B, Q, 3] each) and source points pt_s [B, S, 3]
+    (DiTConfig.copy_geometry): "point" |X_q - X_s|^2; "ray" the squared distance from X_s to the
+    half-line (to its origin for a point behind the camera)."""
+    if geometry == "point":
+        return (jnp.sum(pt_q ** 2, -1)[:, :, None] + jnp.sum(pt_s ** 2, -1)[:, None, :]
+                - 2 * jnp.einsum("bqx,bsx->bqs", pt_q, pt_s))
+    d = dir_q / jnp.linalg.norm(dir_q, axis=-1, keepdims=True)  # [B, Q, 3]
+    along = jnp.einsum("bsx,bqx->bqs", pt_s, d) - jnp.sum(origin_q * d, -1)[:, :, None]  # (X_s - o) . d
+    to_o = (jnp.sum(pt_s ** 2, -1)[:, None, :] + jnp.sum(origin_q ** 2, -1)[:, :, None]
+            - 2 * jnp.einsum("bsx,bqx->bqs", pt_s, origin_q))  # |X_s - o|^2
+    return jnp.where(along > 0, to_o - jnp.square(along), to_o)
+
+
 class SourceCopy(nn.Module):
     """What a target token copies from the source (DiTConfig.copy_source): one attention from the
     target half's hidden states to the source half's, whose values are the source's input
@@ -355,16 +403,15 @@ class SourceCopy(nn.Module):
     cfg: DiTConfig
 
     @nn.compact
-    def __call__(self, h, p, rope, geo=None, blocked=None):
-        # h [B, L, D] (the head's input), p [B, L, P] (patch vectors); blocked [B, Fh, Fh]: target frame i
-        # may not copy from source frame j (copy_block_shortcut)
+    def __call__(self, h, v, rope, geo=None, blocked=None):
+        # h [B, L, D] (the head's input), v [B, U, V] (the units of the whole sequence, copy_units);
+        # blocked [B, Fh, Fh]: target frame i may not copy from source frame j (copy_block_shortcut)
         c = self.cfg
         n, k = c.num_heads, c.head_dim
         b, l, _ = h.shape
         s = 1 if c.copy_unit == "patch" else c.patch_size[1] * c.patch_size[2]  # units per token
         if c.copy_unit == "patch":
             q, kk = _query_key(c, h, h, rope)  # [B, L, N, K] each
-            v = p  # [B, L, P]
         else:  # one unit per latent pixel: U = L * s units, token-major
             pdtype = jnp.dtype(c.param_dtype)
 
@@ -375,7 +422,6 @@ class SourceCopy(nn.Module):
                 return _position(y, rope, c, 4 if name == "q" else 5)  # [B, U, N, K]
 
             q, kk = proj("q"), proj("k")
-            v = p.reshape(b, l * s, -1)  # [B, U, C]: the patch vector is (ph, pw, C) in order
         lh = q.shape[1] // 2  # target units first
         logits = jnp.einsum("bqnk,bsnk->bqs", q[:, :lh], kk[:, lh:],
                             preferred_element_type=jnp.float32) / (n * k) ** 0.5  # [B, U/2, U/2]
@@ -385,10 +431,10 @@ class SourceCopy(nn.Module):
                           param_dtype=jnp.dtype(c.param_dtype))(h.astype(jnp.float32))  # [B, L, s]
             depth = c.copy_depth * jnp.exp(jnp.clip(log_d.reshape(b, l * s), -3.0, 3.0))  # [B, U]
             rt = jnp.take(cam.reshape(b, -1, 3, 4).astype(jnp.float32), frames, axis=1)  # [B, U, 3, 4]
-            pts = jnp.einsum("buij,uj->bui", rt[..., :3], rays) * depth[..., None] + rt[..., 3]  # [B, U, 3]
+            dirs = jnp.einsum("buij,uj->bui", rt[..., :3], rays)  # [B, U, 3]: world rays, unit z in camera
+            pts = dirs * depth[..., None] + rt[..., 3]  # [B, U, 3]
             pt_q, pt_s = pts[:, :lh], pts[:, lh:]
-            dist2 = (jnp.sum(pt_q ** 2, -1)[:, :, None] + jnp.sum(pt_s ** 2, -1)[:, None, :]
-                     - 2 * jnp.einsum("bqx,bsx->bqs", pt_q, pt_s))  # [B, U/2, U/2]
+            dist2 = copy_distance2(c.copy_geometry, pt_q, pt_s, rt[:, :lh, :, 3], dirs[:, :lh])  # [B, U/2, U/2]
             log_w = self.param("log_weight", nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
                                jnp.dtype(c.param_dtype))  # [1]
             logits = logits - jnp.exp(log_w[0].astype(jnp.float32)) * jnp.maximum(dist2, 0.0)
@@ -397,10 +443,11 @@ class SourceCopy(nn.Module):
             per = lh // fh  # units per frame
             logits = jnp.where(blocked[:, :, None, :, None], -1e9,
                                logits.reshape(b, fh, per, fh, per)).reshape(b, lh, lh)
+        self.sow("intermediates", "logits", logits)  # [B, U/2, U/2]: for flow.FlowConfig.copy_loss
         weights = jax.nn.softmax(logits, axis=-1)
-        copied = jnp.einsum("bqs,bsp->bqp", weights, v[:, lh:].astype(jnp.float32))  # [B, U/2, P or C]
-        copied = copied.reshape(b, l // 2, -1)  # [B, L/2, P]
-        return jnp.concatenate([copied, jnp.zeros_like(copied)], axis=1).astype(p.dtype)  # [B, L, P]
+        copied = jnp.einsum("bqs,bsv->bqv", weights, v[:, lh:].astype(jnp.float32))  # [B, U/2, V]
+        copied = copied.reshape(b, l // 2, -1)  # [B, L/2, P]: a token's units are contiguous
+        return jnp.concatenate([copied, jnp.zeros_like(copied)], axis=1).astype(v.dtype)  # [B, L, P]
 
 
 class Block(nn.Module):
@@ -527,9 +574,10 @@ class SpaceTimeDiT(nn.Module):
                 same_cam = jnp.max(jnp.abs(tgt_cam[:, :, None] - src_cam[:, None]), axis=-1) < 1e-3
                 other_time = jnp.abs(latent_times(tgt_time)[:, :, None] - latent_times(src_time)[:, None]) > 1e-3
                 blocked = same_cam & other_time
-            copied = SourceCopy(c, name="copy")(h, p, copy_rope, geo, blocked if c.copy_block_shortcut else None)
+            v = copy_units(c, x)  # [B, U, V]
+            copied = SourceCopy(c, name="copy")(h, v, copy_rope, geo, blocked if c.copy_block_shortcut else None)
             if c.copy_gate:  # [B, L, P]: per unit, the first copy's share
-                moved = SourceCopy(c, name="copy_moved")(h, p, copy_rope, geo, blocked)  # [B, L, P]
+                moved = SourceCopy(c, name="copy_moved")(h, v, copy_rope, geo, blocked)  # [B, L, P]
                 gate = jax.nn.sigmoid(Dense((units,), ("embed", None), kernel_init=nn.initializers.zeros,
                                             name="copy_gate", param_dtype=pdtype)(h.astype(jnp.float32)))  # [B, L, units]
                 gate = jnp.repeat(gate, p.shape[-1] // units, axis=-1)  # each unit's C values: [B, L, P]
