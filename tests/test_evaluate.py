@@ -74,12 +74,15 @@ def test_layout_ceiling_reads_a_models_bands(model_dir):
 
 def test_copy_ceiling_oracle():
     """tools/copy_ceiling.py's oracle: a target made of source tiles comes back exactly (at the tile
-    grid, and at any offset for tiles moved off it); a tile no source frame holds gets its nearest."""
+    grid, and at any offset for tiles moved off it), as from copy_loss's soft targets at a low
+    temperature; a tile no source frame holds gets its nearest."""
     tool = _tool("copy_ceiling")
     rng = np.random.default_rng(1)
     src = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     truth = src[::-1].copy()  # reversed: every tile is in the source
     np.testing.assert_array_equal(tool.oracle_copy(src, truth, 4), truth)
+    np.testing.assert_array_equal(tool.target_copy(src, truth, 4, 0.003), truth)  # copy_loss's targets: sharp here
+    assert np.abs(tool.target_copy(src, truth, 4, 30.0).astype(int) - truth).max() > 20  # a hot one mixes
     shifted = np.roll(src, 1, axis=2)  # tiles one pixel off the grid
     shifted[:, :, 0] = src[:, :, 0]
     off = tool.oracle_copy(src, shifted, 4)
@@ -88,6 +91,25 @@ def test_copy_ceiling_oracle():
     dark = np.zeros_like(src[:1])
     best = tool.oracle_copy(src, dark, 8)  # the darkest whole frame
     np.testing.assert_array_equal(best[0], src[np.argmin((src.astype(float) ** 2).sum((1, 2, 3)))])
+
+
+def test_copy_ceiling_ray_copy():
+    """tools/copy_ceiling.py's copy along target rays: of the source points on a tile's ray it takes
+    the frame of the requested time; with the target camera one tile footprint sideways, the tile
+    one over."""
+    tool = _tool("copy_ceiling")
+    rng = np.random.default_rng(3)
+    t, size, block, z = 3, 16, 4, 5.0
+    src = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    still = np.tile(np.eye(4), (t, 1, 1))
+    pts = tool.tile_points(still, np.full((t, size, size), z), block)
+    times = np.arange(t)[::-1]
+    np.testing.assert_array_equal(tool.ray_copy(src, pts, *tool.tile_rays(still, size, block), times, block, 0.1),
+                                  src[::-1])
+    moved = still.copy()
+    moved[:, 0, 3] = block * z / (0.5 * size / np.tan(np.deg2rad(tool.cx.FOV_DEG) / 2))
+    out = tool.ray_copy(src, pts, *tool.tile_rays(moved, size, block), np.arange(t), block, 0.1)
+    np.testing.assert_array_equal(out[:, :, :-block], src[:, :, block:])
 
 
 def test_copy_ceiling_geometry():

@@ -4,7 +4,8 @@ DiTConfig.copy_source makes each target unit (a whole token, or one latent pixel
 copy_unit "pixel") a mixture of source units. Its best case is an oracle that replaces every
 target block by the nearest (L2) source block of the same size, taken from any source frame: at
 the units' grid (what the copy can choose from), or at any pixel offset (what no token grid
-limits). This scores that oracle like stp-eval does (PSNR, SSIM, time and camera errors against
+limits), and the soft version that flow.FlowConfig.copy_loss teaches the copy (flow.copy_targets,
+``--temp``). This scores that oracle like stp-eval does (PSNR, SSIM, time and camera errors against
 the held-out scenes' grids), beside the trivial baselines. If the oracle cannot retime a case, no
 copy at that unit size can.
 
@@ -14,7 +15,9 @@ own, each point the tile centre's ray at a depth, placed by its camera: the rend
 (the tile's median z), or one depth for every tile (copy_fov's initial 5); and with the true depth
 from the source frame of the requested time only (what the time heads would add: a reprojection
 of that frame). No truth pixels are looked at: if this retimes a case, a copy with the right
-depths can.
+depths can. And the copy along target rays (DiTConfig.copy_geometry "ray") with the source
+frames' true depth: each target tile takes the source tile at the smallest angle from its ray, plus
+a preference per frame for the requested time (``--time-prefs``; 0 gives the camera-matched frame).
 
     python tools/copy_ceiling.py                                  # 8x8 (tokens) and 4x4 (latent pixels)
     python tools/copy_ceiling.py --blocks 8,4,2 --scenes 8 --cases reverse,moving:reverse
@@ -34,6 +37,8 @@ from einops import rearrange  # noqa: E402
 from stp_jax import evaluate  # noqa: E402
 from stp_jax.controls.camera import pinhole_rays  # noqa: E402
 from stp_jax.data import camxtime as cx  # noqa: E402
+from stp_jax.diffusion import flow  # noqa: E402
+from stp_jax.models.dit import copy_distance2  # noqa: E402
 
 CASES = "still:reverse,reverse,moving:reverse,moving:freeze_mid,cam:reverse_path,cam:last_view"
 
@@ -52,6 +57,19 @@ def oracle_copy(sources: np.ndarray, truth: np.ndarray, block: int, any_offset: 
     d2 = (want ** 2).sum(1)[:, None] + (cand ** 2).sum(1)[None] - 2 * want @ cand.T  # [tiles, candidates]
     best = cand[np.argmin(d2, axis=1)]
     return rearrange(best, "(t y x) (a e c) -> t (y a) (x e) c", t=t, y=h // block, x=w // block, a=block,
+                     e=block).round().clip(0, 255).astype(np.uint8)
+
+
+def target_copy(sources: np.ndarray, truth: np.ndarray, block: int, temp: float) -> np.ndarray:
+    """Every tile of the truth replaced by the mixture of source tiles that flow.copy_targets gives it
+    (what flow.FlowConfig.copy_loss teaches the copy; values in [-1, 1] as the latents hold them)."""
+    t, h, w, _ = truth.shape
+    tiles = lambda v: rearrange(v.astype(np.float32) / 127.5 - 1.0, "t (y a) (x e) c -> (t y x) (a e c)",  # noqa: E731
+                                a=block, e=block)
+    src = jnp.asarray(tiles(sources))[None]
+    mix = jnp.einsum("qs,sv->qv", flow.copy_targets(jnp.asarray(tiles(truth))[None], src, temp)[0], src[0])
+    out = (np.asarray(mix) + 1.0) * 127.5
+    return rearrange(out, "(t y x) (a e c) -> t (y a) (x e) c", t=t, y=h // block, x=w // block, a=block,
                      e=block).round().clip(0, 255).astype(np.uint8)
 
 
@@ -82,6 +100,32 @@ def geometric_copy(sources: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray
     return rearrange(tiles[np.argmin(d2, axis=1)], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
 
 
+def tile_rays(c2w: np.ndarray, size: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every block x block tile's centre ray for frames filmed by c2w [T, 4, 4]: origins and
+    world directions [T*Y*X, 3] each (tile_points' order)."""
+    rays = np.asarray(pinhole_rays(size // block, size // block, cx.FOV_DEG)).reshape(-1, 3)  # [Y*X, 3]
+    dirs = np.einsum("tij,uj->tui", c2w[:, :3, :3], rays)
+    return np.broadcast_to(c2w[:, None, :3, 3], dirs.shape).reshape(-1, 3), dirs.reshape(-1, 3)
+
+
+def ray_copy(sources: np.ndarray, src_pts: np.ndarray, origins: np.ndarray, dirs: np.ndarray, tgt_times: np.ndarray,
+             block: int, per_frame: float) -> np.ndarray:
+    """Each target tile <- the source tile whose point (src_pts) is at the smallest angle from the
+    target tile's ray (origins, dirs: tile_rays; the squared sine, by DiTConfig.copy_geometry "ray"'s
+    distance over the squared distance along the ray), plus ``per_frame`` per frame of animation time
+    between the source frame and the target frame's requested time (tgt_times [T])."""
+    t, h, w, _ = sources.shape
+    per = (h // block) * (w // block)
+    d2 = np.asarray(copy_distance2("ray", None, jnp.asarray(src_pts)[None], jnp.asarray(origins)[None],
+                                   jnp.asarray(dirs)[None]))[0]  # [Q, S]
+    unit = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+    along = np.einsum("sx,qx->qs", src_pts, unit) - (origins * unit).sum(-1)[:, None]
+    cost = d2 / np.maximum(along, 0.1) ** 2 + per_frame * np.abs(np.repeat(tgt_times, per)[:, None]
+                                                               - np.repeat(np.arange(t), per)[None])
+    tiles = rearrange(sources, "t (y a) (x e) c -> (t y x) a e c", a=block, e=block)
+    return rearrange(tiles[np.argmin(cost, axis=1)], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
+
+
 def cell_depths(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int) -> np.ndarray:
     """The renderer's z depth [T, H, W] of the cells (c2w [T, 4, 4], times [T]) of scene ``seed``."""
     scene = cx.make_scene(seed)
@@ -97,8 +141,13 @@ def main(argv=None):
     ap.add_argument("--blocks", default="8,4", help="tile sizes in pixels (8: the embedded default's token, "
                                                      "4: its latent pixel)")
     ap.add_argument("--cases", default=CASES)
+    ap.add_argument("--temp", type=float, default=flow.FlowConfig.copy_loss_temp,
+                    help="temperature of the copy targets row (flow.FlowConfig.copy_loss_temp)")
+    ap.add_argument("--time-prefs", default="0.0003,0.001",
+                    help="per-frame preferences for the requested time of the ray copy with the true source depth")
     a = ap.parse_args(argv)
     blocks = [int(b) for b in a.blocks.split(",")]
+    prefs = [float(x) for x in a.time_prefs.split(",") if x.strip()]
     if any(a.size % b for b in blocks):
         ap.error(f"--size {a.size} must be divisible by every block in --blocks {a.blocks}")
     cases = evaluate.check_cases(a.cases.split(","), a.frames, a.frames)
@@ -116,6 +165,8 @@ def main(argv=None):
             rows[f"oracle copy {b}x{b}"] = np.stack([oracle_copy(s, t, b) for s, t in zip(sources, truth)])
             rows[f"oracle copy {b}x{b}, any offset"] = np.stack([oracle_copy(s, t, b, True)
                                                                   for s, t in zip(sources, truth)])
+            rows[f"copy targets {b}x{b}, temp {a.temp:g}"] = np.stack([target_copy(s, t, b, a.temp)
+                                                                       for s, t in zip(sources, truth)])
         for b in blocks:
             true, flat, timed = [], [], []
             at_time = times[:, None] == np.arange(a.frames)[None]  # the source frame of the requested time
@@ -131,6 +182,13 @@ def main(argv=None):
             rows[f"geometry {b}x{b}, true depth"] = np.stack(true)
             rows[f"geometry {b}x{b}, depth {FLAT_DEPTH:g}"] = np.stack(flat)
             rows[f"geometry {b}x{b}, true depth, frame of the requested time"] = np.stack(timed)
+            for pref in prefs:
+                rays = []
+                for seed, path, src in zip(scenes[0], scenes[1], sources):
+                    s_c2w = path[src_c]
+                    s_pts = tile_points(s_c2w, cell_depths(seed, s_c2w, np.arange(a.frames), a.frames, a.size), b)
+                    rays.append(ray_copy(src, s_pts, *tile_rays(path[cams], a.size, b), times, b, pref))
+                rows[f"ray {b}x{b}, true source depth, {pref:g} per frame for the requested time"] = np.stack(rays)
         rows.update(evaluate.baselines(sources, cams, times, a.frames, src_c))
         for name, clip in rows.items():
             m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)
