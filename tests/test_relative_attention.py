@@ -415,6 +415,8 @@ def test_copy_source_config_errors_and_no_export():
         preset("tiny", copy_source=True, copy_unit="token")
     with pytest.raises(ValueError, match="copy_geometry 'plane' is not one of"):
         preset("tiny", copy_source=True, copy_geometry="plane")
+    with pytest.raises(ValueError, match="copy_geometry 'ray' needs copy_fov > 0"):
+        preset("tiny", copy_source=True, copy_geometry="ray")
     with pytest.raises(ValueError, match="copy_fov 50.0 needs copy_source, cam_heads > 0"):
         preset("tiny", copy_source=True, copy_fov=50.0)
     with pytest.raises(ValueError, match="copy_fov 180.0 needs"):

@@ -85,8 +85,8 @@ ROPE_FRAMES = ("index", "time")
 # copy_geometry (with copy_fov): "point" compares the two units' points (each at its predicted depth);
 # "ray" compares a source unit's point with the target unit's ray (the squared distance from the
 # point to the half-line from the target camera through the unit's centre): only source depths are
-# predicted (from the clean source), so a target unit need not know its own depth -- what the
-# target's object is at a new time, the transformer cannot tell before it has found it.
+# used (predicted from the clean source), so a target unit need not know its own depth, which for
+# an object at a new time is what the copy is there to find (docs/LEARNING.md §16).
 # copy_block_shortcut: the copy may not take a target frame's pixels from a source frame filmed from
 # the same camera at another time (the camera-matched frame, which matches every static pixel at any
 # depth and so wins over the frame at the requested time, docs/LEARNING.md §14); frames at the
@@ -208,6 +208,8 @@ class DiTConfig(JsonConfig):
             problems.append(f"copy_unit {self.copy_unit!r} is not one of {COPY_UNITS}")
         if self.copy_geometry not in COPY_GEOMETRIES:
             problems.append(f"copy_geometry {self.copy_geometry!r} is not one of {COPY_GEOMETRIES}")
+        elif self.copy_geometry != "point" and not self.copy_fov:
+            problems.append(f"copy_geometry {self.copy_geometry!r} needs copy_fov > 0 (the copy's geometry term)")
         if self.copy_fov and not (self.copy_source and self.cam_heads and 0 < self.copy_fov < 180
                                   and self.copy_depth > 0):
             problems.append(f"copy_fov {self.copy_fov} needs copy_source, cam_heads > 0 (target and source poses "
