@@ -2,6 +2,7 @@
 written as JSONL and TensorBoard event files on process 0, progress on a terminal, and log lines."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,20 +26,17 @@ TRAIN_METRICS = ("loss", "grad_norm", "update_norm", "sigma_mean")
 LOSS_TERMS = ("flow_loss", "copy_ce")
 
 
-def _collection(keys):
+@functools.cache
+def _collection(keys: tuple[str, ...]):
     return clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in keys})
-
-
-TrainMetrics = _collection(TRAIN_METRICS)
 
 
 def window_metrics(step_metrics: list[dict]) -> dict[str, float]:
     """Average a window of per-step metric dicts (device arrays) with clu's Average."""
     acc = None
     for m in step_metrics:
-        keys = TRAIN_METRICS + tuple(k for k in LOSS_TERMS if k in m)
-        one = (TrainMetrics if len(keys) == len(TRAIN_METRICS) else _collection(keys)).single_from_model_output(
-            **{k: v for k, v in m.items() if k != "finite"})
+        metrics = _collection(TRAIN_METRICS + tuple(k for k in LOSS_TERMS if k in m))
+        one = metrics.single_from_model_output(**{k: v for k, v in m.items() if k != "finite"})
         acc = one if acc is None else acc.merge(one)
     return {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}
 

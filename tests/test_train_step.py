@@ -228,3 +228,16 @@ def test_copy_supervision_leaves_closed_pairs_out():
             w = np.asarray(want[q])[open_] / np.asarray(want[q])[open_].sum()
             expect -= (w * np.asarray(jax.nn.log_softmax(logits[0, q][open_]))).sum()
     np.testing.assert_allclose(ce, expect / 4, rtol=1e-5)
+
+
+def test_training_log_averages_the_loss_terms_when_there_are_several():
+    """writers.window_metrics: the loss's terms (flow_loss, copy_ce: flow.copy_loss) are averaged over
+    the window beside the fixed metrics, and absent without them."""
+    from stp_jax.writers import window_metrics
+
+    base = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(2.0), "update_norm": jnp.float32(0.0),
+            "sigma_mean": jnp.float32(0.5), "finite": jnp.bool_(True)}
+    assert set(window_metrics([base])) == {"loss", "grad_norm", "update_norm", "sigma_mean"}
+    terms = [dict(base, flow_loss=jnp.float32(f), copy_ce=jnp.float32(c)) for f, c in ((0.1, 4.0), (0.3, 2.0))]
+    out = window_metrics(terms)
+    assert out["flow_loss"] == pytest.approx(0.2) and out["copy_ce"] == pytest.approx(3.0) and out["loss"] == 1.0

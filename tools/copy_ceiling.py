@@ -169,6 +169,7 @@ def main(argv=None):
                                                                        for s, t in zip(sources, truth)])
         for b in blocks:
             true, flat, timed = [], [], []
+            rays = {pref: [] for pref in prefs}
             at_time = times[:, None] == np.arange(a.frames)[None]  # the source frame of the requested time
             for seed, path, src in zip(scenes[0], scenes[1], sources):
                 s_c2w, t_c2w = path[src_c], path[cams]
@@ -179,16 +180,13 @@ def main(argv=None):
                 timed.append(geometric_copy(src, s_pts, t_pts, b, at_time))
                 s_5, t_5 = np.full_like(s_z, FLAT_DEPTH), np.full_like(t_z, FLAT_DEPTH)
                 flat.append(geometric_copy(src, tile_points(s_c2w, s_5, b), tile_points(t_c2w, t_5, b), b))
+                for pref in prefs:  # the same source points, against the target tiles' rays
+                    rays[pref].append(ray_copy(src, s_pts, *tile_rays(t_c2w, a.size, b), times, b, pref))
             rows[f"geometry {b}x{b}, true depth"] = np.stack(true)
             rows[f"geometry {b}x{b}, depth {FLAT_DEPTH:g}"] = np.stack(flat)
             rows[f"geometry {b}x{b}, true depth, frame of the requested time"] = np.stack(timed)
-            for pref in prefs:
-                rays = []
-                for seed, path, src in zip(scenes[0], scenes[1], sources):
-                    s_c2w = path[src_c]
-                    s_pts = tile_points(s_c2w, cell_depths(seed, s_c2w, np.arange(a.frames), a.frames, a.size), b)
-                    rays.append(ray_copy(src, s_pts, *tile_rays(path[cams], a.size, b), times, b, pref))
-                rows[f"ray {b}x{b}, true source depth, {pref:g} per frame for the requested time"] = np.stack(rays)
+            for pref, clips in rays.items():
+                rows[f"ray {b}x{b}, true source depth, {pref:g} per frame for the requested time"] = np.stack(clips)
         rows.update(evaluate.baselines(sources, cams, times, a.frames, src_c))
         for name, clip in rows.items():
             m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)
