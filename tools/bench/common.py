@@ -13,12 +13,15 @@ def timeit(fn, *, warmup: int = 1, iters: int = 5) -> dict:
     """Wall-clock seconds of ``fn()`` (which must block until its result is ready)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], 0.0
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "iters": iters}
+        cpu += time.process_time() - c0
+    # cores: the process's CPU seconds (all threads) per wall second while timed; on a CPU
+    # backend it shows how much of the machine the implementation keeps busy
+    return {"median_s": statistics.median(times), "min_s": min(times), "iters": iters, "cores": cpu / sum(times)}
 
 
 def machine() -> dict:

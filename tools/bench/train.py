@@ -77,7 +77,7 @@ def main(argv=None):
     def row(impl, mode, r):
         tf = flops / r["median_s"] / 1e12
         rows.append({"impl": impl, "mode": mode, "ms/step": r["median_s"] * 1e3, "steps/s": 1 / r["median_s"],
-                     "tokens/s": b * tokens / r["median_s"], "TFLOP/s": tf,
+                     "tokens/s": b * tokens / r["median_s"], "TFLOP/s": tf, "cores": r["cores"],
                      "MFU": tf / args.peak_tflops if args.peak_tflops else None})
 
     from diffusers import WanTransformer3DModel
@@ -150,7 +150,7 @@ def main(argv=None):
     # frozen (no weight gradients for it). Same model FLOP count in the MFU column.
     bench_jax(scfg, sparams, "spacetimepilot", trainable="spacetimepilot")
 
-    cols = ["impl", "mode", "ms/step", "steps/s", "tokens/s", "TFLOP/s"] + (["MFU"] if args.peak_tflops else [])
+    cols = ["impl", "mode", "ms/step", "steps/s", "tokens/s", "TFLOP/s", "cores"] + (["MFU"] if args.peak_tflops else [])
     print(f"\ntrain step: DiT dim {cfg.dim}, {cfg.num_layers} layers, batch {b} x {tokens} tokens (target + source), "
           f"text {s}, {args.dtype}, remat {args.remat}; {flops / 1e9:.1f} GFLOP/step (fwd+bwd)")
     print(table(rows, cols))
