@@ -18,9 +18,14 @@ of that frame). No truth pixels are looked at: if this retimes a case, a copy wi
 depths can. And the copy along target rays (DiTConfig.copy_geometry "ray") with the source
 frames' true depth: each target tile takes the source tile at the smallest angle from its ray, plus
 a preference per frame for the requested time (``--time-prefs``; 0 gives the camera-matched frame).
+And (``--composite``) the two-layer 2.5D composite a model with perfect depth and a perfect mask of
+what changes with time could build: the camera-matched frame with the masked pixels cut out and
+filled from the other frames, under the masked pixels of the frame of the requested time, each
+pixel forward-warped by its true depth; the mask is the objects, or the objects and their shadows.
 
     python tools/copy_ceiling.py                                  # 8x8 (tokens) and 4x4 (latent pixels)
     python tools/copy_ceiling.py --blocks 8,4,2 --scenes 8 --cases reverse,moving:reverse
+    python tools/copy_ceiling.py --blocks 4 --time-prefs "" --composite --cases reverse,moving:reverse
 """
 from __future__ import annotations
 
@@ -133,6 +138,60 @@ def cell_depths(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, s
     return np.asarray(one(jnp.asarray(c2w, jnp.float32), jnp.asarray(times)))
 
 
+def cell_aux(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int):
+    """The renderer's object id (-1: none), shadow flag and z depth [T, H, W] each of the cells
+    (c2w [T, 4, 4], times [T]) of scene ``seed``."""
+    scene = cx.make_scene(seed)
+    one = jax.jit(jax.vmap(lambda c, t: cx.render(scene, c, t, num_times, size, size, with_aux=True)))
+    _, obj, shadow, z = one(jnp.asarray(c2w, jnp.float32), jnp.asarray(times))
+    return np.asarray(obj), np.asarray(shadow), np.asarray(z)
+
+
+def splat(image: np.ndarray, depth: np.ndarray, keep: np.ndarray, s_c2w: np.ndarray, t_c2w: np.ndarray,
+          out: np.ndarray, out_z: np.ndarray) -> None:
+    """Forward-warp the pixels ``keep`` [H, W] of one frame (image [H, W, 3], z depth [H, W], filmed by
+    s_c2w) into the camera t_c2w: each lands on its nearest target pixel of out [H, W, 3] when it is
+    nearer than out_z [H, W] there (a z-buffer; both updated in place)."""
+    h, w = depth.shape
+    rays = np.asarray(pinhole_rays(h, w, cx.FOV_DEG))  # z = 1
+    ys, xs = np.nonzero(keep & (depth < SKY_DEPTH))
+    pts = (s_c2w[:3, :3] @ (rays[ys, xs] * depth[ys, xs, None]).T).T + s_c2w[:3, 3]  # world points [P, 3]
+    cam = (t_c2w[:3, :3].T @ (pts - t_c2w[:3, 3]).T).T  # in the target camera's frame
+    focal = 0.5 * w / np.tan(np.radians(cx.FOV_DEG) / 2)
+    ok = cam[:, 2] > 1e-3
+    u = np.floor(cam[:, 0] / np.where(ok, cam[:, 2], 1) * focal + w / 2).astype(int)
+    v = np.floor(cam[:, 1] / np.where(ok, cam[:, 2], 1) * focal + h / 2).astype(int)
+    ok &= (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    for i in np.argsort(-cam[:, 2])[ok[np.argsort(-cam[:, 2])]]:  # far to near: the nearest point stays
+        if cam[i, 2] < out_z[v[i], u[i]]:
+            out[v[i], u[i]], out_z[v[i], u[i]] = image[ys[i], xs[i]], cam[i, 2]
+
+
+def composite(sources: np.ndarray, moving: np.ndarray, s_z: np.ndarray, s_c2w: np.ndarray, t_c2w: np.ndarray,
+              shows_cam: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """What a 2.5D model with perfect depth and a perfect mask of what changes with time (``moving``
+    [T, H, W]: the objects, and their shadows or not) could output without seeing the truth: for each
+    target frame, the camera-matched source frame (shows_cam) with the masked pixels cut out, the
+    holes filled by every other source frame's unmasked pixels warped into the target camera, then the
+    masked pixels of the source frame of the requested time (times) warped in, nearest first.
+    uint8 [T, H, W, 3]."""
+    t = len(times)
+    out = np.empty_like(sources)
+    z = np.minimum(s_z, SKY_DEPTH)
+    for i in range(t):
+        k, j = shows_cam[i], times[i]
+        img, zb = sources[k].copy(), np.where(moving[k], np.inf, z[k])
+        fill, fill_z = img.copy(), np.full(zb.shape, np.inf)
+        for f in np.argsort(-np.abs(np.arange(t) - k)):  # other frames, farthest first: nearer views win ties
+            if f != k:
+                splat(sources[f], z[f], ~moving[f], s_c2w[f], t_c2w[i], fill, fill_z)
+        img[moving[k]], zb[moving[k]] = fill[moving[k]], fill_z[moving[k]]
+        # the time layer goes over the static one where it is nearer, or (a shadow on the ground) about as near
+        splat(sources[j], z[j], moving[j], s_c2w[j], t_c2w[i], img, zb * 1.05)
+        out[i] = img
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=4)
@@ -145,6 +204,8 @@ def main(argv=None):
                     help="temperature of the copy targets row (flow.FlowConfig.copy_loss_temp)")
     ap.add_argument("--time-prefs", default="0.0003,0.001",
                     help="per-frame preferences for the requested time of the ray copy with the true source depth")
+    ap.add_argument("--composite", action="store_true",
+                    help="also the 2.5D composite with the renderer's depth and object masks (composite())")
     a = ap.parse_args(argv)
     blocks = [int(b) for b in a.blocks.split(",")]
     prefs = [float(x) for x in a.time_prefs.split(",") if x.strip()]
@@ -187,6 +248,17 @@ def main(argv=None):
             rows[f"geometry {b}x{b}, true depth, frame of the requested time"] = np.stack(timed)
             for pref, clips in rays.items():
                 rows[f"ray {b}x{b}, true source depth, {pref:g} per frame for the requested time"] = np.stack(clips)
+        if a.composite:
+            shows_cam = np.argmin(np.abs(src_c[None, :] - np.asarray(cams)[:, None]), axis=1)
+            objects, shadows = [], []
+            for seed, path, src in zip(scenes[0], scenes[1], sources):
+                s_obj, s_shadow, s_z = cell_aux(seed, path[src_c], np.arange(a.frames), a.frames, a.size)
+                args = (s_z, path[src_c], path[cams], shows_cam, times)
+                objects.append(composite(src, s_obj >= 0, *args))
+                shadows.append(composite(src, (s_obj >= 0) | s_shadow, *args))
+            rows["2.5D composite, true depth: the requested time's objects on the camera-matched frame"] = \
+                np.stack(objects)
+            rows["2.5D composite, true depth: the requested time's objects and shadows"] = np.stack(shadows)
         rows.update(evaluate.baselines(sources, cams, times, a.frames, src_c))
         for name, clip in rows.items():
             m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)
