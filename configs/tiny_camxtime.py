@@ -30,12 +30,13 @@ learn in minutes (docs/LEARNING.md):
   fixed-camera pairs. The share trades the two controls against each other at this budget (40%:
   camera, no time; 70%: time kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
-Trains 1400 steps on 2 CPU cores in about 7.5 minutes at ~3 steps/s (a slower machine stops at the
-10-minute limit: ~1200 steps at 2 steps/s; the cosine is then under 10% of its peak). 1400 steps, not
-1000: the camera error of the last view held falls from 1.18 to 0.92 (docs/LEARNING.md §17).
+Trains 1400 steps on 2 CPU cores in about 7.5-8 minutes at ~3 steps/s (a slower machine stops at the
+10-minute limit: ~1200 steps at 2 steps/s; the cosine is then under 10% of its peak). 1400 steps: the
+camera error of the last view held is 0.92 (0.99 when stopped at 1188; 1.18 after 927 of the previous
+1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~35 minutes at ~2 steps/s on 2 CPU cores: both controls further, docs/LEARNING.md §8, §13).
+4000 steps, ~20-35 minutes at 3-2 steps/s on 2 CPU cores: both controls further, docs/LEARNING.md §8, §13).
 """
 from stp_jax.config import apply_variants, base
 
@@ -66,8 +67,8 @@ def get_config(variants=None):
                   global_batch=4, warp_probs=TIME_WARPS, camera_paths=CAMERA_PATHS, fixed_camera_pairs=0.7,
                   fixed_camera_steps=300)
     c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0)
-    c.total_steps = 1400  # the cosine schedule ends here: ~7.5 minutes at the ~3 steps/s of a 2-core machine
-    # (docs/LEARNING.md §17: camera control within 1 index on both camera cases; 1000 steps left the last view at 1.18)
+    c.total_steps = 1400  # the cosine schedule ends here: ~7.5-8 minutes at the ~3 steps/s of a 2-core machine
+    # (docs/LEARNING.md §17: camera control within 1 index on both camera cases; 927 steps left the last view at 1.18)
     c.time_limit_minutes = 10.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 500, 2

@@ -152,8 +152,11 @@ def test_copy_ceiling_composite():
     out, out_z = np.zeros_like(img), np.full((size, size), np.inf)
     tool.splat(img, depth, np.ones((size, size), bool), eye, moved, out, out_z)
     np.testing.assert_array_equal(out[:, :-1], img[:, 1:])
+    focal = 0.5 * size / np.tan(np.deg2rad(tool.cx.FOV_DEG) / 2)
     near = np.zeros_like(img) + 7
     tool.splat(near, depth - 1, np.ones((size, size), bool), eye, moved, out, out_z)  # nearer: drawn over
+    assert (out[:, :-1] == 7).all()
+    tool.splat(img, depth, np.ones((size, size), bool), eye, moved, out, out_z)  # farther: hidden
     assert (out[:, :-1] == 7).all()
 
     background = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -165,3 +168,21 @@ def test_copy_ceiling_composite():
     still = np.tile(eye, (t, 1, 1))
     comp = tool.composite(src, obj >= 0, s_z, still, still, np.zeros(t, int), np.arange(t)[::-1])
     np.testing.assert_array_equal(comp, src[::-1])
+
+    # a camera moving one pixel footprint right per frame over a textured plane at depth z; each frame's
+    # object is a patch of that plane (same depth) that changes colour; target: frame 0's camera, reversed
+    world = rng.integers(0, 256, (size, size + t, 3), dtype=np.uint8)
+    objects = [(1, 2), (4, 6), (6, 3)]  # (row, world column) of frame f's 2x1 object
+    moving_cams = np.tile(eye, (t, 1, 1))
+    moving_cams[:, 0, 3] = np.arange(t) * z / focal
+    src, obj = np.stack([world[:, f:f + size] for f in range(t)]), np.full((t, size, size), -1)
+    want = np.repeat(world[None, :, :size], t, 0)
+    for f, (r, c) in enumerate(objects):
+        src[f, r:r + 2, c - f], obj[f, r:r + 2, c - f] = 50 * (f + 1), 0
+        want[t - 1 - f, r:r + 2, c] = 50 * (f + 1)  # target frame t-1-f shows frame f's object, seen from camera 0
+    comp = tool.composite(src, obj >= 0, np.full((t, size, size), z), moving_cams, moving_cams[:1].repeat(t, 0),
+                          np.zeros(t, int), np.arange(t)[::-1])
+    np.testing.assert_array_equal(comp, want)
+    with pytest.raises(ValueError, match="camera-matched source frame"):
+        tool.composite(src, obj >= 0, np.full((t, size, size), z), moving_cams, moving_cams, np.zeros(t, int),
+                       np.arange(t))

@@ -151,7 +151,9 @@ def splat(image: np.ndarray, depth: np.ndarray, keep: np.ndarray, s_c2w: np.ndar
           out: np.ndarray, out_z: np.ndarray) -> None:
     """Forward-warp the pixels ``keep`` [H, W] of one frame (image [H, W, 3], z depth [H, W], filmed by
     s_c2w) into the camera t_c2w: each lands on its nearest target pixel of out [H, W, 3] when it is
-    nearer than out_z [H, W] there (a z-buffer; both updated in place)."""
+    strictly nearer than out_z [H, W] there (a z-buffer; both updated in place; on a tie what is
+    there stays). One point per pixel: where the warp magnifies, it leaves cracks; sky pixels
+    (depth >= SKY_DEPTH) are not warped."""
     h, w = depth.shape
     rays = np.asarray(pinhole_rays(h, w, cx.FOV_DEG))  # z = 1
     ys, xs = np.nonzero(keep & (depth < SKY_DEPTH))
@@ -173,16 +175,21 @@ def composite(sources: np.ndarray, moving: np.ndarray, s_z: np.ndarray, s_c2w: n
     [T, H, W]: the objects, and their shadows or not) could output without seeing the truth: for each
     target frame, the camera-matched source frame (shows_cam) with the masked pixels cut out, the
     holes filled by every other source frame's unmasked pixels warped into the target camera, then the
-    masked pixels of the source frame of the requested time (times) warped in, nearest first.
+    masked pixels of the source frame of the requested time (times) warped in (the nearest point wins).
+    The camera-matched frame k must be filmed by the target camera (s_c2w[k] == t_c2w[i]); it is not
+    warped. A cut-out pixel that no other frame fills (or only sky would) keeps the frame's own pixel.
     uint8 [T, H, W, 3]."""
     t = len(times)
     out = np.empty_like(sources)
     z = np.minimum(s_z, SKY_DEPTH)
     for i in range(t):
         k, j = shows_cam[i], times[i]
+        if not np.allclose(s_c2w[k], t_c2w[i], atol=1e-5):
+            raise ValueError(f"composite: target frame {i}'s camera-matched source frame {k} is filmed by another "
+                             "camera; the static layer is taken unwarped")
         img, zb = sources[k].copy(), np.where(moving[k], np.inf, z[k])
         fill, fill_z = img.copy(), np.full(zb.shape, np.inf)
-        for f in np.argsort(-np.abs(np.arange(t) - k)):  # other frames, farthest first: nearer views win ties
+        for f in np.argsort(np.abs(np.arange(t) - k), kind="stable"):  # nearest in time first: it wins ties
             if f != k:
                 splat(sources[f], z[f], ~moving[f], s_c2w[f], t_c2w[i], fill, fill_z)
         img[moving[k]], zb[moving[k]] = fill[moving[k]], fill_z[moving[k]]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from nothing: set up .venv, train the tiny
-# SpaceTimePilot on procedural Cam×Time scenes (no downloads, no weights, CPU, 1400 steps in ~8 min of
+# SpaceTimePilot on procedural Cam×Time scenes (no downloads, no weights, CPU, 1400 steps in ~7.5-8 min of
 # training: fixed-camera pairs, then 70% of them among camera-moving ones, docs/LEARNING.md §7-8),
 # evaluate retiming and camera control on held-out scenes beside the trivial baselines (time/camera errors against
 # the ground-truth grid), and re-render one held-out video filmed from a still camera with
