@@ -118,12 +118,18 @@ def held_out_scenes(num_scenes: int, num_frames: int, num_cameras: int, height: 
     return seeds, paths, grids, grids[:, src_c, src_t]
 
 
+def camera_matched_frames(src_cams, cams) -> np.ndarray:
+    """For each target camera index (cams [T]), the source frame filmed from the nearest camera
+    (src_cams [T]: each source frame's camera index) [T]."""
+    return np.argmin(np.abs(np.asarray(src_cams)[None, :] - np.asarray(cams)[:, None]), axis=1)
+
+
 def baselines(sources, cams, times, num_cameras: int, src_cams=None) -> dict[str, np.ndarray]:
     """The trivial answers to one case, each [N, T, H, W, 3] uint8 (see the module doc);
     ``src_cams`` [T]: the camera of each source frame (default: the grid diagonal)."""
     t = sources.shape[1]
     src_c = cx.source_indices(t, num_cameras)[0] if src_cams is None else np.asarray(src_cams)
-    shows_cam = np.argmin(np.abs(src_c[None, :] - np.asarray(cams)[:, None]), axis=1)  # source frame of camera c_j
+    shows_cam = camera_matched_frames(src_c, cams)
     mean = np.round(sources.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.uint8)
     return {"source": sources, "preshuffled": sources[:, times], "camera_matched": sources[:, shows_cam],
             "first_frame": np.repeat(sources[:, :1], t, axis=1), "temporal_mean": np.repeat(mean, t, axis=1)}

@@ -131,13 +131,6 @@ def ray_copy(sources: np.ndarray, src_pts: np.ndarray, origins: np.ndarray, dirs
     return rearrange(tiles[np.argmin(cost, axis=1)], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
 
 
-def cell_depths(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int) -> np.ndarray:
-    """The renderer's z depth [T, H, W] of the cells (c2w [T, 4, 4], times [T]) of scene ``seed``."""
-    scene = cx.make_scene(seed)
-    one = jax.jit(jax.vmap(lambda c, t: cx.render(scene, c, t, num_times, size, size, with_aux=True)[3]))
-    return np.asarray(one(jnp.asarray(c2w, jnp.float32), jnp.asarray(times)))
-
-
 def cell_aux(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int):
     """The renderer's object id (-1: none), shadow flag and z depth [T, H, W] each of the cells
     (c2w [T, 4, 4], times [T]) of scene ``seed``."""
@@ -164,7 +157,8 @@ def splat(image: np.ndarray, depth: np.ndarray, keep: np.ndarray, s_c2w: np.ndar
     u = np.floor(cam[:, 0] / np.where(ok, cam[:, 2], 1) * focal + w / 2).astype(int)
     v = np.floor(cam[:, 1] / np.where(ok, cam[:, 2], 1) * focal + h / 2).astype(int)
     ok &= (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    for i in np.argsort(-cam[:, 2])[ok[np.argsort(-cam[:, 2])]]:  # far to near: the nearest point stays
+    order = np.argsort(-cam[:, 2])
+    for i in order[ok[order]]:  # far to near: the nearest point stays
         if cam[i, 2] < out_z[v[i], u[i]]:
             out[v[i], u[i]], out_z[v[i], u[i]] = image[ys[i], xs[i]], cam[i, 2]
 
@@ -228,6 +222,9 @@ def main(argv=None):
         cams, times = evaluate.case_cells(case, a.frames, a.frames)
         src_c = evaluate.source_cameras(case, a.frames, a.frames)
         truth, sources = grids[:, cams, times], grids[:, src_c, np.arange(a.frames)]
+        # the renderer's object ids, shadows and depths of every scene's source frames, rendered once
+        src_aux = [cell_aux(seed, path[src_c], np.arange(a.frames), a.frames, a.size)
+                   for seed, path in zip(scenes[0], scenes[1])]
         rows = {}
         for b in blocks:
             rows[f"oracle copy {b}x{b}"] = np.stack([oracle_copy(s, t, b) for s, t in zip(sources, truth)])
@@ -239,10 +236,9 @@ def main(argv=None):
             true, flat, timed = [], [], []
             rays = {pref: [] for pref in prefs}
             at_time = times[:, None] == np.arange(a.frames)[None]  # the source frame of the requested time
-            for seed, path, src in zip(scenes[0], scenes[1], sources):
+            for seed, path, src, (_, _, s_z) in zip(scenes[0], scenes[1], sources, src_aux):
                 s_c2w, t_c2w = path[src_c], path[cams]
-                s_z = cell_depths(seed, s_c2w, np.arange(a.frames), a.frames, a.size)
-                t_z = cell_depths(seed, t_c2w, times, a.frames, a.size)
+                t_z = cell_aux(seed, t_c2w, times, a.frames, a.size)[2]
                 s_pts, t_pts = tile_points(s_c2w, s_z, b), tile_points(t_c2w, t_z, b)
                 true.append(geometric_copy(src, s_pts, t_pts, b))
                 timed.append(geometric_copy(src, s_pts, t_pts, b, at_time))
@@ -256,10 +252,9 @@ def main(argv=None):
             for pref, clips in rays.items():
                 rows[f"ray {b}x{b}, true source depth, {pref:g} per frame for the requested time"] = np.stack(clips)
         if a.composite:
-            shows_cam = np.argmin(np.abs(src_c[None, :] - np.asarray(cams)[:, None]), axis=1)
+            shows_cam = evaluate.camera_matched_frames(src_c, cams)
             objects, shadows = [], []
-            for seed, path, src in zip(scenes[0], scenes[1], sources):
-                s_obj, s_shadow, s_z = cell_aux(seed, path[src_c], np.arange(a.frames), a.frames, a.size)
+            for path, src, (s_obj, s_shadow, s_z) in zip(scenes[1], sources, src_aux):
                 args = (s_z, path[src_c], path[cams], shows_cam, times)
                 objects.append(composite(src, s_obj >= 0, *args))
                 shadows.append(composite(src, (s_obj >= 0) | s_shadow, *args))
