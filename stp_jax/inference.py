@@ -315,6 +315,9 @@ def model_batch(mode: str, ae: Autoencoder | None, batch: dict, context, frames_
     for k in COND_KEYS[mode]:
         v = jnp.asarray(batch[k], jnp.float32)
         out[k] = model_times(v, frames_per_latent) if k.endswith("_time") else v
+    for k in ("src_depth", "src_moving"):  # the renderer's, per source pixel (data.composite_aux)
+        if k in batch:
+            out[k] = batch[k]
     return out
 
 

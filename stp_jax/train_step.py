@@ -23,7 +23,8 @@ from flax import struct
 
 from stp_jax.controls.timing import latent_times
 from stp_jax.diffusion import flow
-from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS, copy_unit_places, copy_units
+from stp_jax.models import layered
+from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS, composite_pixels, copy_unit_places, copy_units
 
 # Trainable subsets, as regexes over "/"-joined param paths.
 TRAINABLE = {
@@ -169,13 +170,54 @@ def loss_fn(model, params, batch, rng, flow_cfg: flow.FlowConfig = flow.FlowConf
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
     x = flow.noise_target_half(target, source, noise, sigma)
     cond = {k: batch[k] for k in COND_KEYS[model.cfg.mode]}
-    if not flow_cfg.copy_loss:
+    composite = flow_cfg.composite_loss or flow_cfg.composite_gate_loss
+    if not (flow_cfg.copy_loss or composite):
         pred = model.apply({"params": params}, x, t, batch["context"], **cond)
         return flow.flow_loss(pred, target, noise, weight, flow_cfg.prediction), {"sigma_mean": jnp.mean(sigma)}
     pred, inter = model.apply({"params": params}, x, t, batch["context"], **cond, mutable=["intermediates"])
-    ce = copy_supervision(model.cfg, inter["intermediates"], batch, flow_cfg)
     loss = flow.flow_loss(pred, target, noise, weight, flow_cfg.prediction)
-    return loss + flow_cfg.copy_loss * ce, {"sigma_mean": jnp.mean(sigma), "flow_loss": loss, "copy_ce": ce}
+    total, aux = loss, {"sigma_mean": jnp.mean(sigma), "flow_loss": loss}
+    if flow_cfg.copy_loss:
+        aux["copy_ce"] = copy_supervision(model.cfg, inter["intermediates"], batch, flow_cfg)
+        total = total + flow_cfg.copy_loss * aux["copy_ce"]
+    if composite:
+        terms = composite_supervision(model.cfg, inter["intermediates"], batch)
+        aux.update(terms)
+        total = (total + flow_cfg.composite_loss * (terms["depth_mse"] + terms["moving_ce"])
+                 + flow_cfg.composite_gate_loss * terms["gate_ce"])
+    return total, aux
+
+
+MOVING_DEPTH_WEIGHT = 5.0  # composite_supervision: the weight of a moving pixel's depth error (others: 1)
+
+
+def composite_supervision(cfg, intermediates, batch):
+    """The losses of DiTConfig.copy_composite's predictions (its sown intermediates): depth_mse, the
+    squared error of the log depth of every source pixel against the renderer's (batch src_depth
+    [B, T, H, W], the sky at layered.SKY_DEPTH; moving pixels weighted MOVING_DEPTH_WEIGHT); moving_ce,
+    the binary cross-entropy of its moving mask against src_moving; gate_ce, the gate's binary
+    cross-entropy against which candidate is nearer the clean target at each pixel, weighted by the
+    difference of their squared errors."""
+    if not cfg.copy_composite or "composite_gate_logits" not in intermediates:
+        raise ValueError("flow.composite_loss / composite_gate_loss need model.copy_composite > 0")
+    if "src_depth" not in batch or "src_moving" not in batch:
+        raise ValueError("flow.composite_loss needs the renderer's depth and masks in the batch: set "
+                         "data.composite_aux=true (procedural scenes)")
+    log_d = intermediates["composite_log_depth"][0]  # [B, Fh, H, W]
+    want = jnp.log(jnp.clip(batch["src_depth"].astype(jnp.float32), 0.05, layered.SKY_DEPTH) / cfg.copy_depth)
+    moving = batch["src_moving"].astype(jnp.float32)
+    # the moving layer is what the composite moves by its depth: its pixels count MOVING_DEPTH_WEIGHT times
+    w = 1.0 + (MOVING_DEPTH_WEIGHT - 1.0) * moving
+    depth_mse = jnp.sum(w * jnp.square(log_d - want)) / jnp.sum(w)
+    moving_ce = jnp.mean(optax.sigmoid_binary_cross_entropy(intermediates["composite_moving"][0], moving))
+    copy, comp = jax.lax.stop_gradient(intermediates["composite_candidates"][0])  # [B, L/2, npx, 3] each
+    y = composite_pixels(cfg, batch["target"])  # [B, L/2, npx, 3]
+    err_copy, err_comp = jnp.sum(jnp.square(copy - y), -1), jnp.sum(jnp.square(comp - y), -1)  # [B, L/2, npx]
+    w = jnp.abs(err_copy - err_comp)
+    ce = optax.sigmoid_binary_cross_entropy(intermediates["composite_gate_logits"][0],
+                                            (err_comp < err_copy).astype(jnp.float32))
+    gate_ce = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-6)
+    return {"depth_mse": depth_mse, "moving_ce": moving_ce, "gate_ce": gate_ce}
 
 
 def copy_supervision(cfg, intermediates, batch, flow_cfg: flow.FlowConfig):

@@ -19,9 +19,11 @@ depths can. And the copy along target rays (DiTConfig.copy_geometry "ray") with 
 frames' true depth: each target tile takes the source tile at the smallest angle from its ray, plus
 a preference per frame for the requested time (``--time-prefs``; 0 gives the camera-matched frame).
 And (``--composite``) the two-layer 2.5D composite a model with perfect depth and a perfect mask of
-what changes with time could build: the camera-matched frame with the masked pixels cut out and
-filled from the other frames, under the masked pixels of the frame of the requested time, each
-pixel forward-warped by its true depth; the mask is the objects, or the objects and their shadows.
+what changes with time could build (models/layered.py, DiTConfig.copy_composite's): the
+camera-matched frame with the masked pixels cut out and filled from the other frames, under the
+masked pixels of the frame of the requested time, each pixel forward-warped by its true depth; the
+mask is the objects, or the objects and their shadows; and the same two layers at the copy's units
+(whole tiles along target rays, gated where either layer shows something that moves).
 
     python tools/copy_ceiling.py                                  # 8x8 (tokens) and 4x4 (latent pixels)
     python tools/copy_ceiling.py --blocks 8,4,2 --scenes 8 --cases reverse,moving:reverse
@@ -43,6 +45,7 @@ from stp_jax import evaluate  # noqa: E402
 from stp_jax.controls.camera import pinhole_rays  # noqa: E402
 from stp_jax.data import camxtime as cx  # noqa: E402
 from stp_jax.diffusion import flow  # noqa: E402
+from stp_jax.models import layered  # noqa: E402
 from stp_jax.models.dit import copy_distance2  # noqa: E402
 
 CASES = "still:reverse,reverse,moving:reverse,moving:freeze_mid,cam:reverse_path,cam:last_view"
@@ -79,7 +82,7 @@ def target_copy(sources: np.ndarray, truth: np.ndarray, block: int, temp: float)
 
 
 FLAT_DEPTH = 5.0  # DiTConfig.copy_depth's default: the cameras' distance to the scene centre
-SKY_DEPTH = 30.0  # the sky's points: far, so nearby directions stay near each other
+SKY_DEPTH = layered.SKY_DEPTH  # the sky's points: far, so nearby directions stay near each other
 
 
 def tile_points(c2w: np.ndarray, depth: np.ndarray, block: int) -> np.ndarray:
@@ -131,6 +134,29 @@ def ray_copy(sources: np.ndarray, src_pts: np.ndarray, origins: np.ndarray, dirs
     return rearrange(tiles[np.argmin(cost, axis=1)], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
 
 
+def gated_units(sources: np.ndarray, moving: np.ndarray, src_pts: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
+                shows_cam: np.ndarray, times: np.ndarray, block: int) -> np.ndarray:
+    """The two-layer copy at the copy's own units (block x block tiles), as a model with true source
+    depths and a perfect gate could do it without the truth: every target tile is the camera-matched
+    frame's tile (shows_cam) unless that tile, or the tile of the frame of the requested time (times)
+    whose point is at the smallest angle from the target tile's ray (DiTConfig.copy_geometry "ray",
+    that one frame only), shows something of ``moving`` [T, H, W]; then it is the latter."""
+    t, h, w, _ = sources.shape
+    per = (h // block) * (w // block)
+    tiles = rearrange(sources, "t (y a) (x e) c -> (t y x) a e c", a=block, e=block)
+    busy = rearrange(moving, "t (y a) (x e) -> (t y x) (a e)", a=block, e=block).any(-1)  # [T*per]
+    d2 = np.asarray(copy_distance2("ray", None, jnp.asarray(src_pts)[None], jnp.asarray(origins)[None],
+                                   jnp.asarray(dirs)[None]))[0]  # [Q, S]
+    unit = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+    along = np.einsum("sx,qx->qs", src_pts, unit) - (origins * unit).sum(-1)[:, None]
+    frame_q, frame_s = np.repeat(np.arange(t), per), np.repeat(np.arange(t), per)
+    cost = np.where(frame_s[None] == times[frame_q][:, None], d2 / np.maximum(along, 0.1) ** 2, np.inf)
+    moved = np.argmin(cost, axis=1)  # [Q]
+    static = shows_cam[frame_q] * per + np.arange(len(frame_q)) % per
+    pick = np.where(busy[static] | busy[moved], moved, static)
+    return rearrange(tiles[pick], "(t y x) a e c -> t (y a) (x e) c", t=t, y=h // block)
+
+
 def cell_aux(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size: int):
     """The renderer's object id (-1: none), shadow flag and z depth [T, H, W] each of the cells
     (c2w [T, 4, 4], times [T]) of scene ``seed``."""
@@ -140,57 +166,17 @@ def cell_aux(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size
     return np.asarray(obj), np.asarray(shadow), np.asarray(z)
 
 
-def splat(image: np.ndarray, depth: np.ndarray, keep: np.ndarray, s_c2w: np.ndarray, t_c2w: np.ndarray,
-          out: np.ndarray, out_z: np.ndarray) -> None:
-    """Forward-warp the pixels ``keep`` [H, W] of one frame (image [H, W, 3], z depth [H, W], filmed by
-    s_c2w) into the camera t_c2w: each lands on its nearest target pixel of out [H, W, 3] when it is
-    strictly nearer than out_z [H, W] there (a z-buffer; both updated in place; on a tie what is
-    there stays). One point per pixel: where the warp magnifies, it leaves cracks; sky pixels
-    (depth >= SKY_DEPTH) are not warped."""
-    h, w = depth.shape
-    rays = np.asarray(pinhole_rays(h, w, cx.FOV_DEG))  # z = 1
-    ys, xs = np.nonzero(keep & (depth < SKY_DEPTH))
-    pts = (s_c2w[:3, :3] @ (rays[ys, xs] * depth[ys, xs, None]).T).T + s_c2w[:3, 3]  # world points [P, 3]
-    cam = (t_c2w[:3, :3].T @ (pts - t_c2w[:3, 3]).T).T  # in the target camera's frame
-    focal = 0.5 * w / np.tan(np.radians(cx.FOV_DEG) / 2)
-    ok = cam[:, 2] > 1e-3
-    u = np.floor(cam[:, 0] / np.where(ok, cam[:, 2], 1) * focal + w / 2).astype(int)
-    v = np.floor(cam[:, 1] / np.where(ok, cam[:, 2], 1) * focal + h / 2).astype(int)
-    ok &= (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    order = np.argsort(-cam[:, 2])
-    for i in order[ok[order]]:  # far to near: the nearest point stays
-        if cam[i, 2] < out_z[v[i], u[i]]:
-            out[v[i], u[i]], out_z[v[i], u[i]] = image[ys[i], xs[i]], cam[i, 2]
-
-
 def composite(sources: np.ndarray, moving: np.ndarray, s_z: np.ndarray, s_c2w: np.ndarray, t_c2w: np.ndarray,
-              shows_cam: np.ndarray, times: np.ndarray) -> np.ndarray:
+              times: np.ndarray) -> np.ndarray:
     """What a 2.5D model with perfect depth and a perfect mask of what changes with time (``moving``
-    [T, H, W]: the objects, and their shadows or not) could output without seeing the truth: for each
-    target frame, the camera-matched source frame (shows_cam) with the masked pixels cut out, the
-    holes filled by every other source frame's unmasked pixels warped into the target camera, then the
-    masked pixels of the source frame of the requested time (times) warped in (the nearest point wins).
-    The camera-matched frame k must be filmed by the target camera (s_c2w[k] == t_c2w[i]); it is not
-    warped. A cut-out pixel that no other frame fills (or only sky would) keeps the frame's own pixel.
-    uint8 [T, H, W, 3]."""
-    t = len(times)
-    out = np.empty_like(sources)
-    z = np.minimum(s_z, SKY_DEPTH)
-    for i in range(t):
-        k, j = shows_cam[i], times[i]
-        if not np.allclose(s_c2w[k], t_c2w[i], atol=1e-5):
-            raise ValueError(f"composite: target frame {i}'s camera-matched source frame {k} is filmed by another "
-                             "camera; the static layer is taken unwarped")
-        img, zb = sources[k].copy(), np.where(moving[k], np.inf, z[k])
-        fill, fill_z = img.copy(), np.full(zb.shape, np.inf)
-        for f in np.argsort(np.abs(np.arange(t) - k), kind="stable"):  # nearest in time first: it wins ties
-            if f != k:
-                splat(sources[f], z[f], ~moving[f], s_c2w[f], t_c2w[i], fill, fill_z)
-        img[moving[k]], zb[moving[k]] = fill[moving[k]], fill_z[moving[k]]
-        # the time layer goes over the static one where it is nearer, or (a shadow on the ground) about as near
-        splat(sources[j], z[j], moving[j], s_c2w[j], t_c2w[i], img, zb * 1.05)
-        out[i] = img
-    return out
+    [T, H, W]: the objects, and their shadows or not) could output without seeing the truth:
+    models/layered.composite (DiTConfig.copy_composite's) with the renderer's depths s_z [T, H, W] of
+    the source frames (filmed by s_c2w), for the target cameras t_c2w at the requested times. uint8
+    [T, H, W, 3]."""
+    f32 = lambda a: jnp.asarray(a, jnp.float32)[None]  # noqa: E731
+    pix, _ = layered.composite(f32(sources), f32(np.minimum(s_z, 1e4)), jnp.asarray(moving)[None], f32(s_c2w[:, :3]),
+                               f32(t_c2w[:, :3]), f32(np.arange(len(times))), f32(times), cx.FOV_DEG)
+    return np.asarray(pix[0]).round().clip(0, 255).astype(np.uint8)
 
 
 def main(argv=None):
@@ -255,12 +241,20 @@ def main(argv=None):
             shows_cam = evaluate.camera_matched_frames(src_c, cams)
             objects, shadows = [], []
             for path, src, (s_obj, s_shadow, s_z) in zip(scenes[1], sources, src_aux):
-                args = (s_z, path[src_c], path[cams], shows_cam, times)
+                args = (s_z, path[src_c], path[cams], times)
                 objects.append(composite(src, s_obj >= 0, *args))
                 shadows.append(composite(src, (s_obj >= 0) | s_shadow, *args))
             rows["2.5D composite, true depth: the requested time's objects on the camera-matched frame"] = \
                 np.stack(objects)
             rows["2.5D composite, true depth: the requested time's objects and shadows"] = np.stack(shadows)
+            for b in blocks:
+                gated = []
+                for path, src, (s_obj, s_shadow, s_z) in zip(scenes[1], sources, src_aux):
+                    s_pts = tile_points(path[src_c], s_z, b)
+                    gated.append(gated_units(src, (s_obj >= 0) | s_shadow, s_pts, *tile_rays(path[cams], a.size, b),
+                                             shows_cam, times, b))
+                rows[f"gated units {b}x{b}, true source depth: the requested time's objects and shadows"] = \
+                    np.stack(gated)
         rows.update(evaluate.baselines(sources, cams, times, a.frames, src_c))
         for name, clip in rows.items():
             m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)

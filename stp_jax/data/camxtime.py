@@ -275,6 +275,19 @@ def render_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: i
     return chunks.reshape(-1, height, width, 3)[:n]
 
 
+def render_aux_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
+    """What render(..., with_aux=True) knows of the cells ``cams[cam_idx[i]]`` at ``time_idx[i]``:
+    (z depth [N, H, W] float32 (BIG for the sky), moving [N, H, W] bool: an object or a shadow, what
+    changes with animation time). For supervising a model's depth and mask (data.composite_aux)."""
+    cams = jnp.asarray(cams, jnp.float32)
+
+    def one(c, t):
+        _, obj, shadow, z = render(scene, cams[c], t, num_times, height, width, with_aux=True)
+        return z, (obj >= 0) | shadow
+
+    return jax.vmap(one)(jnp.asarray(cam_idx, jnp.int32), jnp.asarray(time_idx, jnp.int32))
+
+
 def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
     """Every (camera, time) cell: [V, T, H, W, 3] uint8."""
     c = jnp.asarray(cams).shape[0]
@@ -284,6 +297,7 @@ def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
 
 render_grid_jit = jax.jit(render_grid, static_argnums=(2, 3, 4))
 render_path_jit = jax.jit(render_path, static_argnums=(4, 5, 6))
+render_aux_path_jit = jax.jit(render_aux_path, static_argnums=(4, 5, 6))
 
 
 def source_indices(num_frames: int, num_cameras: int):

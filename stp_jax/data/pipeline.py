@@ -71,6 +71,9 @@ class DataConfig:
     # a curriculum: the first ``fixed_camera_steps`` training steps draw fixed-camera pairs only (time
     # control is learned first, docs/LEARNING.md), then ``fixed_camera_pairs`` holds (``at_step``)
     fixed_camera_steps: int = 0
+    # also the renderer's depth and moving mask (objects and their shadows) of every source frame:
+    # src_depth float32 / src_moving bool [T, H, W] (procedural scenes only; model.copy_composite's losses)
+    composite_aux: bool = False
     tfds_name: str = "camxtime_procedural"
     tfds_dir: str = ""  # "" = TFDS's default (or, for camxtime_procedural, DATA_CACHE)
     latents_dir: str = ""  # source "latents": the output of stp-precompute
@@ -281,7 +284,12 @@ class MakePair(grain.transforms.RandomMap):
                                       t, c.height, c.width)
             both = np.asarray(both)
             src, tgt = both[:t], both[t:]
+        aux = {}
+        if c.composite_aux:
+            z, moving = cx.render_aux_path_jit(cx.make_scene(seed), cams, src_c, src_t, t, c.height, c.width)
+            aux = {"src_depth": np.asarray(z), "src_moving": np.asarray(moving)}
         return {
+            **aux,
             "src_frames": src, "tgt_frames": tgt,
             "src_cam": cam_lib.source_condition(cams[src_c], t, frames_per_latent=c.frames_per_latent,
                                                 rule=c.source_camera_rule),
@@ -293,6 +301,9 @@ class MakePair(grain.transforms.RandomMap):
 
     def _multiview_pair(self, element, seed, tgt_t, rng):
         c = self.cfg
+        if c.composite_aux:
+            raise ValueError(f"data.composite_aux needs procedural scenes (the renderer's depth and masks); record "
+                             f"{element.get('scene', seed)} is multi-view video")
         videos, cams = element["videos"], np.asarray(element["cameras"], np.float64)  # [V, T, ...]
         v, t = videos.shape[:2]
         if t != c.num_frames or videos.shape[2:] != (c.height, c.width, 3):

@@ -37,6 +37,13 @@ class FlowConfig:
     copy_loss_temp: float = 0.003  # the targets' temperature, in mean squared latent difference per value
     copy_loss_shift: float = 0.0  # + this many nats per squared latent pixel a source unit sits from the target's place
     copy_loss_time: float = 0.0  # + this many nats per frame of animation time between a source unit and the target
+    # > 0 (ours; model.copy_composite only): + this weight x (the squared error of the predicted log depth of
+    # every source pixel + the binary cross-entropy of its moving mask) against the renderer's
+    # (data.composite_aux; train_step.composite_supervision)
+    composite_loss: float = 0.0
+    # > 0 (model.copy_composite): + this weight x the binary cross-entropy of the composite's gate against
+    # which candidate (copy or composite) is nearer the clean target at each pixel, weighted by how much nearer
+    composite_gate_loss: float = 0.0
 
     def __post_init__(self):
         if not self.shift > 0:
@@ -45,6 +52,9 @@ class FlowConfig:
             raise ValueError(f"flow.copy_loss, copy_loss_shift and copy_loss_time must be >= 0 and flow.copy_loss_temp "
                              f"> 0, got {self.copy_loss}, {self.copy_loss_shift}, {self.copy_loss_time} and "
                              f"{self.copy_loss_temp}")
+        if not (self.composite_loss >= 0 and self.composite_gate_loss >= 0):
+            raise ValueError(f"flow.composite_loss and composite_gate_loss must be >= 0, got {self.composite_loss} and "
+                             f"{self.composite_gate_loss}")
         if self.timestep_mode not in TIMESTEP_MODES:
             raise ValueError(f"flow.timestep_mode {self.timestep_mode!r} is unknown; expected one of {TIMESTEP_MODES}")
         check_prediction(self.prediction)

@@ -28,6 +28,7 @@ from stp_jax.config_utils import JsonConfig
 from stp_jax.controls.camera import pinhole_rays, source_rule
 from stp_jax.controls.timing import latent_times, raw_frames
 from stp_jax.models import attention as attn_lib
+from stp_jax.models import layered
 from stp_jax.models.conditioning import AnimationTimeEmbedding, camera_encoder, temporal_chunks
 from stp_jax.models.layers import (
     MLP,
@@ -96,10 +97,24 @@ ROPE_FRAMES = ("index", "time")
 # init): the first as configured, the second closed to that shortcut (copy_block_shortcut's rule) so
 # it must take from the frame of the requested time or other cameras -- the oracle's mix of the
 # requested camera's frame and the requested time's frame (docs/LEARNING.md §14).
+# copy_composite > 0: the copy is mixed per pixel, by a learned gate, with
+# a two-layer 2.5D composite of the source in each target frame's camera at its requested time
+# (models/layered.py; docs/LEARNING.md §19; a pinhole of composite_fov degrees across the width, the
+# poses relative to the source's first camera: needs cam_heads): each source pixel's depth and whether it changes with
+# time (objects and their shadows) are predicted from the source half's last hidden states by one
+# zero-initialised Dense (depth copy_depth, nothing moving, at init), then the camera-matched frame's
+# still pixels and the requested time's moving pixels are forward-warped into the target camera. The
+# warp has no gradient: the depths and masks learn from their own losses (flow.FlowConfig.
+# composite_loss, the renderer's depth and masks), the gate from the flow loss and its own
+# (composite_gate_loss). The value is this many pixels per latent pixel side (the PatchAutoencoder's
+# spatial fold, one frame per latent frame): in_channels == copy_composite**2 * 3. Sown: the
+# predicted log depths and mask logits per source pixel, the gate's logits and both candidates.
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
 COPY_UNITS = ("patch", "pixel")
+COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth and mask head
+COMPOSITE_CONV_LAYERS = 3  # 3x3 convolutions over each source frame's pixels before that head
 COPY_GEOMETRIES = ("point", "ray")
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
@@ -147,6 +162,8 @@ class DiTConfig(JsonConfig):
     copy_geometry: str = "point"  # COPY_GEOMETRIES: target point or target ray against source points (copy_fov > 0)
     copy_block_shortcut: bool = False  # no copy from the target camera's source frame at another time
     copy_gate: bool = False  # + a second copy closed to that shortcut, the two mixed by a learned gate
+    copy_composite: int = 0  # > 0: + a 2.5D composite (models/layered.py), this many pixels per latent pixel side
+    composite_fov: float = 50.0  # the composite's pinhole, degrees across the width (the procedural scenes')
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -217,6 +234,13 @@ class DiTConfig(JsonConfig):
         for name in ("copy_block_shortcut", "copy_gate"):
             if getattr(self, name) and not (self.copy_source and self.cam_heads):
                 problems.append(f"{name} needs copy_source and cam_heads > 0 (target and source poses in one frame)")
+        if self.copy_composite and not (self.copy_source and self.cam_heads and self.mode == "spacetimepilot"
+                                        and 0 < self.composite_fov < 180
+                                        and self.in_channels == 3 * self.copy_composite ** 2):
+            problems.append(f"copy_composite {self.copy_composite} needs copy_source, cam_heads > 0 (target and "
+                            f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
+                            f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
+                            f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -316,6 +340,74 @@ def _unit_rays(c: DiTConfig, grid, patch=None):
     to = "(f h w)" if patch is None else "(f h w a e)"
     kw = {} if patch is None else dict(a=patch[0], e=patch[1])
     return rearrange(rays, f"{order} x -> {to} x", **kw), rearrange(frames, f"{order} -> {to}", **kw)
+
+
+def composite_pixels(c: DiTConfig, latents):
+    """Latents [B, F, H*ph, W*pw, C] (one half; C = s*s*3 for s = c.copy_composite) as the pixels of
+    each token, in patch-vector order: [B, F*H*W, ph*pw*s*s, 3]."""
+    _, ph, pw = c.patch_size
+    s = c.copy_composite
+    return rearrange(latents, "b f (h ph) (w pw) (s1 s2 c) -> b (f h w) (ph pw s1 s2) c", ph=ph, pw=pw, s1=s, s2=s)
+
+
+def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, src_time, grid):
+    """DiTConfig.copy_composite: the copy [B, L, P] (target tokens first) mixed per pixel with the 2.5D
+    composite of the source half of x [B, F, Hp, Wp, C] (models/layered.py), from depths and masks
+    predicted from the source tokens' hidden states h [B, L, D]; parameters and intermediates are
+    ``mod``'s (called inside its compact __call__). Returns [B, L, P] (zeros for source tokens, as the
+    copy)."""
+    f, hh, ww = grid
+    _, ph, pw = c.patch_size
+    s, fh = c.copy_composite, f // 2
+    b, l, _ = h.shape
+    npx = ph * pw * s * s  # pixels per token
+    pdtype = jnp.dtype(c.param_dtype)
+    hf = h.astype(jnp.float32)
+    src_pix = composite_pixels(c, x[:, fh:]).astype(jnp.float32)  # [B, L/2, npx, 3]
+    to_img = lambda a: rearrange(a, "b (f h w) (ph pw s1 s2) ... -> b f (h ph s1) (w pw s2) ...",  # noqa: E731
+                                 f=fh, h=hh, w=ww, ph=ph, pw=pw, s1=s, s2=s)
+    to_tok = lambda a: rearrange(a, "b f (h ph s1) (w pw s2) ... -> b (f h w) (ph pw s1 s2) ...",  # noqa: E731
+                                 h=hh, w=ww, ph=ph, pw=pw, s1=s, s2=s)
+    # per source pixel: its token's state, its place in the token and its own colour -> log depth / copy_depth
+    # and mask logit (a 128-wide state alone cannot carry a mask of 64 pixels: docs/LEARNING.md §19)
+    width = COMPOSITE_HEAD_WIDTH
+    place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
+                      (npx, width), pdtype)  # [npx, width]
+    local = to_img(src_pix).reshape(b * fh, hh * ph * s, ww * pw * s, 3)  # [B*Fh, H, W, 3]: each frame's pixels
+    for i in range(COMPOSITE_CONV_LAYERS):  # the pixel's neighbourhood (object edges, shadows' shapes)
+        local = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", name=f"composite_conv{i}", param_dtype=pdtype,
+                                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                             (None, None, None, None)),
+                                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(local))
+    feat = (Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None]
+            + place.astype(jnp.float32)
+            + to_tok(local.reshape(b, fh, *local.shape[1:])))  # [B, L/2, npx, width]
+    heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
+                  param_dtype=pdtype)(jax.nn.gelu(feat))  # [B, L/2, npx, 2]
+    log_d, mask_logit = heads[..., 0], heads[..., 1]
+    mod.sow("intermediates", "composite_log_depth", to_img(log_d))  # [B, Fh, H, W] per source pixel
+    mod.sow("intermediates", "composite_moving", to_img(mask_logit))  # [B, Fh, H, W] logits
+    depth = c.copy_depth * jnp.exp(jnp.clip(jax.lax.stop_gradient(log_d), -3.0, 3.0))
+    rt = cam.reshape(b, f, 3, 4).astype(jnp.float32)
+    pix, changed = layered.composite(to_img(src_pix), to_img(depth), to_img(jax.lax.stop_gradient(mask_logit) > 0),
+                                     rt[:, fh:], rt[:, :fh], latent_times(src_time), latent_times(tgt_time),
+                                     c.composite_fov)  # [B, Fh, H, W, 3], [B, Fh, H, W]
+    comp = to_tok(pix)  # [B, L/2, npx, 3]
+    cp = copied[:, : l // 2].astype(jnp.float32).reshape(b, l // 2, npx, 3)
+    # the gate sees, at each pixel, both candidates and whether the composite moved it, beside the token's state
+    seen = jax.lax.stop_gradient(jnp.concatenate([cp, comp, to_tok(changed.astype(jnp.float32))[..., None]], -1))
+    gfeat = (Dense((width,), ("embed", None), name="composite_gate_token", param_dtype=pdtype)(hf[:, : l // 2])[:, :, None]
+             + Dense((width,), (None, None), name="composite_gate_pixel", param_dtype=pdtype)(seen))  # [B, L/2, npx, width]
+    gate = Dense((1,), (None, None), kernel_init=nn.initializers.zeros, name="composite_gate",
+                 param_dtype=pdtype)(jax.nn.gelu(gfeat))[..., 0]  # [B, L/2, npx] logits
+    mod.sow("intermediates", "composite_gate_logits", gate)
+    mod.sow("intermediates", "composite_candidates", jnp.stack([cp, comp]))  # [2, B, L/2, npx, 3]
+    # a hard choice per pixel (a blend of two sharp candidates is a ghost of two times), trained straight
+    # through: the gradient is the soft gate's
+    soft = jax.nn.sigmoid(gate)
+    g = (soft + jax.lax.stop_gradient((soft >= 0.5).astype(jnp.float32) - soft))[..., None]
+    mixed = ((1 - g) * cp + g * comp).reshape(b, l // 2, -1)  # [B, L/2, P]
+    return jnp.concatenate([mixed, jnp.zeros_like(mixed)], axis=1).astype(copied.dtype)
 
 
 def copy_units(c: DiTConfig, latents):
@@ -584,6 +676,8 @@ class SpaceTimeDiT(nn.Module):
                                             name="copy_gate", param_dtype=pdtype)(h.astype(jnp.float32)))  # [B, L, units]
                 gate = jnp.repeat(gate, p.shape[-1] // units, axis=-1)  # each unit's C values: [B, L, P]
                 copied = (gate * copied + (1 - gate) * moved).astype(copied.dtype)
+            if c.copy_composite:
+                copied = _composite_mix(self, c, h, x, copied, cam, tgt_time, src_time, (f, hh, ww))
             out = out + copied  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]

@@ -1,0 +1,184 @@
+"""models/layered.py, the two-layer 2.5D composite of DiTConfig.copy_composite, and its losses."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stp_jax.data import camxtime as cx
+from stp_jax.models import layered
+from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, composite_pixels, dummy_inputs
+from stp_jax.train_step import composite_supervision
+
+FOV = cx.FOV_DEG
+
+
+def _focal(size):
+    return 0.5 * size / np.tan(np.deg2rad(FOV) / 2)
+
+
+def _run(src, depth, moving, src_c2w, tgt_c2w, src_times, tgt_times):
+    pix, changed = layered.composite(jnp.asarray(src, jnp.float32)[None], jnp.asarray(depth, jnp.float32)[None],
+                                     jnp.asarray(moving)[None], jnp.asarray(src_c2w[:, :3], jnp.float32)[None],
+                                     jnp.asarray(tgt_c2w[:, :3], jnp.float32)[None],
+                                     jnp.asarray(src_times, jnp.float32)[None],
+                                     jnp.asarray(tgt_times, jnp.float32)[None], FOV)
+    return np.asarray(pix[0]).round().astype(np.uint8), np.asarray(changed[0])
+
+
+def test_splat_identity_shift_and_z_buffer():
+    """A still camera's splat is the identity; a camera moved one pixel footprint sideways shifts the
+    pixels by one; the nearer point wins wherever it lands, whatever the order."""
+    rng = np.random.default_rng(4)
+    size, z = 8, 5.0
+    img = jnp.asarray(rng.integers(0, 256, (size * size, 3)), jnp.float32)
+    rays = layered.pinhole_rays(size, size, FOV).reshape(-1, 3)
+    eye = jnp.eye(4)[:3]
+    pts = rays * z
+    idx, depth = layered._project(pts, eye, size, size, FOV)
+    out, out_z = layered._splat(idx, depth, img, size * size)
+    np.testing.assert_array_equal(out, img)
+    np.testing.assert_allclose(out_z, z, rtol=1e-6)
+    moved = eye.at[0, 3].set(z / _focal(size))  # one pixel's footprint to the right
+    idx, depth = layered._project(pts, moved, size, size, FOV)
+    out, _ = layered._splat(idx, depth, img, size * size)
+    np.testing.assert_array_equal(out.reshape(size, size, 3)[:, :-1], img.reshape(size, size, 3)[:, 1:])
+    near = jnp.full_like(img, 7.0)
+    for order in ((img, near), (near, img)):  # the same points, once nearer
+        both = jnp.concatenate(order)
+        keys = jnp.concatenate([depth, depth - 1] if order[0] is img else [depth - 1, depth])
+        out, _ = layered._splat(jnp.concatenate([idx, idx]), keys, both, size * size)
+        assert (out.reshape(size, size, 3)[:, :-1] == 7).all()
+
+
+def test_frame_choices():
+    """The camera-matched frame is the nearest pose, ties broken by the requested time; the time
+    frame is the source frame nearest the requested time."""
+    t = 4
+    still = jnp.broadcast_to(jnp.eye(4)[:3], (1, t, 3, 4))
+    moving = still.at[:, :, 0, 3].set(jnp.arange(t, dtype=jnp.float32))
+    times = jnp.arange(t, dtype=jnp.float32)[None]
+    k, j = layered.frame_choices(still, still, times[:, ::-1], times)
+    np.testing.assert_array_equal(k[0], [3, 2, 1, 0])  # all poses tie: the frame of the requested time
+    np.testing.assert_array_equal(j[0], [3, 2, 1, 0])
+    k, j = layered.frame_choices(moving[:, :1].repeat(t, 1), moving, times[:, ::-1], times)
+    np.testing.assert_array_equal(k[0], [0, 0, 0, 0])
+    np.testing.assert_array_equal(j[0], [3, 2, 1, 0])
+
+
+def test_composite_retimes_a_still_and_a_moving_camera():
+    """At a still camera the composite is the frame of the requested time. With a camera moving one
+    pixel footprint per frame over a textured plane, each frame's object a recoloured patch of the
+    plane: seen from frame 0's camera in reverse, every target frame shows the requested time's
+    object in its place, and frame 0's own object is cut out and filled from the other frames."""
+    rng = np.random.default_rng(4)
+    t, size, z = 3, 8, 5.0
+    eye = np.eye(4)
+    background = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    src, moving = np.repeat(background[None], t, 0), np.zeros((t, size, size), bool)
+    depth = np.full((t, size, size), z)
+    for f in range(t):  # one object per frame, somewhere else each time, nearer than the background
+        src[f, 2 * f:2 * f + 2, 1:3] = 40 * (f + 1)
+        moving[f, 2 * f:2 * f + 2, 1:3], depth[f, 2 * f:2 * f + 2, 1:3] = True, z - 1
+    still = np.tile(eye, (t, 1, 1))
+    comp, _ = _run(src, depth, moving, still, still, np.arange(t), np.arange(t)[::-1])
+    np.testing.assert_array_equal(comp, src[::-1])
+
+    world = rng.integers(0, 256, (size, size + t, 3), dtype=np.uint8)
+    objects = [(1, 2), (4, 6), (6, 3)]  # (row, world column) of frame f's 2x1 object
+    cams = np.tile(eye, (t, 1, 1))
+    cams[:, 0, 3] = np.arange(t) * z / _focal(size)
+    src, moving = np.stack([world[:, f:f + size] for f in range(t)]), np.zeros((t, size, size), bool)
+    want = np.repeat(world[None, :, :size], t, 0)
+    for f, (r, c) in enumerate(objects):
+        src[f, r:r + 2, c - f], moving[f, r:r + 2, c - f] = 50 * (f + 1), True
+        want[t - 1 - f, r:r + 2, c] = 50 * (f + 1)  # target frame t-1-f shows frame f's object, seen from camera 0
+    comp, changed = _run(src, np.full((t, size, size), z), moving, cams, cams[:1].repeat(t, 0), np.arange(t),
+                         np.arange(t)[::-1])
+    np.testing.assert_array_equal(comp, want)
+    for i in range(t):  # changed: where the requested time's object landed and where frame 0's was filled
+        f = t - 1 - i
+        r, c = objects[f]
+        assert changed[i, r:r + 2, c].all()
+        r0, c0 = objects[0]
+        assert changed[i, r0:r0 + 2, c0].all()
+    assert changed.sum() <= t * 2 * 2 * 2
+
+
+def test_composite_matches_the_renderer():
+    """With the renderer's depth and masks of a procedural scene, a moving source re-timed at its own
+    cameras: every target frame is nearer its requested time's truth than the source frame is."""
+    f, size, seed = 9, 24, 3
+    scene, cams = cx.make_scene(seed), cx.camera_path(seed, f)
+    src_c, times = np.arange(f), np.arange(f)[::-1]
+    both = np.asarray(cx.render_path_jit(scene, cams, np.concatenate([src_c, src_c]), np.concatenate([src_c, times]),
+                                         f, size, size))
+    src, truth = both[:f], both[f:]
+    depth, moving = (np.asarray(a) for a in cx.render_aux_path_jit(scene, cams, src_c, src_c, f, size, size))
+    comp, _ = _run(src, np.minimum(depth, 1e4), moving, cams, cams, src_c, times)
+    err = lambda a: np.abs(a.astype(float) - truth).mean((1, 2, 3))  # noqa: E731
+    moved = times != src_c
+    assert (err(comp)[moved] < err(src)[moved]).all(), (err(comp), err(src))
+
+
+def _tiny(**kw):
+    return DiTConfig(**{**dict(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=48, out_channels=48,
+                               text_dim=16, freq_dim=32, time_groups=8, patch_size=(1, 2, 2), attention="xla",
+                               rope_frames="time", cam_heads=1, rope_theta=100.0, copy_source=True), **kw})
+
+
+def test_copy_composite_model_and_losses():
+    """The model's composite at init: nothing moving, every depth copy_depth; at a still camera it is
+    the frame of the requested time, and the output is the composite (the gate's hard choice at 1/2).
+    The losses: the gate's target is the nearer candidate, pixel by pixel; the depth
+    and mask terms compare with the renderer's."""
+    c = _tiny(copy_composite=4)
+    model = SpaceTimeDiT(c)
+    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)  # time inputs of 5 raw frames
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, inp["x"].shape), jnp.float32)
+    inp.update(x=x, tgt_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape),
+               src_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["src_cam"].shape),
+               tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))  # latent: 1, 0 / 0, 1
+    params = model.init(jax.random.PRNGKey(0), **inp)
+    out, inter = model.apply(params, **inp, mutable=["intermediates"])
+    inter = inter["intermediates"]
+    copy, comp = inter["composite_candidates"][0]
+    src_pix = composite_pixels(c, x[:, 2:])  # [1, L/2, npx, 3]: the source frames' pixels
+    per = comp.shape[1] // 2  # tokens per latent frame
+    np.testing.assert_allclose(comp[:, :per], src_pix[:, per:], atol=1e-6)  # target frame 0 <- the last source frame
+    np.testing.assert_allclose(comp[:, per:], src_pix[:, :per], atol=1e-6)
+    np.testing.assert_allclose(jax.nn.sigmoid(inter["composite_gate_logits"][0]), 0.5)
+    # the gate's hard choice at 1/2 is the composite, and the head starts at zero: the output is the composite
+    np.testing.assert_allclose(composite_pixels(c, out[:, :2]), comp, atol=1e-6)
+
+    batch = {"target": x[:, :2], "src_depth": jnp.full((1, 2, 8, 8), 5.0), "src_moving": jnp.zeros((1, 2, 8, 8), bool)}
+    terms = composite_supervision(c, inter, batch)
+    assert float(terms["depth_mse"]) < 1e-10 and abs(float(terms["moving_ce"]) - np.log(2)) < 1e-6
+    assert abs(float(terms["gate_ce"]) - np.log(2)) < 1e-6  # gate at 1/2: log 2 whatever the targets
+    inter2 = dict(inter, composite_gate_logits=(jnp.where(  # sure of the composite where it is nearer
+        jnp.sum((comp - composite_pixels(c, x[:, :2])) ** 2, -1) < jnp.sum((copy - composite_pixels(c, x[:, :2])) ** 2, -1),
+        20.0, -20.0),))
+    assert float(composite_supervision(c, inter2, batch)["gate_ce"]) < 1e-6
+    with pytest.raises(ValueError, match="composite_aux"):
+        composite_supervision(c, inter, {"target": x[:, :2]})
+
+
+def test_copy_composite_config_errors():
+    with pytest.raises(ValueError, match="copy_composite 4 needs"):
+        _tiny(copy_composite=4, cam_heads=0)
+    with pytest.raises(ValueError, match="in_channels == 3"):
+        DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=16, out_channels=16, text_dim=16,
+                  freq_dim=32, time_groups=8, patch_size=(1, 2, 2), rope_frames="time", cam_heads=1,
+                  copy_source=True, copy_composite=4)
+
+
+def test_composite_loss_config_errors():
+    """The composite's losses need the composite, and the renderer's depth and masks in the batch."""
+    from stp_jax import config
+
+    with pytest.raises(ValueError, match="set model.copy_composite"):
+        config.validate(config.load("tiny_camxtime", ["flow.composite_loss=0.1"]))
+    with pytest.raises(ValueError, match="data.composite_aux=true"):
+        config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1"]))
+    config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1",
+                                                  "data.composite_aux=true"]))
