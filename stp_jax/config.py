@@ -327,7 +327,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                          f"'spacetimepilot', got {cfg.model.mode!r})")
     if (cfg.flow.composite_loss or cfg.flow.composite_gate_loss) and not cfg.model.copy_composite:
         raise ValueError(f"config {cfg.name}: flow.composite_loss / composite_gate_loss supervise the 2.5D composite; "
-                         "set model.copy_composite (with model.copy_fov) or set both to 0")
+                         "set model.copy_composite or set both to 0")
     if cfg.flow.composite_loss and not (cfg.data.composite_aux and cfg.data.source in ("procedural", "tfds")):
         raise ValueError(f"config {cfg.name}: flow.composite_loss needs the renderer's depth and masks: set "
                          f"data.composite_aux=true with procedural scenes (data.source 'procedural' or 'tfds', "

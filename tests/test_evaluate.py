@@ -133,3 +133,21 @@ def test_copy_ceiling_geometry():
     np.testing.assert_array_equal(out[:, :, :-block], src[:, :, block:])
 
 
+
+
+def test_copy_ceiling_gated_units():
+    """The two layers at the copy's units: a tile comes from the frame of the requested time where
+    either layer shows something moving there, from the camera-matched frame elsewhere."""
+    tool = _tool("copy_ceiling")
+    rng = np.random.default_rng(5)
+    t, size, block, z = 3, 8, 4, 5.0
+    src = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    moving = np.zeros((t, size, size), bool)
+    moving[2, 1, 1] = True  # frame 2's top-left tile shows a moving pixel
+    still = np.tile(np.eye(4), (t, 1, 1))
+    pts = tool.tile_points(still, np.full((t, size, size), z), block)
+    out = tool.gated_units(src, moving, pts, *tool.tile_rays(still, size, block), np.zeros(t, int),
+                           np.arange(t)[::-1], block)
+    want = np.repeat(src[:1], t, 0)
+    want[0, :block, :block] = src[2, :block, :block]
+    np.testing.assert_array_equal(out, want)

@@ -97,15 +97,18 @@ ROPE_FRAMES = ("index", "time")
 # init): the first as configured, the second closed to that shortcut (copy_block_shortcut's rule) so
 # it must take from the frame of the requested time or other cameras -- the oracle's mix of the
 # requested camera's frame and the requested time's frame (docs/LEARNING.md §14).
-# copy_composite > 0: the copy is mixed per pixel, by a learned gate, with
-# a two-layer 2.5D composite of the source in each target frame's camera at its requested time
-# (models/layered.py; docs/LEARNING.md §19; a pinhole of composite_fov degrees across the width, the
-# poses relative to the source's first camera: needs cam_heads): each source pixel's depth and whether it changes with
-# time (objects and their shadows) are predicted from the source half's last hidden states by one
-# zero-initialised Dense (depth copy_depth, nothing moving, at init), then the camera-matched frame's
-# still pixels and the requested time's moving pixels are forward-warped into the target camera. The
-# warp has no gradient: the depths and masks learn from their own losses (flow.FlowConfig.
-# composite_loss, the renderer's depth and masks), the gate from the flow loss and its own
+# copy_composite > 0: the copy is mixed per pixel, by a learned gate, with a two-layer 2.5D composite
+# of the source in each target frame's camera at its requested time (models/layered.py;
+# docs/LEARNING.md §19; a pinhole of composite_fov degrees across the width, the poses relative to
+# the source's first camera: needs cam_heads). Each source pixel's depth and whether it changes with
+# time (objects and their shadows) come from a per-pixel head (the source token's last hidden state,
+# the pixel's place in its token, COMPOSITE_CONV_LAYERS 3x3 convolutions over the source frame's
+# pixels; zero-initialised output: depth copy_depth, nothing moving, at init); then the
+# camera-matched frame's still pixels and the requested time's moving pixels are forward-warped into
+# the target camera. The warp has no gradient: the depths and masks learn from their own losses
+# (flow.FlowConfig.composite_loss, the renderer's depth and masks). The gate sees the token's state,
+# both candidates and where the composite moved pixels, makes a hard choice per pixel (straight
+# through: the gradient is the sigmoid's), and learns from the flow loss and its own
 # (composite_gate_loss). The value is this many pixels per latent pixel side (the PatchAutoencoder's
 # spatial fold, one frame per latent frame): in_channels == copy_composite**2 * 3. Sown: the
 # predicted log depths and mask logits per source pixel, the gate's logits and both candidates.
@@ -113,9 +116,9 @@ ROPE_FRAMES = ("index", "time")
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
 COPY_UNITS = ("patch", "pixel")
-COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth and mask head
-COMPOSITE_CONV_LAYERS = 3  # 3x3 convolutions over each source frame's pixels before that head
 COPY_GEOMETRIES = ("point", "ray")
+COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth and mask head, and of its gate
+COMPOSITE_CONV_LAYERS = 3  # 3x3 convolutions over each source frame's pixels before that head
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -368,8 +371,8 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
                                  f=fh, h=hh, w=ww, ph=ph, pw=pw, s1=s, s2=s)
     to_tok = lambda a: rearrange(a, "b f (h ph s1) (w pw s2) ... -> b (f h w) (ph pw s1 s2) ...",  # noqa: E731
                                  h=hh, w=ww, ph=ph, pw=pw, s1=s, s2=s)
-    # per source pixel: its token's state, its place in the token and its own colour -> log depth / copy_depth
-    # and mask logit (a 128-wide state alone cannot carry a mask of 64 pixels: docs/LEARNING.md §19)
+    # per source pixel: its token's state, its place in the token and its neighbourhood -> log depth / copy_depth
+    # and mask logit (a 128-wide state alone does not carry a mask of 64 pixels: docs/LEARNING.md §19)
     width = COMPOSITE_HEAD_WIDTH
     place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
                       (npx, width), pdtype)  # [npx, width]
