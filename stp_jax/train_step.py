@@ -214,6 +214,8 @@ def composite_supervision(cfg, intermediates, batch):
     y = composite_pixels(cfg, batch["target"])  # [B, L/2, npx, 3]
     err_copy, err_comp = jnp.sum(jnp.square(copy - y), -1), jnp.sum(jnp.square(comp - y), -1)  # [B, L/2, npx]
     w = jnp.abs(err_copy - err_comp)
+    if cfg.composite_gate == "moved":  # the gate chooses only where the composite moved nothing
+        w = w * (1.0 - intermediates["composite_moved"][0])
     ce = optax.sigmoid_binary_cross_entropy(intermediates["composite_gate_logits"][0],
                                             (err_comp < err_copy).astype(jnp.float32))
     gate_ce = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-6)

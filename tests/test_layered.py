@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from stp_jax.data import camxtime as cx
 from stp_jax.models import layered
@@ -182,3 +183,37 @@ def test_composite_loss_config_errors():
         config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1"]))
     config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1",
                                                   "data.composite_aux=true"]))
+
+
+def test_composite_gate_moved():
+    """composite_gate="moved": wherever the composite moved a pixel the output is the composite, whatever
+    the learned gate says (here sure of the copy), and the gate's loss leaves those pixels out; where it
+    moved nothing, the learned gate decides. "learned" follows the gate everywhere."""
+    inp = None
+    for gate_kind in ("learned", "moved"):
+        c = _tiny(copy_composite=4, composite_gate=gate_kind)
+        model = SpaceTimeDiT(c)
+        if inp is None:
+            inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+            x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32)
+            eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
+            inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]),
+                       src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+        params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy
+        for moving in (-20.0, 20.0):  # nothing moves (the composite moves no pixel) / everything moves
+            params["composite_heads"]["bias"] = jnp.asarray([0.0, moving])
+            out, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
+            inter = inter["intermediates"]
+            copy, comp = inter["composite_candidates"][0]
+            moved = np.asarray(inter["composite_moved"][0])
+            assert np.all(moved == (moving > 0))  # still camera: only the moving layer moves pixels here
+            assert float(jnp.max(jnp.abs(copy - comp))) > 0.1
+            want = comp if (gate_kind == "moved" and moving > 0) else copy
+            np.testing.assert_allclose(composite_pixels(c, out[:, :2]), want, atol=1e-5)
+            batch = {"target": x[:, :2], "src_depth": jnp.full((1, 2, 8, 8), 5.0),
+                     "src_moving": jnp.zeros((1, 2, 8, 8), bool)}
+            gate_ce = float(composite_supervision(c, inter, batch)["gate_ce"])
+            assert (gate_ce == 0.0) == (gate_kind == "moved" and moving > 0)
+    with pytest.raises(ValueError, match="composite_gate 'always'"):
+        _tiny(copy_composite=4, composite_gate="always")

@@ -2,9 +2,11 @@
 
 One model pass at noise level --sigma (1: the sampler's first step) on held-out scenes, per case:
 the predicted moving mask against the renderer's (IoU, recall, precision), the predicted log depth's
-RMS error, and, scored like stp-eval (PSNR / SSIM / time and camera errors): the model's clean-sample
-estimate, its two candidates (the copy, the composite), and the composite rebuilt with the renderer's
-depth and/or mask in place of the predicted ones, beside the baselines (docs/LEARNING.md §19).
+RMS error (over all pixels, then the moving and the still ones apart), and, scored like stp-eval
+(PSNR / SSIM / time and camera errors): the model's clean-sample estimate, its two candidates (the
+copy, the composite), and the composite rebuilt with the renderer's depth and/or mask in place of the
+predicted ones (and with the renderer's depth on the moving pixels only), beside the baselines
+(docs/LEARNING.md §19).
 --picture DIR writes one scene's contact sheet per case: sources, true mask, predicted mask, true
 depth, predicted depth, truth, model, composite candidate (every second frame).
 
@@ -62,12 +64,16 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
     true_m = np.stack([np.asarray(m) for _, m in aux])
     pred_m = np.asarray(inter["composite_moving"][0]) > 0
     pred_z = c.copy_depth * np.exp(np.clip(np.asarray(inter["composite_log_depth"][0]), -3, 3))
-    rmse = np.sqrt(np.mean((np.log(pred_z) - np.log(np.clip(true_z, 0.05, layered.SKY_DEPTH))) ** 2))
+    err = np.log(pred_z) - np.log(np.clip(true_z, 0.05, layered.SKY_DEPTH))  # [N, T, H, W]
+    rmse = np.sqrt(np.mean(err ** 2))
     both = (pred_m & true_m).sum()
     print(f"{case}, sigma {a.sigma}: moving share {true_m.mean():.3f} (predicted {pred_m.mean():.3f}), IoU "
           f"{both / max((pred_m | true_m).sum(), 1):.3f}, recall {both / max(true_m.sum(), 1):.3f}, precision "
           f"{both / max(pred_m.sum(), 1):.3f}; log depth RMS error {rmse:.3f}; the gate picks the composite at "
           f"{float((np.asarray(inter['composite_gate_logits'][0]) >= 0).mean()):.2f} of the pixels")
+    for name, sel in (("moving", true_m), ("still", ~true_m)):  # what the warp moves far: the moving pixels
+        print(f"  log depth on {name} pixels: RMS error {np.sqrt(np.mean(err[sel] ** 2)):.3f}, mean error "
+              f"{np.mean(err[sel]):+.3f}")
     rt_s, rt_t = kw["src_cam"].reshape(b, t, 3, 4), kw["tgt_cam"].reshape(b, t, 3, 4)
 
     def comp(depth, moving):
@@ -85,7 +91,8 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
             "composite candidate": _u8(to_img(composite)),
             "composite, true depth, predicted mask": comp(true_z, pred_m),
             "composite, predicted depth, true mask": comp(pred_z, true_m),
-            "composite, true depth and mask": comp(true_z, true_m)}
+            "composite, true depth and mask": comp(true_z, true_m),
+            "composite, true mask, true depth on moving pixels only": comp(np.where(true_m, true_z, pred_z), true_m)}
     rows.update(evaluate.baselines(sources, cams, times, run.num_cameras, src_c))
     for name, clip in rows.items():
         m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)

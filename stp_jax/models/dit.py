@@ -102,7 +102,7 @@ ROPE_FRAMES = ("index", "time")
 # docs/LEARNING.md §19; a pinhole of composite_fov degrees across the width, the poses relative to
 # the source's first camera: needs cam_heads). Each source pixel's depth and whether it changes with
 # time (objects and their shadows) come from a per-pixel head (the source token's last hidden state,
-# the pixel's place in its token, COMPOSITE_CONV_LAYERS 3x3 convolutions over the source frame's
+# the pixel's place in its token, len(COMPOSITE_CONV_DILATIONS) 3x3 convolutions over the source frame's
 # pixels; zero-initialised output: depth copy_depth, nothing moving, at init); then the
 # camera-matched frame's still pixels and the requested time's moving pixels are forward-warped into
 # the target camera. The warp has no gradient: the depths and masks learn from their own losses
@@ -111,14 +111,21 @@ ROPE_FRAMES = ("index", "time")
 # through: the gradient is the sigmoid's), and learns from the flow loss and its own
 # (composite_gate_loss). The value is this many pixels per latent pixel side (the PatchAutoencoder's
 # spatial fold, one frame per latent frame): in_channels == copy_composite**2 * 3. Sown: the
-# predicted log depths and mask logits per source pixel, the gate's logits and both candidates.
+# predicted log depths and mask logits per source pixel, the gate's logits, both candidates and where the
+# composite moved pixels. composite_gate="moved" takes the composite wherever it moved a pixel (§20).
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
 COPY_UNITS = ("patch", "pixel")
 COPY_GEOMETRIES = ("point", "ray")
+# copy_composite's gate: "learned" everywhere, or "moved": the composite wherever it moved the pixel (another
+# frame's pixel or the moving layer; a learned gate hedges there, keeping the copy's object at the wrong time:
+# docs/LEARNING.md §19), learned elsewhere
+COMPOSITE_GATES = ("learned", "moved")
 COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth and mask head, and of its gate
-COMPOSITE_CONV_LAYERS = 3  # 3x3 convolutions over each source frame's pixels before that head
+# 3x3 convolutions over each source frame's pixels before that head, their dilations: a 17-pixel field (three
+# undilated layers, a 7-pixel field, left the moving pixels' log depth 0.37 off; this, 0.29: docs/LEARNING.md §20)
+COMPOSITE_CONV_DILATIONS = (1, 2, 4, 1)
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -167,6 +174,7 @@ class DiTConfig(JsonConfig):
     copy_gate: bool = False  # + a second copy closed to that shortcut, the two mixed by a learned gate
     copy_composite: int = 0  # > 0: + a 2.5D composite (models/layered.py), this many pixels per latent pixel side
     composite_fov: float = 50.0  # the composite's pinhole, degrees across the width (the procedural scenes')
+    composite_gate: str = "learned"  # COMPOSITE_GATES: where the composite moved a pixel, a learned choice or the composite
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -244,6 +252,8 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
+        if self.composite_gate not in COMPOSITE_GATES:
+            problems.append(f"composite_gate {self.composite_gate!r} is not one of {COMPOSITE_GATES}")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -377,8 +387,9 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
                       (npx, width), pdtype)  # [npx, width]
     local = to_img(src_pix).reshape(b * fh, hh * ph * s, ww * pw * s, 3)  # [B*Fh, H, W, 3]: each frame's pixels
-    for i in range(COMPOSITE_CONV_LAYERS):  # the pixel's neighbourhood (object edges, shadows' shapes)
-        local = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", name=f"composite_conv{i}", param_dtype=pdtype,
+    for i, dil in enumerate(COMPOSITE_CONV_DILATIONS):  # the pixel's neighbourhood (object edges, shadows, base)
+        local = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=dil, name=f"composite_conv{i}",
+                                    param_dtype=pdtype,
                                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                                              (None, None, None, None)),
                                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(local))
@@ -398,7 +409,8 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     comp = to_tok(pix)  # [B, L/2, npx, 3]
     cp = copied[:, : l // 2].astype(jnp.float32).reshape(b, l // 2, npx, 3)
     # the gate sees, at each pixel, both candidates and whether the composite moved it, beside the token's state
-    seen = jax.lax.stop_gradient(jnp.concatenate([cp, comp, to_tok(changed.astype(jnp.float32))[..., None]], -1))
+    moved = to_tok(changed.astype(jnp.float32))  # [B, L/2, npx]
+    seen = jax.lax.stop_gradient(jnp.concatenate([cp, comp, moved[..., None]], -1))
     gfeat = (Dense((width,), ("embed", None), name="composite_gate_token", param_dtype=pdtype)(hf[:, : l // 2])[:, :, None]
              + Dense((width,), (None, None), name="composite_gate_pixel", param_dtype=pdtype)(seen))  # [B, L/2, npx, width]
     gate = Dense((1,), (None, None), kernel_init=nn.initializers.zeros, name="composite_gate",
@@ -408,7 +420,11 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     # a hard choice per pixel (a blend of two sharp candidates is a ghost of two times), trained straight
     # through: the gradient is the soft gate's
     soft = jax.nn.sigmoid(gate)
-    g = (soft + jax.lax.stop_gradient((soft >= 0.5).astype(jnp.float32) - soft))[..., None]
+    g = soft + jax.lax.stop_gradient((soft >= 0.5).astype(jnp.float32) - soft)  # [B, L/2, npx]
+    if c.composite_gate == "moved":
+        g = jnp.where(moved > 0, 1.0, g)
+    mod.sow("intermediates", "composite_moved", moved)  # [B, L/2, npx]: 1 where the composite moved the pixel
+    g = g[..., None]
     mixed = ((1 - g) * cp + g * comp).reshape(b, l // 2, -1)  # [B, L/2, P]
     return jnp.concatenate([mixed, jnp.zeros_like(mixed)], axis=1).astype(copied.dtype)
 
