@@ -217,3 +217,37 @@ def test_composite_gate_moved():
             assert (gate_ce == 0.0) == (gate_kind == "moved" and moving > 0)
     with pytest.raises(ValueError, match="composite_gate 'always'"):
         _tiny(copy_composite=4, composite_gate="always")
+
+
+def test_depth_head_probe_labels_and_heads():
+    """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
+    bounces, shadows lie off the objects, what moves is nearer than the sky), its rays start at the first camera looking
+    down its axis, and only the time3 head sees the neighbouring frames."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "depth_head_probe.py"
+    spec = importlib.util.spec_from_file_location("depth_head_probe", path)
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tool  # flax modules' dataclasses look their module up
+    spec.loader.exec_module(tool)
+    seed = next(s for s in range(50) if (cx.make_scene(s).bounce[:, 0] > 0).any())
+    img, obj, shadow, z, bouncing, rt = tool.source_clip(seed, 5, 16)
+    bounce = cx.make_scene(seed).bounce[:, 0] > 0
+    np.testing.assert_array_equal(bouncing, (obj >= 0) & bounce[np.maximum(obj, 0)])
+    assert not (shadow & (obj >= 0)).any() and (obj >= 0).any()
+    assert (z[(obj >= 0) | shadow] < layered.SKY_DEPTH).all() and (z > layered.SKY_DEPTH).any()  # the sky
+    rays = tool.ray_inputs(rt[None], 16)[0]  # [T, H, W, 6]
+    np.testing.assert_allclose(np.linalg.norm(rays[..., :3], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(rays[0, ..., 3:], 0.0, atol=1e-6)  # the first camera is the origin
+    np.testing.assert_allclose(rays[0, 7:9, 7:9, :3].mean((0, 1)), [0, 0, 1], atol=2e-3)  # its axis: z
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 3, 8, 8, 3)), jnp.float32)
+    nudged = x.at[:, 2].add(1.0)  # the last frame only
+    for variant, kernel in (("base", 1), ("time3", 3)):
+        head = tool.PixelHead(tool.VARIANTS[variant], kernel)
+        params = head.init(jax.random.PRNGKey(0), x)
+        params = jax.tree.map(lambda a: a + 0.1, params)  # the output layer starts at zero
+        moved = np.abs(np.asarray(head.apply(params, nudged) - head.apply(params, x)))  # [1, T, H, W, 2]
+        assert moved[:, 2].max() > 1e-3
+        assert (moved[:, 1].max() > 1e-3) == (kernel == 3) and moved[:, 0].max() == 0

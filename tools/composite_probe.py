@@ -2,11 +2,12 @@
 
 One model pass at noise level --sigma (1: the sampler's first step) on held-out scenes, per case:
 the predicted moving mask against the renderer's (IoU, recall, precision), the predicted log depth's
-RMS error (over all pixels, then the moving and the still ones apart), and, scored like stp-eval
+RMS error (over all pixels, then apart: the moving and the still ones; objects that stay on the ground,
+objects that bounce, shadows), and, scored like stp-eval
 (PSNR / SSIM / time and camera errors): the model's clean-sample estimate, its two candidates (the
 copy, the composite), and the composite rebuilt with the renderer's depth and/or mask in place of the
-predicted ones (and with the renderer's depth on the moving pixels only), beside the baselines
-(docs/LEARNING.md §19).
+predicted ones (and with the renderer's depth on the moving pixels only, on the objects only, on the
+bouncing objects only), beside the baselines (docs/LEARNING.md §19-21).
 --picture DIR writes one scene's contact sheet per case: sources, true mask, predicted mask, true
 depth, predicted depth, truth, model, composite candidate (every second frame).
 
@@ -15,6 +16,7 @@ depth, predicted depth, truth, model, composite candidate (every second frame).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -35,6 +37,22 @@ from stp_jax.models import layered  # noqa: E402
 
 def _u8(v) -> np.ndarray:
     return np.asarray(((np.asarray(v) + 1) * 127.5).round().clip(0, 255), np.uint8)
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _render_aux(scene, path, cam_idx, time_idx, frames: int, size: int):
+    """The renderer's object id, shadow flag and depth of the cells (path[cam_idx[i]], time_idx[i])."""
+    return jax.vmap(lambda c, t: cx.render(scene, path[c], t, frames, size, size, with_aux=True)[1:])(cam_idx, time_idx)
+
+
+def _labels(seed: int, path, cam_idx, time_idx, frames: int, size: int):
+    """What the renderer knows of the source cells: z depth, object, shadow (not on an object), and
+    bouncing object (one that leaves the ground) [T, H, W] each."""
+    scene = cx.make_scene(seed)
+    obj_id, shadow, z = (np.asarray(v) for v in _render_aux(scene, jnp.asarray(path, jnp.float32), jnp.asarray(cam_idx),
+                                                           jnp.asarray(time_idx), frames, size))
+    bouncing = np.isin(obj_id, np.flatnonzero(np.asarray(scene.bounce)[:, 0] > 0))
+    return z, obj_id >= 0, shadow & (obj_id < 0), bouncing
+
 
 def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
     """Print (and draw) one case (module doc)."""
@@ -58,10 +76,9 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
     out, inter = model.apply({"params": params}, x, jnp.full((b,), 1000 * a.sigma), ctx, **kw,
                              mutable=["intermediates"])
     inter = inter["intermediates"]
-    aux = [cx.render_aux_path_jit(cx.make_scene(int(s)), p, src_c, src_t, t, size, size)
-           for s, p in zip(seeds, paths)]
-    true_z = np.stack([np.asarray(z) for z, _ in aux])  # [N, T, H, W]
-    true_m = np.stack([np.asarray(m) for _, m in aux])
+    labels = [_labels(int(s), p, src_c, src_t, t, size) for s, p in zip(seeds, paths)]
+    true_z, obj, shadow, bouncing = (np.stack(v) for v in zip(*labels))  # [N, T, H, W] each
+    true_m = obj | shadow
     pred_m = np.asarray(inter["composite_moving"][0]) > 0
     pred_z = c.copy_depth * np.exp(np.clip(np.asarray(inter["composite_log_depth"][0]), -3, 3))
     err = np.log(pred_z) - np.log(np.clip(true_z, 0.05, layered.SKY_DEPTH))  # [N, T, H, W]
@@ -71,7 +88,8 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
           f"{both / max((pred_m | true_m).sum(), 1):.3f}, recall {both / max(true_m.sum(), 1):.3f}, precision "
           f"{both / max(pred_m.sum(), 1):.3f}; log depth RMS error {rmse:.3f}; the gate picks the composite at "
           f"{float((np.asarray(inter['composite_gate_logits'][0]) >= 0).mean()):.2f} of the pixels")
-    for name, sel in (("moving", true_m), ("still", ~true_m)):  # what the warp moves far: the moving pixels
+    for name, sel in (("moving", true_m), ("still", ~true_m), ("object", obj), ("grounded object", obj & ~bouncing),
+                      ("bouncing object", bouncing), ("shadow", shadow)):  # the warp moves the moving pixels far
         print(f"  log depth on {name} pixels: RMS error {np.sqrt(np.mean(err[sel] ** 2)):.3f}, mean error "
               f"{np.mean(err[sel]):+.3f}")
     rt_s, rt_t = kw["src_cam"].reshape(b, t, 3, 4), kw["tgt_cam"].reshape(b, t, 3, 4)
@@ -92,7 +110,9 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
             "composite, true depth, predicted mask": comp(true_z, pred_m),
             "composite, predicted depth, true mask": comp(pred_z, true_m),
             "composite, true depth and mask": comp(true_z, true_m),
-            "composite, true mask, true depth on moving pixels only": comp(np.where(true_m, true_z, pred_z), true_m)}
+            "composite, true mask, true depth on moving pixels only": comp(np.where(true_m, true_z, pred_z), true_m),
+            "composite, true depth on objects only": comp(np.where(obj, true_z, pred_z), pred_m),
+            "composite, true depth on bouncing objects only": comp(np.where(bouncing, true_z, pred_z), pred_m)}
     rows.update(evaluate.baselines(sources, cams, times, run.num_cameras, src_c))
     for name, clip in rows.items():
         m = evaluate.score(clip, truth, grids, cams, times, with_lpips=False)
