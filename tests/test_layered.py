@@ -221,8 +221,8 @@ def test_composite_gate_moved():
 
 def test_depth_head_probe_labels_and_heads():
     """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
-    bounces, shadows lie off the objects, what moves is nearer than the sky), its rays start at the first camera looking
-    down its axis, and only the time3 head sees the neighbouring frames."""
+    bounces, shadows lie off the objects, what moves is nearer than the sky), its scores split errors by those labels, its
+    rays start at the first camera looking down its axis, and only the time3 head sees the neighbouring frames."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -238,6 +238,12 @@ def test_depth_head_probe_labels_and_heads():
     np.testing.assert_array_equal(bouncing, (obj >= 0) & bounce[np.maximum(obj, 0)])
     assert not (shadow & (obj >= 0)).any() and (obj >= 0).any()
     assert (z[(obj >= 0) | shadow] < layered.SKY_DEPTH).all() and (z > layered.SKY_DEPTH).any()  # the sky
+    data = tuple(v[None] for v in (img, obj, shadow, z, bouncing, rt))
+    want, moving = tool._targets(data)
+    exact = tool.score(want[0:1], moving[0:1] > 0, data, 0)  # the renderer's own answer scores perfectly
+    assert exact["iou"] == 1.0 and all(exact[k] == 0.0 for k in ("all", "moving", "bouncing", "shadows", "still"))
+    off = tool.score(want[0:1] + bouncing * 0.5, moving[0:1] > 0, data, 0)  # half a unit off on bouncing objects only
+    assert off["bouncing"] == pytest.approx(0.5) and off["bouncing_mean"] == pytest.approx(0.5) and off["grounded"] == 0.0
     rays = tool.ray_inputs(rt[None], 16)[0]  # [T, H, W, 6]
     np.testing.assert_allclose(np.linalg.norm(rays[..., :3], axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(rays[0, ..., 3:], 0.0, atol=1e-6)  # the first camera is the origin

@@ -16,7 +16,6 @@ depth, predicted depth, truth, model, composite candidate (every second frame).
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 from pathlib import Path
 
@@ -38,20 +37,13 @@ from stp_jax.models import layered  # noqa: E402
 def _u8(v) -> np.ndarray:
     return np.asarray(((np.asarray(v) + 1) * 127.5).round().clip(0, 255), np.uint8)
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _render_aux(scene, path, cam_idx, time_idx, frames: int, size: int):
-    """The renderer's object id, shadow flag and depth of the cells (path[cam_idx[i]], time_idx[i])."""
-    return jax.vmap(lambda c, t: cx.render(scene, path[c], t, frames, size, size, with_aux=True)[1:])(cam_idx, time_idx)
-
-
 def _labels(seed: int, path, cam_idx, time_idx, frames: int, size: int):
     """What the renderer knows of the source cells: z depth, object, shadow (not on an object), and
     bouncing object (one that leaves the ground) [T, H, W] each."""
     scene = cx.make_scene(seed)
-    obj_id, shadow, z = (np.asarray(v) for v in _render_aux(scene, jnp.asarray(path, jnp.float32), jnp.asarray(cam_idx),
-                                                           jnp.asarray(time_idx), frames, size))
-    bouncing = np.isin(obj_id, np.flatnonzero(np.asarray(scene.bounce)[:, 0] > 0))
-    return z, obj_id >= 0, shadow & (obj_id < 0), bouncing
+    obj_id, shadow, z = (np.asarray(v) for v in cx.render_labels_path_jit(scene, path, cam_idx, time_idx, frames,
+                                                                          size, size))
+    return z, obj_id >= 0, shadow & (obj_id < 0), cx.bouncing(scene, obj_id)
 
 
 def probe_case(a, ck, run, scenes, ctx, case: str) -> None:

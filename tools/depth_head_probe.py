@@ -7,7 +7,8 @@ be what keeps the composite from retiming a moving source; §21 splits that erro
 bounce (in the air, their shadows detached) carry most of it. This trains the head's pixel path alone
 (no DiT, no token state) on rendered source clips (the grid diagonal of procedural scenes, with the
 renderer's depth and masks), with the model's loss (train_step.composite_supervision's depth_mse +
-moving_ce), and scores it on the held-out scenes. Variants:
+moving_ce), and scores it on the held-out scenes beside a trivial baseline (each pixel the training
+clips' mean log depth at its place in the frame, moving where most are). Variants:
 
   base   the model's convolutions: dilations dit.COMPOSITE_CONV_DILATIONS, width COMPOSITE_HEAD_WIDTH
   wide   dilations (1, 2, 4, 8, 4, 2, 1): a 45-pixel field, the whole frame at 24x24
@@ -20,7 +21,6 @@ moving_ce), and scores it on the held-out scenes. Variants:
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
@@ -43,13 +43,6 @@ VARIANTS = {"base": dit.COMPOSITE_CONV_DILATIONS, "wide": (1, 2, 4, 8, 4, 2, 1),
 COPY_DEPTH = dit.DiTConfig.copy_depth  # the head predicts log(depth / copy_depth), as in the model
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _render_aux(scene, path, frames: int, size: int):
-    """The renderer's object id, shadow flag and depth of the cells (camera i, time i): [T, H, W] each."""
-    return jax.vmap(lambda c, t: cx.render(scene, path[c], t, frames, size, size, with_aux=True)[1:])(
-        jnp.arange(frames), jnp.arange(frames))
-
-
 def source_clip(seed: int, frames: int, size: int):
     """One scene's source clip (camera i at time i) and what the renderer knows of it: pixels [T, H, W, 3]
     uint8, object id [T, H, W] (-1: none), shadow [T, H, W], z depth [T, H, W], bouncing [T, H, W] (an
@@ -57,10 +50,9 @@ def source_clip(seed: int, frames: int, size: int):
     scene, path = cx.make_scene(seed), cx.camera_path(seed, frames)
     idx = np.arange(frames)
     img = np.asarray(cx.render_path_jit(scene, path, idx, idx, frames, size, size))
-    obj, shadow, z = (np.asarray(v) for v in _render_aux(scene, jnp.asarray(path, jnp.float32), frames, size))
-    bouncing = np.isin(obj, np.flatnonzero(np.asarray(scene.bounce)[:, 0] > 0))
+    obj, shadow, z = (np.asarray(v) for v in cx.render_labels_path_jit(scene, path, idx, idx, frames, size, size))
     rt = cam_lib.source_condition(path, frames, frames_per_latent=1, rule="first_camera").reshape(frames, 3, 4)
-    return img, obj, shadow & (obj < 0), z, bouncing, rt
+    return img, obj, shadow & (obj < 0), z, cx.bouncing(scene, obj), rt
 
 
 def ray_inputs(rt, size: int) -> np.ndarray:
@@ -90,12 +82,11 @@ class PixelHead(nn.Module):
 
 
 def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, seed: int) -> dict:
-    img, obj, shadow, z, bouncing, rt = data
+    img, rt = data[0], data[5]
     x = img.astype(np.float32) / 127.5 - 1
     if variant == "rays":
         x = np.concatenate([x, ray_inputs(rt, img.shape[2])], -1).astype(np.float32)
-    moving = ((obj >= 0) | shadow).astype(np.float32)
-    want = np.log(np.clip(z, 0.05, layered.SKY_DEPTH) / COPY_DEPTH).astype(np.float32)
+    want, moving = _targets(data)
     head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1)
     params = head.init(jax.random.PRNGKey(seed), jnp.asarray(x[:1]))
     opt = optax.adam(optax.cosine_decay_schedule(2e-3, steps))
@@ -118,13 +109,34 @@ def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, se
         i = rng.integers(0, n_train, batch)
         params, opt_state, _ = step(params, opt_state, jnp.asarray(x[i]), jnp.asarray(want[i]), jnp.asarray(moving[i]))
     out = np.concatenate([np.asarray(head.apply(params, jnp.asarray(x[k:k + 2]))) for k in range(n_train, len(x), 2)])
-    err = out[..., 0] - want[n_train:]
-    mv, ob, bo, sh = moving[n_train:] > 0, obj[n_train:] >= 0, bouncing[n_train:], shadow[n_train:]
-    pred = out[..., 1] > 0
+    return {"seconds": time.time() - t0, **score(out[..., 0], out[..., 1] > 0, data, n_train)}
+
+
+def _targets(data):
+    """The head's targets: log(depth / COPY_DEPTH) (the sky at layered.SKY_DEPTH), moving (objects and shadows)."""
+    _, obj, shadow, z, _, _ = data
+    return (np.log(np.clip(z, 0.05, layered.SKY_DEPTH) / COPY_DEPTH).astype(np.float32),
+            ((obj >= 0) | shadow).astype(np.float32))
+
+
+def score(log_depth, mask, data, n_train: int) -> dict:
+    """Predictions for the held-out clips (data[n_train:]): mask IoU and log-depth RMS errors by kind of pixel."""
+    _, obj, shadow, _, bouncing, _ = (v[n_train:] for v in data)
+    want, moving = (v[n_train:] for v in _targets(data))
+    err, mv, ob = log_depth - want, moving > 0, obj >= 0
     rms = lambda sel: float(np.sqrt(np.mean(err[sel] ** 2)))  # noqa: E731
-    return {"seconds": time.time() - t0, "iou": float((pred & mv).sum() / max((pred | mv).sum(), 1)),
-            "all": rms(np.ones_like(mv)), "moving": rms(mv), "objects": rms(ob), "grounded": rms(ob & ~bo),
-            "bouncing": rms(bo), "bouncing_mean": float(err[bo].mean()), "shadows": rms(sh), "still": rms(~mv)}
+    return {"iou": float((mask & mv).sum() / max((mask | mv).sum(), 1)), "all": rms(np.ones_like(mv)),
+            "moving": rms(mv), "objects": rms(ob), "grounded": rms(ob & ~bouncing), "bouncing": rms(bouncing),
+            "bouncing_mean": float(err[bouncing].mean()), "shadows": rms(shadow), "still": rms(~mv)}
+
+
+def pixel_mean(data, n_train: int) -> dict:
+    """The trivial baseline: every held-out pixel gets the training clips' mean log depth at its place in
+    the frame, and is moving where most training pixels there are."""
+    want, moving = (v[:n_train] for v in _targets(data))
+    shape = data[0][n_train:].shape[:4]
+    return {"seconds": 0.0, **score(np.broadcast_to(want.mean((0, 1)), shape),
+                                    np.broadcast_to(moving.mean((0, 1)) > 0.5, shape), data, n_train)}
 
 
 def main(argv=None):
@@ -146,13 +158,15 @@ def main(argv=None):
     clips = [source_clip(s, a.frames, a.size) for s in seeds]
     data = tuple(np.stack([c[k] for c in clips]) for k in range(6))
     print(f"rendered {len(seeds)} source clips of {a.frames} frames at {a.size}x{a.size} in {time.time() - t0:.0f} s; "
-          f"held out: {data[1][a.train_scenes:].__ge__(0).mean():.3f} object pixels (bouncing "
+          f"held out: {(data[1][a.train_scenes:] >= 0).mean():.3f} object pixels (bouncing "
           f"{data[4][a.train_scenes:].mean():.3f}), {data[2][a.train_scenes:].mean():.3f} shadow pixels", flush=True)
     print("| variant | steps | s | mask IoU | log-depth RMS: all | moving | objects | grounded | bouncing (mean) "
           "| shadows | still |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    for v in variants:
-        r = train_and_score(v, data, a.train_scenes, a.steps, a.batch, a.seed)
-        print(f"| {v} | {a.steps} | {r['seconds']:.0f} | {r['iou']:.3f} | {r['all']:.3f} | {r['moving']:.3f} | "
+    for v in ["pixel mean (baseline)", *variants]:
+        baseline = v.startswith("pixel mean")
+        r = (pixel_mean(data, a.train_scenes) if baseline
+             else train_and_score(v, data, a.train_scenes, a.steps, a.batch, a.seed))
+        print(f"| {v} | {0 if baseline else a.steps} | {r['seconds']:.0f} | {r['iou']:.3f} | {r['all']:.3f} | {r['moving']:.3f} | "
               f"{r['objects']:.3f} | {r['grounded']:.3f} | {r['bouncing']:.3f} ({r['bouncing_mean']:+.3f}) | "
               f"{r['shadows']:.3f} | {r['still']:.3f} |", flush=True)
 

@@ -275,17 +275,30 @@ def render_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: i
     return chunks.reshape(-1, height, width, 3)[:n]
 
 
-def render_aux_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
+def render_labels_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
     """What render(..., with_aux=True) knows of the cells ``cams[cam_idx[i]]`` at ``time_idx[i]``:
-    (z depth [N, H, W] float32 (BIG for the sky), moving [N, H, W] bool: an object or a shadow, what
-    changes with animation time). For supervising a model's depth and mask (data.composite_aux)."""
+    (object id [N, H, W] int32 (-1: ground or sky), shadow [N, H, W] bool (on the ground or on an object),
+    z depth [N, H, W] float32 (BIG for the sky)). For probes that split pixels by what they show."""
     cams = jnp.asarray(cams, jnp.float32)
 
     def one(c, t):
-        _, obj, shadow, z = render(scene, cams[c], t, num_times, height, width, with_aux=True)
-        return z, (obj >= 0) | shadow
+        return render(scene, cams[c], t, num_times, height, width, with_aux=True)[1:]
 
     return jax.vmap(one)(jnp.asarray(cam_idx, jnp.int32), jnp.asarray(time_idx, jnp.int32))
+
+
+def render_aux_path(scene: Scene, cams, cam_idx, time_idx, num_times: int, height: int, width: int):
+    """The cells' (z depth [N, H, W] float32 (BIG for the sky), moving [N, H, W] bool: an object or a
+    shadow, what changes with animation time), from render_labels_path. For supervising a model's
+    depth and mask (data.composite_aux)."""
+    obj, shadow, z = render_labels_path(scene, cams, cam_idx, time_idx, num_times, height, width)
+    return z, (obj >= 0) | shadow
+
+
+def bouncing(scene: Scene, obj_id) -> np.ndarray:
+    """Where an object id map (render_labels_path's, -1: no object) shows an object whose slot bounces
+    (leaves the ground during the clip): bool, obj_id's shape."""
+    return np.isin(np.asarray(obj_id), np.flatnonzero(np.asarray(scene.bounce)[:, 0] > 0))
 
 
 def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
@@ -298,6 +311,7 @@ def render_grid(scene: Scene, cams, num_times: int, height: int, width: int):
 render_grid_jit = jax.jit(render_grid, static_argnums=(2, 3, 4))
 render_path_jit = jax.jit(render_path, static_argnums=(4, 5, 6))
 render_aux_path_jit = jax.jit(render_aux_path, static_argnums=(4, 5, 6))
+render_labels_path_jit = jax.jit(render_labels_path, static_argnums=(4, 5, 6))
 
 
 def source_indices(num_frames: int, num_cameras: int):
