@@ -138,5 +138,11 @@ def test_cache_flag_reaches_the_denoise_loop(assets, tmp_path, capsys):
     s = json.loads((tmp_path / "fast" / "settings.json").read_text())
     assert (s["cache"], s["cache_threshold"], s["cfg_applied"]) == ("mag+cfg", 1e9, 5.0)
     assert json.loads((tmp_path / "none" / "settings.json").read_text())["cache"] == "none"
-    np.testing.assert_array_equal(videos["zero"], videos["none"])
-    assert not np.array_equal(videos["fast"], videos["none"])
+    # threshold 0 calls the model at every step, as uncached sampling does; the converted Wan samples
+    # under reference numerics (bf16), where the cached loop's lax.switch may round v differently
+    # from the uncached loop's fusion on some CPUs (test_sampler_cache: a few bf16 ulps), and the
+    # mp4 encoder turns that into a few grey levels on some pixels (CI: 9% of values, by at most
+    # 20, so a mean under 1.9). The cached loop's exactness is checked where it lives (test_sampler_cache);
+    # here: close to uncached, against steps actually skipped (mean 40 grey levels away).
+    diff = lambda a, b: float(np.abs(a.astype(np.float32) - b).mean())  # noqa: E731
+    assert diff(videos["zero"], videos["none"]) < 3.0 and diff(videos["fast"], videos["none"]) > 20.0
