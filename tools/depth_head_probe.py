@@ -15,6 +15,9 @@ clips' mean log depth at its place in the frame, moving where most are). Variant
   time3  the first convolution 3x3x3 over the source frames: the frames before and after
   rays   + each pixel's unit ray and its camera's centre (poses relative to the first camera, as the
          model's composite gets them): the geometry a ground plane needs
+  attn   + each pixel's (row, column, frame), then after the convolutions two residual attention layers:
+         every pixel over its frame's pixels (an object can find its detached shadow), and every 2x2
+         cell over the whole clip's cells (an object can find where its track touches the ground)
 
     python tools/depth_head_probe.py --variants base,wide --steps 1500       # ~13 / 21 min on 2 cores
 """
@@ -39,7 +42,9 @@ from stp_jax.models import dit, layered  # noqa: E402
 from stp_jax.train_step import MOVING_DEPTH_WEIGHT  # noqa: E402
 
 VARIANTS = {"base": dit.COMPOSITE_CONV_DILATIONS, "wide": (1, 2, 4, 8, 4, 2, 1),
-            "time3": dit.COMPOSITE_CONV_DILATIONS, "rays": dit.COMPOSITE_CONV_DILATIONS}
+            "time3": dit.COMPOSITE_CONV_DILATIONS, "rays": dit.COMPOSITE_CONV_DILATIONS,
+            "attn": dit.COMPOSITE_CONV_DILATIONS}
+ATTN_HEADS = 4
 COPY_DEPTH = dit.DiTConfig.copy_depth  # the head predicts log(depth / copy_depth), as in the model
 
 
@@ -62,10 +67,18 @@ def ray_inputs(rt, size: int) -> np.ndarray:
     return np.concatenate([d, np.broadcast_to(rt[:, :, None, None, :, 3], d.shape) / COPY_DEPTH], -1)
 
 
+def place_inputs(shape) -> np.ndarray:
+    """Each pixel's (row, column, frame), each in [-1, 1]: [N, T, H, W, 3]."""
+    n, t, h, w = shape
+    grid = np.meshgrid(*(np.linspace(-1, 1, k, dtype=np.float32) for k in (t, h, w)), indexing="ij")  # [T, H, W] x3
+    return np.broadcast_to(np.stack([grid[1], grid[2], grid[0]], -1), (n, t, h, w, 3))
+
+
 class PixelHead(nn.Module):
     """The composite head's pixel path: convolutions, then per pixel a hidden layer and (log depth, mask logit)."""
     dilations: tuple
     time_kernel: int = 1
+    attend: bool = False  # the attn variant's two attention layers (module doc)
 
     @nn.compact
     def __call__(self, x):  # [B, T, H, W, C] -> [B, T, H, W, 2]
@@ -77,6 +90,14 @@ class PixelHead(nn.Module):
         h = x.reshape(b * t, *x.shape[2:])
         for d in dil:
             h = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=d)(h))
+        if self.attend:
+            hh, ww = h.shape[1:3]
+            mha = lambda: nn.MultiHeadDotProductAttention(ATTN_HEADS, qkv_features=width)  # noqa: E731
+            f = h.reshape(b * t, hh * ww, width)  # [B*T, H*W, D]: a frame's pixels
+            h = (f + mha()(nn.LayerNorm()(f))).reshape(b, t, hh // 2, 2, ww // 2, 2, width)
+            c = h.mean((3, 5)).reshape(b, t * (hh // 2) * (ww // 2), width)  # [B, T*H/2*W/2, D]: the clip's cells
+            c = mha()(nn.LayerNorm()(c)).reshape(b, t, hh // 2, 1, ww // 2, 1, width)
+            h = (h + c).reshape(b * t, hh, ww, width)
         out = nn.Dense(2, kernel_init=nn.initializers.zeros)(jax.nn.gelu(nn.Dense(width)(h)))
         return out.reshape(b, t, *out.shape[1:])
 
@@ -86,8 +107,10 @@ def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, se
     x = img.astype(np.float32) / 127.5 - 1
     if variant == "rays":
         x = np.concatenate([x, ray_inputs(rt, img.shape[2])], -1).astype(np.float32)
+    if variant == "attn":
+        x = np.concatenate([x, place_inputs(x.shape[:4])], -1)
     want, moving = _targets(data)
-    head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1)
+    head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1, attend=variant == "attn")
     params = head.init(jax.random.PRNGKey(seed), jnp.asarray(x[:1]))
     opt = optax.adam(optax.cosine_decay_schedule(2e-3, steps))
     opt_state = opt.init(params)
