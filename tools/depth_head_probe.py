@@ -20,6 +20,7 @@ clips' mean log depth at its place in the frame, moving where most are). Variant
          cell over the whole clip's cells (an object can find where its track touches the ground)
 
     python tools/depth_head_probe.py --variants base,wide --steps 1500       # ~13 / 21 min on 2 cores
+    python tools/depth_head_probe.py --variants attn --steps 1500            # ~55 min on 2 cores
 """
 from __future__ import annotations
 
