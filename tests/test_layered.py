@@ -223,7 +223,8 @@ def test_depth_head_probe_labels_and_heads():
     """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
     bounces, shadows lie off the objects, what moves is nearer than the sky), its scores split errors by those labels, its
     rays start at the first camera looking down its axis, only the time3 head sees the neighbouring frames
-    through its convolutions, and the attn head sees the whole clip."""
+    through its convolutions, and the attn head sees the whole clip (attn_frame its
+    frame)."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -262,10 +263,12 @@ def test_depth_head_probe_labels_and_heads():
     place = tool.place_inputs((1, 3, 8, 8))
     assert place.shape == (1, 3, 8, 8, 3) and place.min() == -1.0 and place.max() == 1.0
     x = jnp.concatenate([x, jnp.asarray(place)], -1)
-    head = tool.PixelHead(tool.VARIANTS["attn"], attend=True)
-    params = head.init(jax.random.PRNGKey(0), x)
-    leaves, tree = jax.tree.flatten(params)  # random, not +0.1: outputs stay small enough to see the change
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
-    moved = np.abs(np.asarray(head.apply(params, x.at[:, 2, 0, 0, 0].add(1.0)) - head.apply(params, x)))
-    assert moved[:, 0, 7, 7].max() > 1e-4
+    for attend in ("frame+clip", "frame"):
+        head = tool.PixelHead(tool.VARIANTS["attn"], attend=attend)
+        params = head.init(jax.random.PRNGKey(0), x)
+        leaves, tree = jax.tree.flatten(params)  # random, not +0.1: outputs stay small enough to see the change
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+        moved = np.abs(np.asarray(head.apply(params, x.at[:, 2, 0, 0, 0].add(1.0)) - head.apply(params, x)))
+        assert moved[:, 2, 7, 7].max() > 1e-4  # the frame's far corner: both
+        assert (moved[:, 0].max() > 1e-4) == (attend == "frame+clip")  # another frame: only through the clip's layer

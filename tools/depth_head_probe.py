@@ -18,6 +18,7 @@ clips' mean log depth at its place in the frame, moving where most are). Variant
   attn   + each pixel's (row, column, frame), then after the convolutions two residual attention layers:
          every pixel over its frame's pixels (an object can find its detached shadow), and every 2x2
          cell over the whole clip's cells (an object can find where its track touches the ground)
+  attn_frame  attn without the clip's layer: the frame's pixels only
 
     python tools/depth_head_probe.py --variants base,wide --steps 1500       # ~13 / 21 min on 2 cores
     python tools/depth_head_probe.py --variants attn --steps 1500            # ~55 min on 2 cores
@@ -44,7 +45,7 @@ from stp_jax.train_step import MOVING_DEPTH_WEIGHT  # noqa: E402
 
 VARIANTS = {"base": dit.COMPOSITE_CONV_DILATIONS, "wide": (1, 2, 4, 8, 4, 2, 1),
             "time3": dit.COMPOSITE_CONV_DILATIONS, "rays": dit.COMPOSITE_CONV_DILATIONS,
-            "attn": dit.COMPOSITE_CONV_DILATIONS}
+            "attn": dit.COMPOSITE_CONV_DILATIONS, "attn_frame": dit.COMPOSITE_CONV_DILATIONS}
 ATTN_HEADS = 4
 COPY_DEPTH = dit.DiTConfig.copy_depth  # the head predicts log(depth / copy_depth), as in the model
 
@@ -79,7 +80,7 @@ class PixelHead(nn.Module):
     """The composite head's pixel path: convolutions, then per pixel a hidden layer and (log depth, mask logit)."""
     dilations: tuple
     time_kernel: int = 1
-    attend: bool = False  # the attn variant's two attention layers (module doc)
+    attend: str = ""  # "frame" or "frame+clip": the attn variants' attention layers (module doc)
 
     @nn.compact
     def __call__(self, x):  # [B, T, H, W, C] -> [B, T, H, W, 2]
@@ -95,10 +96,12 @@ class PixelHead(nn.Module):
             hh, ww = h.shape[1:3]
             mha = lambda: nn.MultiHeadDotProductAttention(ATTN_HEADS, qkv_features=width)  # noqa: E731
             f = h.reshape(b * t, hh * ww, width)  # [B*T, H*W, D]: a frame's pixels
-            h = (f + mha()(nn.LayerNorm()(f))).reshape(b, t, hh // 2, 2, ww // 2, 2, width)
-            c = h.mean((3, 5)).reshape(b, t * (hh // 2) * (ww // 2), width)  # [B, T*H/2*W/2, D]: the clip's cells
-            c = mha()(nn.LayerNorm()(c)).reshape(b, t, hh // 2, 1, ww // 2, 1, width)
-            h = (h + c).reshape(b * t, hh, ww, width)
+            h = (f + mha()(nn.LayerNorm()(f))).reshape(b * t, hh, ww, width)
+            if self.attend == "frame+clip":
+                h = h.reshape(b, t, hh // 2, 2, ww // 2, 2, width)
+                c = h.mean((3, 5)).reshape(b, t * (hh // 2) * (ww // 2), width)  # [B, T*H/2*W/2, D]: the clip's cells
+                c = mha()(nn.LayerNorm()(c)).reshape(b, t, hh // 2, 1, ww // 2, 1, width)
+                h = (h + c).reshape(b * t, hh, ww, width)
         out = nn.Dense(2, kernel_init=nn.initializers.zeros)(jax.nn.gelu(nn.Dense(width)(h)))
         return out.reshape(b, t, *out.shape[1:])
 
@@ -108,10 +111,11 @@ def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, se
     x = img.astype(np.float32) / 127.5 - 1
     if variant == "rays":
         x = np.concatenate([x, ray_inputs(rt, img.shape[2])], -1).astype(np.float32)
-    if variant == "attn":
+    if variant.startswith("attn"):
         x = np.concatenate([x, place_inputs(x.shape[:4])], -1)
     want, moving = _targets(data)
-    head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1, attend=variant == "attn")
+    head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1,
+                     attend={"attn": "frame+clip", "attn_frame": "frame"}.get(variant, ""))
     params = head.init(jax.random.PRNGKey(seed), jnp.asarray(x[:1]))
     opt = optax.adam(optax.cosine_decay_schedule(2e-3, steps))
     opt_state = opt.init(params)
