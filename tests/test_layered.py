@@ -6,7 +6,7 @@ import pytest
 from flax import linen as nn
 
 from stp_jax.data import camxtime as cx
-from stp_jax.models import layered
+from stp_jax.models import dit, layered
 from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, composite_pixels, dummy_inputs
 from stp_jax.train_step import composite_supervision
 
@@ -219,6 +219,46 @@ def test_composite_gate_moved():
         _tiny(copy_composite=4, composite_gate="always")
 
 
+def test_composite_attend():
+    """composite_attend: with "" the head's parameters are the convolutions' alone (as before the option); with
+    attention, the pixels' places are inputs, the new layers start as identities (the output projections zero), and
+    a source pixel reaches the depth of the other source frame's pixels only through the clip's layer (the token
+    state's path cut here), the far corner of its own frame through either."""
+    inp = None
+    for attend in ("", "frame", "frame+clip"):
+        c = _tiny(copy_composite=4, composite_attend=attend)
+        model = SpaceTimeDiT(c)
+        if inp is None:
+            inp = dummy_inputs(c, batch=1, latent_frames=2, height=4, width=4)  # 16x16-pixel frames
+            x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, inp["x"].shape), jnp.float32)
+            inp["x"] = x
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+        names = {k for k in params if k.startswith("composite_")}
+        attn_names = {f"composite_{w}_attn_{p}" for w in ("frame", "clip") if w in attend or (w == "frame" and attend)
+                      for p in "qkvo"}
+        assert attn_names <= names and not {n for n in names if "attn" in n} - attn_names
+        assert params["composite_conv0"]["kernel"].shape[2] == (6 if attend else 3)  # + (row, column, frame)
+        if attend:
+            assert all(not np.any(params[n]["kernel"]) for n in attn_names if n.endswith("_o"))
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+        params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
+
+        def depth(xx):
+            _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
+            return np.asarray(inter["intermediates"]["composite_log_depth"][0])  # [B, Fh, H, W]
+
+        moved = np.abs(depth(x.at[:, 3, 0, 0, 0].add(1.0)) - depth(x))  # source frame 1's corner pixel, red
+        assert moved[0, 1, 0, 0] > 1e-4
+        assert (moved[0, 1, -1, -1] > 1e-4) == bool(attend)  # its frame's far corner (beyond the convolutions' 17-pixel field)
+        assert (moved[0, 0].max() > 1e-4) == (attend == "frame+clip")  # the other source frame
+    with pytest.raises(ValueError, match="composite_attend 'pixels' is not one of"):
+        _tiny(copy_composite=4, composite_attend="pixels")
+    with pytest.raises(ValueError, match="needs copy_composite"):
+        _tiny(composite_attend="frame")
+
+
 def test_depth_head_probe_labels_and_heads():
     """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
     bounces, shadows lie off the objects, what moves is nearer than the sky), its scores split errors by those labels, its
@@ -260,9 +300,9 @@ def test_depth_head_probe_labels_and_heads():
         assert moved[:, 2].max() > 1e-3
         assert (moved[:, 1].max() > 1e-3) == (kernel == 3) and moved[:, 0].max() == 0
     # attn: a pixel in one frame's corner reaches the far corner of another frame (the clip's attention)
-    place = tool.place_inputs((1, 3, 8, 8))
+    place = dit.pixel_places((1, 3, 8, 8))
     assert place.shape == (1, 3, 8, 8, 3) and place.min() == -1.0 and place.max() == 1.0
-    x = jnp.concatenate([x, jnp.asarray(place)], -1)
+    np.testing.assert_array_equal(place[0, :, 0, -1], [[-1, 1, -1], [-1, 1, 0], [-1, 1, 1]])  # row, column, frame
     for attend in ("frame+clip", "frame"):
         head = tool.PixelHead(tool.VARIANTS["attn"], attend=attend)
         params = head.init(jax.random.PRNGKey(0), x)

@@ -19,6 +19,9 @@ clips' mean log depth at its place in the frame, moving where most are). Variant
          every pixel over its frame's pixels (an object can find its detached shadow), and every 2x2
          cell over the whole clip's cells (an object can find where its track touches the ground)
   attn_frame  attn without the clip's layer: the frame's pixels only
+  (attn and attn_frame are the model's composite_attend="frame+clip" / "frame" layers; docs/LEARNING.md §22 was
+  measured with an earlier copy of them in this tool: flax's attention with biases and affine norms, output not
+  zero at init)
 
     python tools/depth_head_probe.py --variants base,wide --steps 1500       # ~13 / 21 min on 2 cores
     python tools/depth_head_probe.py --variants attn --steps 1500            # ~55 min on 2 cores
@@ -46,7 +49,6 @@ from stp_jax.train_step import MOVING_DEPTH_WEIGHT  # noqa: E402
 VARIANTS = {"base": dit.COMPOSITE_CONV_DILATIONS, "wide": (1, 2, 4, 8, 4, 2, 1),
             "time3": dit.COMPOSITE_CONV_DILATIONS, "rays": dit.COMPOSITE_CONV_DILATIONS,
             "attn": dit.COMPOSITE_CONV_DILATIONS, "attn_frame": dit.COMPOSITE_CONV_DILATIONS}
-ATTN_HEADS = 4
 COPY_DEPTH = dit.DiTConfig.copy_depth  # the head predicts log(depth / copy_depth), as in the model
 
 
@@ -69,41 +71,21 @@ def ray_inputs(rt, size: int) -> np.ndarray:
     return np.concatenate([d, np.broadcast_to(rt[:, :, None, None, :, 3], d.shape) / COPY_DEPTH], -1)
 
 
-def place_inputs(shape) -> np.ndarray:
-    """Each pixel's (row, column, frame), each in [-1, 1]: [N, T, H, W, 3]."""
-    n, t, h, w = shape
-    grid = np.meshgrid(*(np.linspace(-1, 1, k, dtype=np.float32) for k in (t, h, w)), indexing="ij")  # [T, H, W] x3
-    return np.broadcast_to(np.stack([grid[1], grid[2], grid[0]], -1), (n, t, h, w, 3))
-
-
 class PixelHead(nn.Module):
-    """The composite head's pixel path: convolutions, then per pixel a hidden layer and (log depth, mask logit)."""
+    """The composite head's pixel path (dit.composite_pixel_features), then per pixel a hidden layer and (log depth,
+    mask logit)."""
     dilations: tuple
     time_kernel: int = 1
-    attend: str = ""  # "frame" or "frame+clip": the attn variants' attention layers (module doc)
+    attend: str = ""  # dit.COMPOSITE_ATTENDS: "frame" or "frame+clip" for the attn variants (module doc)
 
     @nn.compact
     def __call__(self, x):  # [B, T, H, W, C] -> [B, T, H, W, 2]
-        b, t = x.shape[:2]
         width, dil = dit.COMPOSITE_HEAD_WIDTH, self.dilations
         if self.time_kernel > 1:  # over (frame, row, column): the neighbouring frames' pixels
             x = jax.nn.gelu(nn.Conv(width, (self.time_kernel, 3, 3), padding="SAME")(x))
             dil = dil[1:]
-        h = x.reshape(b * t, *x.shape[2:])
-        for d in dil:
-            h = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=d)(h))
-        if self.attend:
-            hh, ww = h.shape[1:3]
-            mha = lambda: nn.MultiHeadDotProductAttention(ATTN_HEADS, qkv_features=width)  # noqa: E731
-            f = h.reshape(b * t, hh * ww, width)  # [B*T, H*W, D]: a frame's pixels
-            h = (f + mha()(nn.LayerNorm()(f))).reshape(b * t, hh, ww, width)
-            if self.attend == "frame+clip":
-                h = h.reshape(b, t, hh // 2, 2, ww // 2, 2, width)
-                c = h.mean((3, 5)).reshape(b, t * (hh // 2) * (ww // 2), width)  # [B, T*H/2*W/2, D]: the clip's cells
-                c = mha()(nn.LayerNorm()(c)).reshape(b, t, hh // 2, 1, ww // 2, 1, width)
-                h = (h + c).reshape(b * t, hh, ww, width)
-        out = nn.Dense(2, kernel_init=nn.initializers.zeros)(jax.nn.gelu(nn.Dense(width)(h)))
-        return out.reshape(b, t, *out.shape[1:])
+        h = dit.composite_pixel_features(x, dil, self.attend)  # [B, T, H, W, width]
+        return nn.Dense(2, kernel_init=nn.initializers.zeros)(jax.nn.gelu(nn.Dense(width)(h)))
 
 
 def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, seed: int) -> dict:
@@ -111,8 +93,6 @@ def train_and_score(variant: str, data, n_train: int, steps: int, batch: int, se
     x = img.astype(np.float32) / 127.5 - 1
     if variant == "rays":
         x = np.concatenate([x, ray_inputs(rt, img.shape[2])], -1).astype(np.float32)
-    if variant.startswith("attn"):
-        x = np.concatenate([x, place_inputs(x.shape[:4])], -1)
     want, moving = _targets(data)
     head = PixelHead(VARIANTS[variant], 3 if variant == "time3" else 1,
                      attend={"attn": "frame+clip", "attn_frame": "frame"}.get(variant, ""))

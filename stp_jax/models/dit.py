@@ -112,7 +112,8 @@ ROPE_FRAMES = ("index", "time")
 # (composite_gate_loss). The value is this many pixels per latent pixel side (the PatchAutoencoder's
 # spatial fold, one frame per latent frame): in_channels == copy_composite**2 * 3. Sown: the
 # predicted log depths and mask logits per source pixel, the gate's logits, both candidates and where the
-# composite moved pixels. composite_gate="moved" takes the composite wherever it moved a pixel (§20).
+# composite moved pixels. composite_gate="moved" takes the composite wherever it moved a pixel (§20);
+# composite_attend adds attention over each frame's pixels and the clip's cells to the depth head (§23).
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
@@ -126,6 +127,12 @@ COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth an
 # 3x3 convolutions over each source frame's pixels before that head, their dilations: a 17-pixel field (three
 # undilated layers, a 7-pixel field, left the moving pixels' log depth 0.37 off; this, 0.29: docs/LEARNING.md §20)
 COMPOSITE_CONV_DILATIONS = (1, 2, 4, 1)
+# copy_composite's head beyond the pixel's field (docs/LEARNING.md §22-23): "" none; "frame": each pixel's
+# (row, column, frame) as inputs and, after the convolutions, a residual attention layer over its frame's pixels
+# (where a bouncing object's detached shadow is); "frame+clip": + one over the whole source clip's 2x2 cells
+# (where its track touches the ground)
+COMPOSITE_ATTENDS = ("", "frame", "frame+clip")
+COMPOSITE_ATTN_HEADS = 4
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
@@ -175,6 +182,7 @@ class DiTConfig(JsonConfig):
     copy_composite: int = 0  # > 0: + a 2.5D composite (models/layered.py), this many pixels per latent pixel side
     composite_fov: float = 50.0  # the composite's pinhole, degrees across the width (the procedural scenes')
     composite_gate: str = "learned"  # COMPOSITE_GATES: where the composite moved a pixel, a learned choice or the composite
+    composite_attend: str = ""  # COMPOSITE_ATTENDS: attention in the composite's depth and mask head
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -254,6 +262,14 @@ class DiTConfig(JsonConfig):
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
         if self.composite_gate not in COMPOSITE_GATES:
             problems.append(f"composite_gate {self.composite_gate!r} is not one of {COMPOSITE_GATES}")
+        if self.composite_attend not in COMPOSITE_ATTENDS:
+            problems.append(f"composite_attend {self.composite_attend!r} is not one of {COMPOSITE_ATTENDS}")
+        elif self.composite_attend and not self.copy_composite:
+            problems.append(f"composite_attend {self.composite_attend!r} needs copy_composite > 0 (it is that head's)")
+        elif "clip" in self.composite_attend and (self.patch_size[1] * self.copy_composite % 2
+                                                  or self.patch_size[2] * self.copy_composite % 2):
+            problems.append(f"composite_attend {self.composite_attend!r} pools 2x2 pixel cells: needs an even number "
+                            f"of pixels per token side (patch_size {self.patch_size}, copy_composite {self.copy_composite})")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
             problems.append(f"dim {self.dim} is not divisible by time_groups {self.time_groups}")
         if self.mode != "wan" and self.patch_size[0] != 1:
@@ -363,6 +379,51 @@ def composite_pixels(c: DiTConfig, latents):
     return rearrange(latents, "b f (h ph) (w pw) (s1 s2 c) -> b (f h w) (ph pw s1 s2) c", ph=ph, pw=pw, s1=s, s2=s)
 
 
+def pixel_places(shape) -> jax.Array:
+    """Each pixel's (row, column, frame) of a clip [..., T, H, W], each in [-1, 1]: [*shape, 3]."""
+    *lead, t, h, w = shape
+    grid = jnp.meshgrid(*(jnp.linspace(-1.0, 1.0, k, dtype=jnp.float32) for k in (t, h, w)), indexing="ij")
+    return jnp.broadcast_to(jnp.stack([grid[1], grid[2], grid[0]], -1), (*lead, t, h, w, 3))
+
+
+def _pixel_self_attention(x, name: str, pdtype):
+    """A residual attention layer over the tokens of x [B, L, width] (pre-norm, COMPOSITE_ATTN_HEADS heads, the
+    output projection zero at init), made inside the calling compact module: [B, L, width]."""
+    width = x.shape[-1]
+    xn = layer_norm(x, 1e-6)
+    q, k, v = (Dense((COMPOSITE_ATTN_HEADS, width // COMPOSITE_ATTN_HEADS), (None, None, None), name=f"{name}_{w}",
+                     param_dtype=pdtype)(xn) for w in "qkv")  # [B, L, N, K]
+    o = jax.nn.dot_product_attention(q, k, v)  # [B, L, N, K]
+    return x + Dense((width,), (None, None, None), n_in=2, kernel_init=nn.initializers.zeros, name=f"{name}_o",
+                     param_dtype=pdtype)(o)
+
+
+def composite_pixel_features(pix, dilations=COMPOSITE_CONV_DILATIONS, attend: str = "", pdtype=jnp.float32):
+    """copy_composite's head on each source frame's pixels pix [B, T, H, W, C] -> [B, T, H, W, COMPOSITE_HEAD_WIDTH]:
+    3x3 convolutions of these dilations over each frame, then (attend, COMPOSITE_ATTENDS; the pixels' places are
+    inputs too) attention over each frame's pixels, and over the clip's 2x2 cells. Made inside the calling compact
+    module (parameters composite_conv{i}, composite_{frame,clip}_attn_{q,k,v,o})."""
+    b, t, hh, ww, _ = pix.shape
+    width = COMPOSITE_HEAD_WIDTH
+    if attend:
+        pix = jnp.concatenate([pix, pixel_places((b, t, hh, ww))], -1)
+    h = pix.reshape(b * t, hh, ww, pix.shape[-1])  # [B*T, H, W, C]: each frame's pixels
+    for i, dil in enumerate(dilations):  # the pixel's neighbourhood (object edges, shadows, base)
+        h = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=dil, name=f"composite_conv{i}",
+                                param_dtype=pdtype,
+                                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                         (None, None, None, None)),
+                                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(h))
+    if attend:
+        h = _pixel_self_attention(h.reshape(b * t, hh * ww, width), "composite_frame_attn", pdtype)  # [B*T, H*W, width]
+    if "clip" in attend:
+        h = h.reshape(b, t, hh // 2, 2, ww // 2, 2, width)
+        cells = h.mean((3, 5)).reshape(b, t * (hh // 2) * (ww // 2), width)  # [B, T*H/2*W/2, width]: the clip's cells
+        cells = _pixel_self_attention(cells, "composite_clip_attn", pdtype) - cells
+        h = h + cells.reshape(b, t, hh // 2, 1, ww // 2, 1, width)  # each cell's news to its 2x2 pixels
+    return h.reshape(b, t, hh, ww, width)
+
+
 def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, src_time, grid):
     """DiTConfig.copy_composite: the copy [B, L, P] (target tokens first) mixed per pixel with the 2.5D
     composite of the source half of x [B, F, Hp, Wp, C] (models/layered.py), from depths and masks
@@ -386,16 +447,9 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     width = COMPOSITE_HEAD_WIDTH
     place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
                       (npx, width), pdtype)  # [npx, width]
-    local = to_img(src_pix).reshape(b * fh, hh * ph * s, ww * pw * s, 3)  # [B*Fh, H, W, 3]: each frame's pixels
-    for i, dil in enumerate(COMPOSITE_CONV_DILATIONS):  # the pixel's neighbourhood (object edges, shadows, base)
-        local = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=dil, name=f"composite_conv{i}",
-                                    param_dtype=pdtype,
-                                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                                             (None, None, None, None)),
-                                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(local))
+    local = composite_pixel_features(to_img(src_pix), attend=c.composite_attend, pdtype=pdtype)  # [B, Fh, H, W, width]
     feat = (Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None]
-            + place.astype(jnp.float32)
-            + to_tok(local.reshape(b, fh, *local.shape[1:])))  # [B, L/2, npx, width]
+            + place.astype(jnp.float32) + to_tok(local))  # [B, L/2, npx, width]
     heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
                   param_dtype=pdtype)(jax.nn.gelu(feat))  # [B, L/2, npx, 2]
     log_d, mask_logit = heads[..., 0], heads[..., 1]
