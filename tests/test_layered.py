@@ -245,7 +245,7 @@ def test_composite_attend():
         params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
         params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
 
-        def depth(xx):
+        def depth(xx, model=model, params=params, inp=inp):
             _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
             return np.asarray(inter["intermediates"]["composite_log_depth"][0])  # [B, Fh, H, W]
 
