@@ -234,8 +234,7 @@ def test_composite_attend():
             inp["x"] = x
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
         names = {k for k in params if k.startswith("composite_")}
-        attn_names = {f"composite_{w}_attn_{p}" for w in ("frame", "clip") if w in attend or (w == "frame" and attend)
-                      for p in "qkvo"}
+        attn_names = {f"composite_{w}_attn_{p}" for w in ("frame", "clip") if w in attend for p in "qkvo"}
         assert attn_names <= names and not {n for n in names if "attn" in n} - attn_names
         assert params["composite_conv0"]["kernel"].shape[2] == (6 if attend else 3)  # + (row, column, frame)
         if attend:
@@ -257,6 +256,10 @@ def test_composite_attend():
         _tiny(copy_composite=4, composite_attend="pixels")
     with pytest.raises(ValueError, match="needs copy_composite"):
         _tiny(composite_attend="frame")
+    odd = dict(copy_composite=3, in_channels=27, out_channels=27, patch_size=(1, 1, 1))  # 3 pixels per token side
+    _tiny(**odd, composite_attend="frame")  # the frame's layer needs no cells
+    with pytest.raises(ValueError, match="pools 2x2 pixel cells"):
+        _tiny(**odd, composite_attend="frame+clip")
 
 
 def test_depth_head_probe_labels_and_heads():

@@ -203,25 +203,18 @@ class DiTConfig(JsonConfig):
         small += [] if self.eps > 0 else [f"eps {self.eps}"]
         if small:
             raise ValueError(f"invalid DiTConfig: sizes must be >= 1 and eps > 0, got {', '.join(small)}")
-        problems = []
-        if self.mode not in MODES:
-            problems.append(f"mode {self.mode!r} is not one of {MODES}")
+        choices = {"mode": MODES, "remat": REMAT_POLICIES, "attention": attn_lib.BACKENDS, "numerics": NUMERICS,
+                   "context_parallel": attn_lib.CONTEXT_PARALLEL, "rope_frames": ROPE_FRAMES, "copy_unit": COPY_UNITS,
+                   "copy_geometry": COPY_GEOMETRIES, "composite_gate": COMPOSITE_GATES,
+                   "composite_attend": COMPOSITE_ATTENDS}
+        problems = [f"{k} {getattr(self, k)!r} is not one of {allowed}" for k, allowed in choices.items()
+                    if getattr(self, k) not in allowed]
         for k in ("dtype", "param_dtype"):
             if _dtype_name(getattr(self, k)) not in FLOAT_DTYPES:
                 problems.append(f"{k} {getattr(self, k)!r} is not one of {FLOAT_DTYPES}")
         if self.dim % self.num_heads:
             problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
-        if self.attention not in attn_lib.BACKENDS:
-            problems.append(f"attention {self.attention!r} is not one of {attn_lib.BACKENDS}")
-        if self.numerics not in NUMERICS:
-            problems.append(f"numerics {self.numerics!r} is not one of {NUMERICS}")
-        if self.context_parallel not in attn_lib.CONTEXT_PARALLEL:
-            problems.append(f"context_parallel {self.context_parallel!r} is not one of {attn_lib.CONTEXT_PARALLEL}")
-        if self.rope_frames not in ROPE_FRAMES:
-            problems.append(f"rope_frames {self.rope_frames!r} is not one of {ROPE_FRAMES}")
-        elif self.rope_frames == "time" and self.mode != "spacetimepilot":
+        if self.rope_frames == "time" and self.mode != "spacetimepilot":
             problems.append(f"rope_frames 'time' needs animation times: mode 'spacetimepilot', got {self.mode!r}")
         if self.cam_heads:
             if self.mode != "spacetimepilot" or not 0 < self.cam_heads <= self.num_heads:
@@ -240,11 +233,7 @@ class DiTConfig(JsonConfig):
             problems.append(f"copy_source needs a source half (mode 'recammaster' or 'spacetimepilot', got "
                             f"{self.mode!r}) and in_channels == out_channels (got {self.in_channels}, "
                             f"{self.out_channels})")
-        if self.copy_unit not in COPY_UNITS:
-            problems.append(f"copy_unit {self.copy_unit!r} is not one of {COPY_UNITS}")
-        if self.copy_geometry not in COPY_GEOMETRIES:
-            problems.append(f"copy_geometry {self.copy_geometry!r} is not one of {COPY_GEOMETRIES}")
-        elif self.copy_geometry != "point" and not self.copy_fov:
+        if self.copy_geometry in COPY_GEOMETRIES[1:] and not self.copy_fov:
             problems.append(f"copy_geometry {self.copy_geometry!r} needs copy_fov > 0 (the copy's geometry term)")
         if self.copy_fov and not (self.copy_source and self.cam_heads and 0 < self.copy_fov < 180
                                   and self.copy_depth > 0):
@@ -260,14 +249,10 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
-        if self.composite_gate not in COMPOSITE_GATES:
-            problems.append(f"composite_gate {self.composite_gate!r} is not one of {COMPOSITE_GATES}")
-        if self.composite_attend not in COMPOSITE_ATTENDS:
-            problems.append(f"composite_attend {self.composite_attend!r} is not one of {COMPOSITE_ATTENDS}")
-        elif self.composite_attend and not self.copy_composite:
+        if self.composite_attend in COMPOSITE_ATTENDS[1:] and not self.copy_composite:
             problems.append(f"composite_attend {self.composite_attend!r} needs copy_composite > 0 (it is that head's)")
-        elif "clip" in self.composite_attend and (self.patch_size[1] * self.copy_composite % 2
-                                                  or self.patch_size[2] * self.copy_composite % 2):
+        elif self.composite_attend == "frame+clip" and (self.patch_size[1] * self.copy_composite % 2
+                                                        or self.patch_size[2] * self.copy_composite % 2):
             problems.append(f"composite_attend {self.composite_attend!r} pools 2x2 pixel cells: needs an even number "
                             f"of pixels per token side (patch_size {self.patch_size}, copy_composite {self.copy_composite})")
         if self.mode == "spacetimepilot" and self.dim % self.time_groups:
