@@ -262,6 +262,21 @@ def test_composite_attend():
         _tiny(**odd, composite_attend="frame+clip")
 
 
+def test_composite_width():
+    """composite_width sets the head's and the gate's hidden width (64 by default, as before the option; the
+    convolutions' cost goes with its square) and must split over the attention heads."""
+    for width in (dit.COMPOSITE_HEAD_WIDTH, 16):
+        c = _tiny(copy_composite=4, composite_width=width, composite_attend="frame+clip")
+        inp = dummy_inputs(c, batch=1, latent_frames=2, height=4, width=4)
+        params = nn.meta.unbox(SpaceTimeDiT(c).init(jax.random.PRNGKey(0), **inp))["params"]
+        assert params["composite_conv1"]["kernel"].shape == (3, 3, width, width)
+        assert params["composite_place"].shape[-1] == width
+        assert params["composite_gate"]["kernel"].shape == (width, 1)
+        assert params["composite_clip_attn_o"]["kernel"].shape[-1] == width
+    with pytest.raises(ValueError, match="composite_width 6 must be a positive multiple of 4"):
+        _tiny(copy_composite=4, composite_width=6)
+
+
 def test_depth_head_probe_labels_and_heads():
     """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
     bounces, shadows lie off the objects, what moves is nearer than the sky), its scores split errors by those labels, its

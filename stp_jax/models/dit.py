@@ -123,7 +123,10 @@ COPY_GEOMETRIES = ("point", "ray")
 # frame's pixel or the moving layer; a learned gate hedges there, keeping the copy's object at the wrong time:
 # docs/LEARNING.md §19), learned elsewhere
 COMPOSITE_GATES = ("learned", "moved")
-COMPOSITE_HEAD_WIDTH = 64  # hidden width of copy_composite's per-pixel depth and mask head, and of its gate
+# hidden width of copy_composite's per-pixel depth and mask head, and of its gate: DiTConfig.composite_width's
+# default. The head's 3x3 convolutions cost width**2 per pixel: at 64 they are most of the composite model's
+# step on CPU (docs/BENCHMARKS.md, tools/bench/step_profile.py)
+COMPOSITE_HEAD_WIDTH = 64
 # 3x3 convolutions over each source frame's pixels before that head, their dilations: a 17-pixel field (three
 # undilated layers, a 7-pixel field, left the moving pixels' log depth 0.37 off; this, 0.29: docs/LEARNING.md §20)
 COMPOSITE_CONV_DILATIONS = (1, 2, 4, 1)
@@ -183,6 +186,7 @@ class DiTConfig(JsonConfig):
     composite_fov: float = 50.0  # the composite's pinhole, degrees across the width (the procedural scenes')
     composite_gate: str = "learned"  # COMPOSITE_GATES: where the composite moved a pixel, a learned choice or the composite
     composite_attend: str = ""  # COMPOSITE_ATTENDS: attention in the composite's depth and mask head
+    composite_width: int = COMPOSITE_HEAD_WIDTH  # hidden width of the composite's depth and mask head and its gate
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -249,6 +253,9 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
+        if self.copy_composite and (self.composite_width < 1 or self.composite_width % COMPOSITE_ATTN_HEADS):
+            problems.append(f"composite_width {self.composite_width} must be a positive multiple of "
+                            f"{COMPOSITE_ATTN_HEADS} (the head's attention heads)")
         if self.composite_attend in COMPOSITE_ATTENDS[1:] and not self.copy_composite:
             problems.append(f"composite_attend {self.composite_attend!r} needs copy_composite > 0 (it is that head's)")
         elif self.composite_attend == "frame+clip" and (self.patch_size[1] * self.copy_composite % 2
@@ -383,13 +390,13 @@ def _pixel_self_attention(x, name: str, pdtype):
                      param_dtype=pdtype)(o)
 
 
-def composite_pixel_features(pix, dilations=COMPOSITE_CONV_DILATIONS, attend: str = "", pdtype=jnp.float32):
-    """copy_composite's head on each source frame's pixels pix [B, T, H, W, C] -> [B, T, H, W, COMPOSITE_HEAD_WIDTH]:
+def composite_pixel_features(pix, dilations=COMPOSITE_CONV_DILATIONS, attend: str = "", pdtype=jnp.float32,
+                             width: int = COMPOSITE_HEAD_WIDTH):
+    """copy_composite's head on each source frame's pixels pix [B, T, H, W, C] -> [B, T, H, W, width]:
     3x3 convolutions of these dilations over each frame, then (attend, COMPOSITE_ATTENDS; the pixels' places are
     inputs too) attention over each frame's pixels, and over the clip's 2x2 cells. Made inside the calling compact
     module (parameters composite_conv{i}, composite_{frame,clip}_attn_{q,k,v,o})."""
     b, t, hh, ww, _ = pix.shape
-    width = COMPOSITE_HEAD_WIDTH
     if attend:
         pix = jnp.concatenate([pix, pixel_places((b, t, hh, ww))], -1)
     h = pix.reshape(b * t, hh, ww, pix.shape[-1])  # [B*T, H, W, C]: each frame's pixels
@@ -429,10 +436,10 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
                                  h=hh, w=ww, ph=ph, pw=pw, s1=s, s2=s)
     # per source pixel: its token's state, its place in the token and its neighbourhood -> log depth / copy_depth
     # and mask logit (a 128-wide state alone does not carry a mask of 64 pixels: docs/LEARNING.md §19)
-    width = COMPOSITE_HEAD_WIDTH
+    width = c.composite_width
     place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
                       (npx, width), pdtype)  # [npx, width]
-    local = composite_pixel_features(to_img(src_pix), attend=c.composite_attend, pdtype=pdtype)  # [B, Fh, H, W, width]
+    local = composite_pixel_features(to_img(src_pix), attend=c.composite_attend, pdtype=pdtype, width=width)  # [B, Fh, H, W, width]
     feat = (Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None]
             + place.astype(jnp.float32) + to_tok(local))  # [B, L/2, npx, width]
     heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
