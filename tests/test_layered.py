@@ -264,7 +264,7 @@ def test_composite_attend():
 
 def test_composite_width():
     """composite_width sets the head's and the gate's hidden width (64 by default, as before the option; the
-    convolutions' cost goes with its square) and must split over the attention heads."""
+    convolutions' cost goes with its square); with attention it must split over the attention heads."""
     for width in (dit.COMPOSITE_HEAD_WIDTH, 16):
         c = _tiny(copy_composite=4, composite_width=width, composite_attend="frame+clip")
         inp = dummy_inputs(c, batch=1, latent_frames=2, height=4, width=4)
@@ -273,8 +273,11 @@ def test_composite_width():
         assert params["composite_place"].shape[-1] == width
         assert params["composite_gate"]["kernel"].shape == (width, 1)
         assert params["composite_clip_attn_o"]["kernel"].shape[-1] == width
-    with pytest.raises(ValueError, match="composite_width 6 must be a positive multiple of 4"):
-        _tiny(copy_composite=4, composite_width=6)
+    with pytest.raises(ValueError, match="composite_width 6 with composite_attend 'frame' must be a multiple of its 4"):
+        _tiny(copy_composite=4, composite_width=6, composite_attend="frame")
+    with pytest.raises(ValueError, match="composite_width 0 must be >= 1"):
+        _tiny(copy_composite=4, composite_width=0)
+    assert _tiny(copy_composite=4, composite_width=6).composite_width == 6  # no attention: any width
 
 
 def test_depth_head_probe_labels_and_heads():

@@ -253,9 +253,11 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
-        if self.copy_composite and (self.composite_width < 1 or self.composite_width % COMPOSITE_ATTN_HEADS):
-            problems.append(f"composite_width {self.composite_width} must be a positive multiple of "
-                            f"{COMPOSITE_ATTN_HEADS} (the head's attention heads)")
+        if self.copy_composite and self.composite_width < 1:
+            problems.append(f"composite_width {self.composite_width} must be >= 1")
+        elif self.composite_attend and self.composite_width % COMPOSITE_ATTN_HEADS:
+            problems.append(f"composite_width {self.composite_width} with composite_attend {self.composite_attend!r} must "
+                            f"be a multiple of its {COMPOSITE_ATTN_HEADS} attention heads")
         if self.composite_attend in COMPOSITE_ATTENDS[1:] and not self.copy_composite:
             problems.append(f"composite_attend {self.composite_attend!r} needs copy_composite > 0 (it is that head's)")
         elif self.composite_attend == "frame+clip" and (self.patch_size[1] * self.copy_composite % 2

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, table, write_json  # noqa: E402
+from common import machine, table, timeit, write_json  # noqa: E402
 
 
 def op_times(trace_dir: Path) -> tuple[dict, int]:
@@ -49,7 +49,7 @@ def op_times(trace_dir: Path) -> tuple[dict, int]:
             continue
         thread = names.get((e["pid"], e["tid"]), "")
         # host-side python / runtime bookkeeping is not the step's compute
-        if "python" in thread.lower() or e["name"].startswith(("$", "PjRt", "Thunk", "ThunkExecutor")):
+        if "python" in thread.lower() or e["name"].startswith(("$", "PjRt", "Thunk")):
             continue
         args = e.get("args", {})
         if "hlo_op" not in args and "hlo_module" not in args and "long_name" not in args:
@@ -75,7 +75,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import jax
-    import numpy as np
 
     from stp_jax import config as config_lib
     from stp_jax.data import pipeline as pl
@@ -94,42 +93,37 @@ def main(argv=None):
         for _ in range(args.loader):
             next(it)
         loader_ms = 1e3 * (time.perf_counter() - t0) / args.loader
-    state, rng = tr.init_state(), jax.random.PRNGKey(0)
+    rng = jax.random.PRNGKey(0)
+    held = {"state": tr.init_state()}  # the step donates its state: each call replaces it
 
-    def step(state):
-        state, m = tr.step(state, batch, rng)
+    def step():
+        held["state"], m = tr.step(held["state"], batch, rng)
         jax.block_until_ready(m["loss"])
-        return state
 
     t0 = time.perf_counter()
-    state = step(state)
+    step()
     compile_s = time.perf_counter() - t0
-    for _ in range(args.warmup):
-        state = step(state)
-    times = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
-        state = step(state)
-        times.append(time.perf_counter() - t0)
-    median_ms = 1e3 * float(np.median(times))
+    timed = timeit(step, warmup=args.warmup, iters=args.iters)
+    median_ms = 1e3 * timed["median_s"]
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(args.trace):
-                state = step(state)
+                step()
         sums, n = op_times(Path(d))
     total = sum(v[0] for v in sums.values())
     cols = ["op", "ms/step", "% of op time", "count/step"]
     rows = [dict(zip(cols, [name, f"{us / 1e3 / args.trace:.1f}", f"{100 * us / total:.1f}", f"{cnt / args.trace:.0f}"]))
             for name, (us, cnt) in sorted(sums.items(), key=lambda kv: -kv[1][0])[: args.top]]
-    print(f"{args.config} {' '.join(args.set)}: step median {median_ms:.1f} ms (min {1e3 * min(times):.1f}) over "
-          f"{args.iters}, first step (compile) {compile_s:.1f} s; traced ops {total / 1e3 / args.trace:.1f} ms/step "
-          f"summed over threads ({n // max(args.trace, 1)} events/step)"
-          + (f"; loader alone {loader_ms:.1f} ms/batch" if loader_ms is not None else ""))
+    loader = f"; loader alone {loader_ms:.1f} ms/batch" if loader_ms is not None else ""
+    print(f"{args.config} {' '.join(args.set)}: step median {median_ms:.1f} ms (min {1e3 * timed['min_s']:.1f}) over "
+          f"{args.iters} on {timed['cores']:.2f} cores, first step (compile) {compile_s:.1f} s; traced ops "
+          f"{total / 1e3 / args.trace:.1f} ms/step summed over threads ({n // max(args.trace, 1)} events/step){loader}")
     print(table(rows, cols))
     if args.json:
         write_json(args.json, {"machine": machine(), "config": args.config, "overrides": args.set,
-                               "median_ms": median_ms, "compile_s": compile_s, "loader_ms": loader_ms, "op_ms_per_step":
-                               {k: v[0] / 1e3 / args.trace for k, v in sums.items()}})
+                               "median_ms": median_ms, "cores": timed["cores"], "compile_s": compile_s,
+                               "loader_ms": loader_ms,
+                               "op_ms_per_step": {k: v[0] / 1e3 / args.trace for k, v in sums.items()}})
 
 
 if __name__ == "__main__":
