@@ -60,13 +60,14 @@ def _long(c):  # the default's recipe, 4000 steps (docs/LEARNING.md §8)
 def get_config(variants=None):
     c = base("tiny_camxtime", "tiny", mode="spacetimepilot", dim=128, ffn_dim=512, num_heads=4, num_layers=4,
              in_channels=48, out_channels=48, text_dim=32, freq_dim=64, time_groups=16, patch_size=(1, 2, 2),
-             attention="xla", rope_frames="time", cam_heads=2, rope_theta=100.0, copy_source=True)
+             attention="xla", rope_frames="time", cam_heads=2, rope_theta=100.0, copy_source=True,
+             copy_composite=4, composite_gate="moved", composite_width=32)
     c.autoencoder.update(kind="patch", spatial=4, time_factor=1)
     # 500 scenes rendered once into ArrayRecord (about 2 minutes), then read at hundreds of clips/s
     c.data.update(source="tfds", tfds_name="camxtime_procedural", num_scenes=500, worker_count=1, height=24, width=24,
                   global_batch=4, warp_probs=TIME_WARPS, camera_paths=CAMERA_PATHS, fixed_camera_pairs=0.7,
-                  fixed_camera_steps=300)
-    c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0)
+                  fixed_camera_steps=300, composite_aux=True)
+    c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0, composite_loss=0.1, composite_gate_loss=0.05)
     c.total_steps = 1400  # the cosine schedule ends here: ~7.5-8 minutes at the ~3 steps/s of a 2-core machine
     # (docs/LEARNING.md §17: camera control within 1 index on both camera cases; 927 steps left the last view at 1.18)
     c.time_limit_minutes = 10.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes

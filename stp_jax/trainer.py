@@ -180,6 +180,9 @@ class Trainer:
                          "src_latents": sds((b, fh, h, w, c), jnp.float16),
                          "tgt_cam": sds((b, fh, 12), jnp.float32), "src_cam": sds((b, fh, 12), jnp.float32),
                          "tgt_time": sds((b, t), jnp.int32), "src_time": sds((b, t), jnp.int32)}
+                if self.data_cfg.composite_aux:  # the renderer's depth and masks per source pixel
+                    px = (b, t, self.data_cfg.height, self.data_cfg.width)
+                    batch.update(src_depth=sds(px, jnp.float32), src_moving=sds(px, jnp.bool_))
                 state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                      self.abstract_state, self.state_sh)
                 rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self.replicated)

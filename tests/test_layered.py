@@ -177,12 +177,13 @@ def test_composite_loss_config_errors():
     """The composite's losses need the composite, and the renderer's depth and masks in the batch."""
     from stp_jax import config
 
+    config.validate(config.load("tiny_camxtime"))  # the default trains the composite with its losses
     with pytest.raises(ValueError, match="set model.copy_composite"):
-        config.validate(config.load("tiny_camxtime", ["flow.composite_loss=0.1"]))
+        config.validate(config.load("tiny_camxtime", ["model.copy_composite=0"]))
     with pytest.raises(ValueError, match="data.composite_aux=true"):
-        config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1"]))
-    config.validate(config.load("tiny_camxtime", ["model.copy_composite=4", "flow.composite_loss=0.1",
-                                                  "data.composite_aux=true"]))
+        config.validate(config.load("tiny_camxtime", ["data.composite_aux=false"]))
+    config.validate(config.load("tiny_camxtime", ["model.copy_composite=0", "flow.composite_loss=0",
+                                                  "flow.composite_gate_loss=0", "data.composite_aux=false"]))
 
 
 def test_composite_gate_moved():
