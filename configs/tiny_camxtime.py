@@ -21,6 +21,14 @@ learn in minutes (docs/LEARNING.md):
   hidden states, so a copied token keeps all of its 192 values, where the 128-wide stream carried
   only its first ~70 principal components (the blur of docs/LEARNING.md §11); pure retiming goes
   from ~24 dB to ~40-49 dB, and camera error falls sooner;
+- a 2.5D composite in the output (``copy_composite=4``, ours; docs/LEARNING.md §19-20, §24-25): per-pixel
+  depth and moving-mask heads (32 wide, ``composite_width``), supervised by the renderer's
+  (``data.composite_aux``, ``flow.composite_loss``), put the moving pixels of the source frame at the requested
+  time, forward-warped by their depth, over the static pixels of the camera-matched frame; wherever that moved
+  a pixel the output takes it (``composite_gate="moved"``; a learned gate hedged, §19). The moving layer is
+  splatted from 2x2 points per pixel (``composite_splat=2``, §25): an object seen larger than in its source
+  frame lands whole instead of in pieces. The time errors of a moving source halve for ~0.5 dB of PSNR and
+  1.35x the step time; a 64-wide head was better but took 985 s for 1400 steps;
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
@@ -30,13 +38,13 @@ learn in minutes (docs/LEARNING.md):
   fixed-camera pairs. The share trades the two controls against each other at this budget (40%:
   camera, no time; 70%: time kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
-Trains 1400 steps on 2 CPU cores in about 7.5-8 minutes at ~3 steps/s (a slower machine stops at the
-10-minute limit: ~1200 steps at 2 steps/s; the cosine is then under 10% of its peak). 1400 steps: the
-camera error of the last view held is 0.92 (0.99 when stopped at 1188; 1.18 after 927 of the previous
-1000, docs/LEARNING.md §17).
+Trains 1400 steps on 2 CPU cores in about 10 minutes at ~2.4 steps/s (a slower machine stops at the
+10-minute limit before step 1400; the cosine is then near its end). Before the composite: 7.5-8 minutes at ~3
+steps/s, and the camera error of the last view held 0.92 after 1400 steps (0.54 with it; 1.18 after 927 of the
+previous 1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~20-35 minutes at 3-2 steps/s on 2 CPU cores: both controls further, docs/LEARNING.md §8, §13).
+4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores, docs/LEARNING.md §25).
 """
 from stp_jax.config import apply_variants, base
 
@@ -53,7 +61,7 @@ def _smoke(c):
     c.eval.num_scenes, c.sample.steps = 1, 2
 
 
-def _long(c):  # the default's recipe, 4000 steps (docs/LEARNING.md §8)
+def _long(c):  # the default's recipe, 4000 steps (docs/LEARNING.md §25)
     c.total_steps, c.time_limit_minutes, c.eval_every = 4000, 0.0, 1000
 
 
@@ -61,14 +69,14 @@ def get_config(variants=None):
     c = base("tiny_camxtime", "tiny", mode="spacetimepilot", dim=128, ffn_dim=512, num_heads=4, num_layers=4,
              in_channels=48, out_channels=48, text_dim=32, freq_dim=64, time_groups=16, patch_size=(1, 2, 2),
              attention="xla", rope_frames="time", cam_heads=2, rope_theta=100.0, copy_source=True,
-             copy_composite=4, composite_gate="moved", composite_width=32)
+             copy_composite=4, composite_gate="moved", composite_width=32, composite_splat=2)
     c.autoencoder.update(kind="patch", spatial=4, time_factor=1)
     # 500 scenes rendered once into ArrayRecord (about 2 minutes), then read at hundreds of clips/s
     c.data.update(source="tfds", tfds_name="camxtime_procedural", num_scenes=500, worker_count=1, height=24, width=24,
                   global_batch=4, warp_probs=TIME_WARPS, camera_paths=CAMERA_PATHS, fixed_camera_pairs=0.7,
                   fixed_camera_steps=300, composite_aux=True)
     c.flow.update(prediction="x0", timestep_mode="uniform_sigma", shift=1.0, composite_loss=0.1, composite_gate_loss=0.05)
-    c.total_steps = 1400  # the cosine schedule ends here: ~7.5-8 minutes at the ~3 steps/s of a 2-core machine
+    c.total_steps = 1400  # the cosine schedule ends here: ~10 minutes at the ~2.4 steps/s of a 2-core machine
     # (docs/LEARNING.md §17: camera control within 1 index on both camera cases; 927 steps left the last view at 1.18)
     c.time_limit_minutes = 10.0  # of training: stops slower machines; the demo's whole run stays under 15 minutes
     c.optim.update(lr=2e-3, warmup=100, b2=0.99)

@@ -51,6 +51,31 @@ def test_splat_identity_shift_and_z_buffer():
         assert (out.reshape(size, size, 3)[:, :-1] == 7).all()
 
 
+def test_moving_layer_splat_fills_magnified_objects():
+    """An object seen nearer than in its source frame (5 -> 3 units: 5/3 larger) lands with holes when
+    each source pixel is one point (splat 1: its 4 rows and columns land on 1, 3, 4, 6 of 8), and whole with 2x2
+    points per pixel (splat 2): every target pixel whose centre sees the object, a pixel's footprint in
+    from its edge, is the object's."""
+    size = 8
+    src = np.full((1, size, size, 3), 40.0)
+    src[0, 2:6, 2:6] = 200.0  # the object, the moving layer; the rest is sky (not warped)
+    depth = np.full((1, size, size), 1e4)
+    depth[0, 2:6, 2:6] = 5.0
+    eye = np.eye(4)[None]
+    nearer = eye.copy()
+    nearer[0, 2, 3] = 2.0  # the target camera 2 units forward
+    covered = {}
+    for splat in (1, 2):
+        pix, changed = layered.composite(jnp.asarray(src, jnp.float32)[None], jnp.asarray(depth, jnp.float32)[None],
+                                         jnp.asarray(depth < 10)[None], jnp.asarray(eye[:, :3], jnp.float32)[None],
+                                         jnp.asarray(nearer[:, :3], jnp.float32)[None], jnp.zeros((1, 1)),
+                                         jnp.zeros((1, 1)), FOV, splat)
+        inner = np.asarray(changed[0, 0, 2:6, 2:6])
+        covered[splat] = inner.sum()
+        assert (np.asarray(pix[0, 0])[np.asarray(changed[0, 0])] == 200).all()  # only the object is moved
+    assert covered[1] == 4 and covered[2] == 16, covered
+
+
 def test_frame_choices():
     """The camera-matched frame is the nearest pose, ties broken by the requested time; the time
     frame is the source frame nearest the requested time."""

@@ -167,15 +167,15 @@ def cell_aux(seed: int, c2w: np.ndarray, times: np.ndarray, num_times: int, size
 
 
 def composite(sources: np.ndarray, moving: np.ndarray, s_z: np.ndarray, s_c2w: np.ndarray, t_c2w: np.ndarray,
-              times: np.ndarray) -> np.ndarray:
+              times: np.ndarray, splat: int = 1) -> np.ndarray:
     """What a 2.5D model with perfect depth and a perfect mask of what changes with time (``moving``
     [T, H, W]: the objects, and their shadows or not) could output without seeing the truth:
     models/layered.composite (DiTConfig.copy_composite's) with the renderer's depths s_z [T, H, W] of
-    the source frames (filmed by s_c2w), for the target cameras t_c2w at the requested times. uint8
-    [T, H, W, 3]."""
+    the source frames (filmed by s_c2w), for the target cameras t_c2w at the requested times, the
+    moving layer splatted from splat x splat points per pixel. uint8 [T, H, W, 3]."""
     f32 = lambda a: jnp.asarray(a, jnp.float32)[None]  # noqa: E731
     pix, _ = layered.composite(f32(sources), f32(np.minimum(s_z, 1e4)), jnp.asarray(moving)[None], f32(s_c2w[:, :3]),
-                               f32(t_c2w[:, :3]), f32(np.arange(len(times))), f32(times), cx.FOV_DEG)
+                               f32(t_c2w[:, :3]), f32(np.arange(len(times))), f32(times), cx.FOV_DEG, splat)
     return np.asarray(pix[0]).round().clip(0, 255).astype(np.uint8)
 
 
@@ -193,6 +193,9 @@ def main(argv=None):
                     help="per-frame preferences for the requested time of the ray copy with the true source depth")
     ap.add_argument("--composite", action="store_true",
                     help="also the 2.5D composite with the renderer's depth and object masks (composite())")
+    ap.add_argument("--splat", default="1",
+                    help="with --composite: points per source pixel side of the moving layer's splat (comma list: a row "
+                         "each; models/layered.composite's splat, DiTConfig.composite_splat)")
     a = ap.parse_args(argv)
     blocks = [int(b) for b in a.blocks.split(",")]
     prefs = [float(x) for x in a.time_prefs.split(",") if x.strip()]
@@ -247,6 +250,10 @@ def main(argv=None):
             rows["2.5D composite, true depth: the requested time's objects on the camera-matched frame"] = \
                 np.stack(objects)
             rows["2.5D composite, true depth: the requested time's objects and shadows"] = np.stack(shadows)
+            for sp in (int(x) for x in a.splat.split(",") if int(x) != 1):
+                rows[f"2.5D composite, true depth: objects and shadows, moving layer splatted {sp}x{sp} per pixel"] = \
+                    np.stack([composite(src, (s_obj >= 0) | s_shadow, s_z, path[src_c], path[cams], times, sp)
+                              for path, src, (s_obj, s_shadow, s_z) in zip(scenes[1], sources, src_aux)])
             for b in blocks:
                 gated = []
                 for path, src, (s_obj, s_shadow, s_z) in zip(scenes[1], sources, src_aux):

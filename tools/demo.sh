@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from nothing: set up .venv, train the tiny
-# SpaceTimePilot on procedural Cam×Time scenes (no downloads, no weights, CPU, 1400 steps in ~7.5-8 min of
-# training: fixed-camera pairs, then 70% of them among camera-moving ones, docs/LEARNING.md §7-8),
+# SpaceTimePilot on procedural Cam×Time scenes (no downloads, no weights, CPU, 1400 steps in ~10 min of
+# training: fixed-camera pairs, then 70% of them among camera-moving ones, docs/LEARNING.md §7-8, §25),
 # evaluate retiming and camera control on held-out scenes beside the trivial baselines (time/camera errors against
 # the ground-truth grid), and re-render one held-out video filmed from a still camera with
 # bullet time, reverse and slow motion.

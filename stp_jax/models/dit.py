@@ -187,6 +187,7 @@ class DiTConfig(JsonConfig):
     composite_gate: str = "learned"  # COMPOSITE_GATES: where the composite moved a pixel, a learned choice or the composite
     composite_attend: str = ""  # COMPOSITE_ATTENDS: attention in the composite's depth and mask head
     composite_width: int = COMPOSITE_HEAD_WIDTH  # hidden width of the composite's depth and mask head and its gate
+    composite_splat: int = 1  # the composite's moving layer splatted from this many points per pixel side (layered.py)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -253,6 +254,8 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
+        if self.composite_splat < 1:
+            problems.append(f"composite_splat {self.composite_splat} must be >= 1 (points per pixel side)")
         if self.copy_composite and self.composite_width < 1:
             problems.append(f"composite_width {self.composite_width} must be >= 1")
         elif self.composite_attend and self.composite_width % COMPOSITE_ATTN_HEADS:
@@ -453,7 +456,7 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     rt = cam.reshape(b, f, 3, 4).astype(jnp.float32)
     pix, changed = layered.composite(to_img(src_pix), to_img(depth), to_img(jax.lax.stop_gradient(mask_logit) > 0),
                                      rt[:, fh:], rt[:, :fh], latent_times(src_time), latent_times(tgt_time),
-                                     c.composite_fov)  # [B, Fh, H, W, 3], [B, Fh, H, W]
+                                     c.composite_fov, c.composite_splat)  # [B, Fh, H, W, 3], [B, Fh, H, W]
     comp = to_tok(pix)  # [B, L/2, npx, 3]
     cp = copied[:, : l // 2].astype(jnp.float32).reshape(b, l // 2, npx, 3)
     # the gate sees, at each pixel, both candidates and whether the composite moved it, beside the token's state

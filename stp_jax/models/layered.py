@@ -67,23 +67,34 @@ def _splat(idx, key, colour, n: int):
     return out[:n], zbuf[:n]
 
 
-def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: float):
+def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: float, splat: int = 1):
     """The two-layer composite (module doc). src [B, S, H, W, 3] source pixels (any scale), depth
     [B, S, H, W] z in each source camera, moving [B, S, H, W] bool, src_rt [B, S, 3, 4], tgt_rt [B, T, 3, 4]
-    camera-to-world, src_times [B, S], tgt_times [B, T] animation times. Returns (pixels [B, T, H, W, 3],
-    changed [B, T, H, W] bool: the pixel comes from another frame than k_i, or from the moving layer)."""
+    camera-to-world, src_times [B, S], tgt_times [B, T] animation times. ``splat``: the moving layer is
+    splatted from splat x splat points per source pixel (its colour and depth at sub-pixel rays), so that
+    an object seen larger or more obliquely than in its source frame lands whole instead of with holes
+    the static layer shows through (1: one point per pixel, as the static layer). Returns (pixels
+    [B, T, H, W, 3], changed [B, T, H, W] bool: the pixel comes from another frame than k_i, or from the
+    moving layer)."""
     _, s, h, w, _ = src.shape
     n = h * w
     rays = pinhole_rays(h, w, fov).reshape(n, 3)  # [H*W, 3], z = 1
     k, j = frame_choices(tgt_rt, src_rt, tgt_times, src_times)  # [B, T]
+    ns = n * splat * splat
+    sub_rays = pinhole_rays(h * splat, w * splat, fov).reshape(ns, 3)  # [H*W*splat^2, 3]: sub-pixel rays
+    up = lambda a: jnp.repeat(jnp.repeat(a, splat, axis=1), splat, axis=2)  # noqa: E731  [S, H, W, ...] -> sub-pixels
 
     def one_clip(src, depth, moving, src_rt, tgt_rt, k, j):
         pts = jnp.einsum("sij,pj->spi", src_rt[:, :, :3], rays) * depth.reshape(s, n, 1) + src_rt[:, None, :, 3]
         pts = pts.reshape(s * n, 3)  # [P, 3] world points
         colour = src.reshape(s * n, 3)
         still = (~moving & (depth < SKY_DEPTH)).reshape(s * n)  # [P]
-        moves = (moving & (depth < SKY_DEPTH)).reshape(s * n)
         frame = jnp.repeat(jnp.arange(s), n)  # [P]
+        # the moving layer's points, per source frame: [S, Ns, 3] world points, [S, Ns, 3] colours, [S, Ns] mask
+        sub_pts = (jnp.einsum("sij,pj->spi", src_rt[:, :, :3], sub_rays) * up(depth).reshape(s, ns, 1)
+                   + src_rt[:, None, :, 3])
+        sub_colour = up(src).reshape(s, ns, 3)
+        sub_moves = (up(moving) & (up(depth) < SKY_DEPTH)).reshape(s, ns)
 
         def one_frame(rt, k, j):
             idx, z = _project(pts, rt, h, w, fov)
@@ -93,7 +104,8 @@ def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: flo
             has_own = jnp.isfinite(own_z)
             img = jnp.where(has_own[:, None], own, fill)
             img_z = jnp.where(has_own, own_z, fill_z)
-            mov, mov_z = _splat(idx, jnp.where(moves & (frame == j), z, jnp.inf), colour, n)
+            m_idx, m_z = _project(sub_pts[j], rt, h, w, fov)  # frame j's moving points only
+            mov, mov_z = _splat(m_idx, jnp.where(sub_moves[j], m_z, jnp.inf), sub_colour[j], n)
             on_top = jnp.isfinite(mov_z) & (mov_z < SHADOW_MARGIN * img_z)  # inf static depth: always
             img = jnp.where(on_top[:, None], mov, img)
             empty = ~has_own & ~jnp.isfinite(fill_z) & ~on_top
