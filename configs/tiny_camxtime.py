@@ -27,8 +27,9 @@ learn in minutes (docs/LEARNING.md):
   time, forward-warped by their depth, over the static pixels of the camera-matched frame; wherever that moved
   a pixel the output takes it (``composite_gate="moved"``; a learned gate hedged, §19). The moving layer is
   splatted from 2x2 points per pixel (``composite_splat=2``, §25): an object seen larger than in its source
-  frame lands whole instead of in pieces. The time errors of a moving source halve for ~0.5 dB of PSNR and
-  1.35x the step time; a 64-wide head was better but took 985 s for 1400 steps;
+  frame lands whole instead of with holes. The time errors of a moving source fall by half or more, for 0.2-1.2 dB
+  of PSNR and
+  1.35x the step time (a 64-wide head: 985 s for 1400 steps, over the demo's limit);
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
@@ -40,7 +41,7 @@ learn in minutes (docs/LEARNING.md):
   1e-3 or 4e-3, §6).
 Trains 1400 steps on 2 CPU cores in about 10 minutes at ~2.4 steps/s (a slower machine stops at the
 10-minute limit before step 1400; the cosine is then near its end). Before the composite: 7.5-8 minutes at ~3
-steps/s, and the camera error of the last view held 0.92 after 1400 steps (0.54 with it; 1.18 after 927 of the
+steps/s, and the camera error of the last view held 0.92 after 1400 steps (0.26 with it; 1.18 after 927 of the
 previous 1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
