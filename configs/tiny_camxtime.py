@@ -27,9 +27,8 @@ learn in minutes (docs/LEARNING.md):
   time, forward-warped by their depth, over the static pixels of the camera-matched frame; wherever that moved
   a pixel the output takes it (``composite_gate="moved"``; a learned gate hedged, §19). The moving layer is
   splatted from 2x2 points per pixel (``composite_splat=2``, §25): an object seen larger than in its source
-  frame lands whole instead of with holes. The time errors of a moving source fall by half or more, for 0.2-1.2 dB
-  of PSNR and
-  1.35x the step time (a 64-wide head: 985 s for 1400 steps, over the demo's limit);
+  frame lands whole instead of with holes. The time errors of a moving source fall by half or more, for
+  0.2-1.2 dB of PSNR and 1.35x the step time (a 64-wide head: 985 s for 1400 steps, over the demo's limit);
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
