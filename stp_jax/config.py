@@ -328,10 +328,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if (cfg.flow.composite_loss or cfg.flow.composite_gate_loss) and not cfg.model.copy_composite:
         raise ValueError(f"config {cfg.name}: flow.composite_loss / composite_gate_loss supervise the 2.5D composite; "
                          "set model.copy_composite or set both to 0")
-    if cfg.flow.composite_loss and not (cfg.data.composite_aux and cfg.data.source in ("procedural", "tfds")):
+    if cfg.flow.composite_loss and not (cfg.data.composite_aux and cfg.data.source in ("procedural", "tfds", "latents")):
         raise ValueError(f"config {cfg.name}: flow.composite_loss needs the renderer's depth and masks: set "
-                         f"data.composite_aux=true with procedural scenes (data.source 'procedural' or 'tfds', "
-                         f"got {cfg.data.source!r})")
+                         f"data.composite_aux=true with procedural scenes (data.source 'procedural' or 'tfds', or "
+                         f"'latents' that stp-precompute wrote from them; got {cfg.data.source!r})")
     from stp_jax.evaluate import check_cases
 
     try:

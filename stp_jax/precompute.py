@@ -11,8 +11,10 @@ float16 latents:
   tgt_cam, src_cam          float32 [F', 12]
   tgt_time, src_time        int32 [T]
   seed                            int64
+  src_depth, src_moving     float32 / bool [T, H, W]  (configs with data.composite_aux)
 
-plus ``meta.json`` (latent shape, count, autoencoder, the config it came from). Train on
+plus ``meta.json`` (latent shape, count, autoencoder, the config it came from, whether the
+renderer's depth and masks are there: ``composite_aux``). Train on
 them with ``--set data.source=latents --set data.latents_dir=DIR``. The output is written
 to ``DIR.partial`` and renamed at the end.
 """
@@ -59,7 +61,7 @@ def precompute(config, out_dir, *, epochs: int = 1, batch: int = 8, records_per_
         meta = {"count": count, "latent_shape": list(ae.latent_shape(d.num_frames, d.height, d.width)),
                 "num_frames": d.num_frames, "height": d.height, "width": d.width, "epochs": epochs,
                 "autoencoder": dataclasses.asdict(a), "config": config.name, "dtype": "float16",
-                "source_camera_rule": d.source_camera_rule}
+                "source_camera_rule": d.source_camera_rule, "composite_aux": d.composite_aux}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -74,8 +76,11 @@ def _write_records(tmp: Path, d, encode, records_per_shard: int) -> int:
         for i in range(len(b["seed"])):
             if writer is None:
                 writer = ArrayRecordWriter(str(tmp / f"latents-{shard:05d}.array_record"), "group_size:1")
+            aux = {k: b[k][i] for k in latents.AUX_KEYS if k in b}
+            if "src_depth" in aux:
+                aux["src_depth"] = np.minimum(aux["src_depth"], latents.AUX_DEPTH_CAP).astype(np.float32)
             writer.write(latents.serialize({**{k: v[i] for k, v in lat.items()},
-                                            **{k: b[k][i] for k in latents.PAIR_KEYS}}))
+                                            **{k: b[k][i] for k in latents.PAIR_KEYS}, **aux}))
             count += 1
             if count % records_per_shard == 0:
                 writer.close()

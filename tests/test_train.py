@@ -115,6 +115,7 @@ def test_precompute_latents_round_trip_and_train(tmp_path):
     import dataclasses
 
     from stp_jax import inference
+    from stp_jax.data import latents
     from stp_jax.data import pipeline as pl
     from stp_jax.precompute import precompute
     from stp_jax.train import train_and_evaluate
@@ -135,6 +136,14 @@ def test_precompute_latents_round_trip_and_train(tmp_path):
     back = np.asarray(inference.to_uint8(ae.decode(stored["tgt_latents"].astype(np.float32))))
     np.testing.assert_array_equal(back, frames["tgt_frames"])  # fp16 latents still round to the same pixels
     np.testing.assert_array_equal(stored["tgt_time"], frames["tgt_time"])
+    # the renderer's depth and masks of the default's composite travel with the latents (the sky capped)
+    assert meta["composite_aux"] and stored["src_depth"].dtype == np.float32
+    np.testing.assert_array_equal(stored["src_moving"], frames["src_moving"])
+    np.testing.assert_array_equal(stored["src_depth"], np.minimum(frames["src_depth"], latents.AUX_DEPTH_CAP))
+    bare = precompute(configs.load("tiny_camxtime:smoke", ["data.num_scenes=2", "data.composite_aux=false",
+                                                           "flow.composite_loss=0"]), tmp_path / "bare", batch=2)
+    with pytest.raises(ValueError, match="no renderer depth and masks"):
+        pl.make_loader(dataclasses.replace(data_config(cfg), source="latents", latents_dir=str(bare)))
     cfg2 = configs.load("tiny_camxtime:smoke", ["data.source='latents'", f"data.latents_dir='{out}'",
                                                  "data.global_batch=8", "total_steps=2"])
     assert train_and_evaluate(cfg2, tmp_path / "run")["stopped"] == "done"

@@ -364,6 +364,9 @@ def latents_source(cfg: DataConfig):
     if rule != cfg.source_camera_rule:
         raise ValueError(f"latents_dir {d} holds source cameras by the {rule!r} rule; the config's model needs "
                          f"{cfg.source_camera_rule!r} (model.cam_heads): run stp-precompute with this config")
+    if cfg.composite_aux and not meta.get("composite_aux", False):
+        raise ValueError(f"latents_dir {d} holds no renderer depth and masks, and the config asks for them "
+                         "(data.composite_aux, for flow.composite_loss): run stp-precompute with this config")
     files = sorted(glob.glob(str(d / "*.array_record")))
     return NamedSource(grain.sources.ArrayRecordDataSource(files), f"latents[{d}]")
 
