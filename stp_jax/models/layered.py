@@ -13,7 +13,8 @@ filmed by camera i at animation time tau_i, is built from the source pixels alon
 
 Warps are forward splats with a z-buffer: each point lands on the target pixel its projection falls
 in. The moving layer can be splatted from splat x splat points per pixel (sub-pixel rays carrying
-the pixel's colour and depth), so an object seen larger than in its source frame lands without holes. A target pixel that nothing reaches keeps frame k_i's own pixel. Sky (depth >= SKY_DEPTH) is not
+the pixel's colour and depth), so an object seen larger than in its source frame lands without holes.
+A target pixel that nothing reaches keeps frame k_i's own pixel. Sky (depth >= SKY_DEPTH) is not
 warped. Pinhole of ``fov`` degrees across the width, OpenCV camera axes, poses camera-to-world [3, 4]
 in one world frame.
 
