@@ -84,7 +84,7 @@ def main(argv=None):
     tr = Trainer(cfg)
     tr.data_cfg = pl.prepare(tr.data_cfg, log=lambda *_: None)
     phase = pl.at_step(tr.data_cfg, args.at_step)
-    batch = next(iter(pl.make_loader(phase)))
+    batch = next(iter(pl.make_loader(dataclasses.replace(phase, worker_count=0))))  # no worker left prefetching
     loader_ms = None
     if args.loader:
         it = iter(pl.make_loader(dataclasses.replace(phase, worker_count=0)))
