@@ -6,7 +6,8 @@ config's own loader, timed, then traced with ``jax.profiler`` and its device ops
       --set data.composite_aux=true --set flow.composite_loss=0.1 --set model.composite_gate=moved
 
 Reports the median step (``--iters`` timed steps after ``--warmup``), then the ops of ``--trace`` traced steps:
-per op name (XLA's instruction names with their ``.N`` suffix dropped, so a fusion kind or an op type), the
+per op name (XLA's instruction names with their ``.N`` suffix dropped, so a fusion kind or an op type; with
+``--scopes DEPTH``, per place in the model's code instead, from the compiled step's HLO metadata), the
 milliseconds per step summed over the CPU's threads (so up to cores x the step), the share of all op time
 and the count per step; ``--top`` rows. The batch is the loader's at ``--at-step`` (the curriculum's phase
 there). ``--loader N`` also times N batches of the loader alone, in this process (``worker_count=0``): its CPU cost
@@ -30,10 +31,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, table, timeit, write_json  # noqa: E402
 
+_TRANSFORMS = re.compile(r"(jvp|transpose|remat|checkpoint|vmap|pjit|jit|closed_call)\(([^()]*)\)")
 
-def op_times(trace_dir: Path) -> tuple[dict, int]:
+
+def op_scopes(hlo_text: str, depth: int) -> dict:
+    """Each instruction of a compiled module's text -> where in the code it comes from: its metadata op_name
+    with the outer jit dropped, transform wrappers (jvp, vmap, ...) unwrapped, cut to ``depth`` path parts, and
+    prefixed ``bwd`` when under a transpose (the backward pass) else ``fwd``: {instruction name: scope}."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", line)
+        if not m:
+            continue
+        op = m.group(2)
+        plain = op
+        for _ in range(4):  # nested wrappers
+            plain = _TRANSFORMS.sub(r"\2", plain)
+        parts = [p for p in plain.split("/")[1:] if p and p not in ("while", "body", "closed_call")]
+        out[m.group(1)] = ("bwd " if "transpose(" in op else "fwd ") + "/".join(parts[:depth])
+    return out
+
+
+def op_times(trace_dir: Path, scopes: dict | None = None) -> tuple[dict, int]:
     """Sum the complete events of the perfetto trace under trace_dir by name (``.N`` dropped), over the threads
-    of the host's XLA ops: {name: (total us, count)}, and the number of events."""
+    of the host's XLA ops: {name: (total us, count)}, and the number of events. With ``scopes`` (op_scopes'),
+    by scope instead (``?`` where an instruction has no metadata)."""
     files = sorted(trace_dir.rglob("*.trace.json.gz"))
     if not files:
         raise SystemExit(f"step_profile: no *.trace.json.gz under {trace_dir} (jax.profiler wrote nothing)")
@@ -54,7 +76,10 @@ def op_times(trace_dir: Path) -> tuple[dict, int]:
         args = e.get("args", {})
         if "hlo_op" not in args and "hlo_module" not in args and "long_name" not in args:
             continue
-        name = re.sub(r"\.\d+$", "", args.get("hlo_op", e["name"]))
+        if scopes is not None:
+            name = scopes.get(args.get("hlo_op", ""), "?")
+        else:
+            name = re.sub(r"\.\d+$", "", args.get("hlo_op", e["name"]))
         sums[name][0] += e["dur"]
         sums[name][1] += 1
         n += 1
@@ -71,6 +96,9 @@ def main(argv=None):
     ap.add_argument("--trace", type=int, default=5, help="steps traced")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--loader", type=int, default=0, help="also time this many loader batches (worker_count=0)")
+    ap.add_argument("--scopes", type=int, default=0, metavar="DEPTH",
+                    help="sum the ops by where in the code they come from (HLO metadata, DEPTH module-path parts, "
+                         "forward and backward apart) instead of by op name")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -105,13 +133,22 @@ def main(argv=None):
     compile_s = time.perf_counter() - t0
     timed = timeit(step, warmup=args.warmup, iters=args.iters)
     median_ms = 1e3 * timed["median_s"]
+    scopes = None
+    if args.scopes:
+        import numpy as np
+
+        with tr.mesh_context():
+            gbatch = {k: jax.make_array_from_process_local_data(tr.batch_sharding(np.ndim(v)), np.asarray(v))
+                      for k, v in batch.items() if k != "seed"}
+            hlo = tr.step_fn.lower(held["state"], gbatch, rng, tr.context).compile().as_text()
+        scopes = op_scopes(hlo, args.scopes)
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(args.trace):
                 step()
-        sums, n = op_times(Path(d))
+        sums, n = op_times(Path(d), scopes)
     total = sum(v[0] for v in sums.values())
-    cols = ["op", "ms/step", "% of op time", "count/step"]
+    cols = ["scope" if args.scopes else "op", "ms/step", "% of op time", "count/step"]
     rows = [dict(zip(cols, [name, f"{us / 1e3 / args.trace:.1f}", f"{100 * us / total:.1f}", f"{cnt / args.trace:.0f}"]))
             for name, (us, cnt) in sorted(sums.items(), key=lambda kv: -kv[1][0])[: args.top]]
     loader = f"; loader alone {loader_ms:.1f} ms/batch" if loader_ms is not None else ""
