@@ -183,7 +183,8 @@ def loss_fn(model, params, batch, rng, flow_cfg: flow.FlowConfig = flow.FlowConf
     if composite:
         terms = composite_supervision(model.cfg, inter["intermediates"], batch)
         aux.update(terms)
-        total = (total + flow_cfg.composite_loss * (terms["depth_mse"] + terms["moving_ce"])
+        depth = terms["depth_mse"] if flow_cfg.composite_depth_loss == "l2" else terms["depth_mae"]
+        total = (total + flow_cfg.composite_loss * (depth + terms["moving_ce"])
                  + flow_cfg.composite_gate_loss * terms["gate_ce"])
     return total, aux
 
@@ -194,7 +195,8 @@ MOVING_DEPTH_WEIGHT = 5.0  # composite_supervision: the weight of a moving pixel
 def composite_supervision(cfg, intermediates, batch):
     """The losses of DiTConfig.copy_composite's predictions (its sown intermediates): depth_mse, the
     squared error of the log depth of every source pixel against the renderer's (batch src_depth
-    [B, T, H, W], the sky at layered.SKY_DEPTH; moving pixels weighted MOVING_DEPTH_WEIGHT); moving_ce,
+    [B, T, H, W], the sky at layered.SKY_DEPTH; moving pixels weighted MOVING_DEPTH_WEIGHT), depth_mae the same
+    with the absolute error (flow.composite_depth_loss picks which one trains); moving_ce,
     the binary cross-entropy of its moving mask against src_moving; gate_ce, the gate's binary
     cross-entropy against which candidate is nearer the clean target at each pixel, weighted by the
     difference of their squared errors."""
@@ -209,6 +211,7 @@ def composite_supervision(cfg, intermediates, batch):
     # the moving layer is what the composite moves by its depth: its pixels count MOVING_DEPTH_WEIGHT times
     w = 1.0 + (MOVING_DEPTH_WEIGHT - 1.0) * moving
     depth_mse = jnp.sum(w * jnp.square(log_d - want)) / jnp.sum(w)
+    depth_mae = jnp.sum(w * jnp.abs(log_d - want)) / jnp.sum(w)
     moving_ce = jnp.mean(optax.sigmoid_binary_cross_entropy(intermediates["composite_moving"][0], moving))
     copy, comp = jax.lax.stop_gradient(intermediates["composite_candidates"][0])  # [B, L/2, npx, 3] each
     y = composite_pixels(cfg, batch["target"])  # [B, L/2, npx, 3]
@@ -219,7 +222,7 @@ def composite_supervision(cfg, intermediates, batch):
     ce = optax.sigmoid_binary_cross_entropy(intermediates["composite_gate_logits"][0],
                                             (err_comp < err_copy).astype(jnp.float32))
     gate_ce = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-6)
-    return {"depth_mse": depth_mse, "moving_ce": moving_ce, "gate_ce": gate_ce}
+    return {"depth_mse": depth_mse, "depth_mae": depth_mae, "moving_ce": moving_ce, "gate_ce": gate_ce}
 
 
 def copy_supervision(cfg, intermediates, batch, flow_cfg: flow.FlowConfig):

@@ -23,7 +23,7 @@ def log(msg: str):
 # Means over the steps of one logging window of what the train step reports: always these, and the
 # loss's terms when it has more than one (flow.FlowConfig.copy_loss).
 TRAIN_METRICS = ("loss", "grad_norm", "update_norm", "sigma_mean")
-LOSS_TERMS = ("flow_loss", "copy_ce", "depth_mse", "moving_ce", "gate_ce")
+LOSS_TERMS = ("flow_loss", "copy_ce", "depth_mse", "depth_mae", "moving_ce", "gate_ce")
 
 
 @functools.cache

@@ -181,6 +181,10 @@ def test_copy_composite_model_and_losses():
     terms = composite_supervision(c, inter, batch)
     assert float(terms["depth_mse"]) < 1e-10 and abs(float(terms["moving_ce"]) - np.log(2)) < 1e-6
     assert abs(float(terms["gate_ce"]) - np.log(2)) < 1e-6  # gate at 1/2: log 2 whatever the targets
+    # half the pixels e^2 times nearer than predicted: squared log error 4 on half (mean 2), absolute 2 on half (1)
+    far = dict(batch, src_depth=jnp.where(jnp.arange(8)[:, None] < 4, 5.0, 5.0 / np.e ** 2) * jnp.ones((1, 2, 8, 8)))
+    terms = composite_supervision(c, inter, far)
+    np.testing.assert_allclose([float(terms["depth_mse"]), float(terms["depth_mae"])], [2.0, 1.0], rtol=1e-5)
     inter2 = dict(inter, composite_gate_logits=(jnp.where(  # sure of the composite where it is nearer
         jnp.sum((comp - composite_pixels(c, x[:, :2])) ** 2, -1) < jnp.sum((copy - composite_pixels(c, x[:, :2])) ** 2, -1),
         20.0, -20.0),))
@@ -209,6 +213,26 @@ def test_composite_loss_config_errors():
         config.validate(config.load("tiny_camxtime", ["data.composite_aux=false"]))
     config.validate(config.load("tiny_camxtime", ["model.copy_composite=0", "flow.composite_loss=0",
                                                   "flow.composite_gate_loss=0", "data.composite_aux=false"]))
+    with pytest.raises(ValueError, match="composite_depth_loss 'l3' is unknown"):
+        config.load("tiny_camxtime", ["flow.composite_depth_loss=l3"])
+
+
+def test_composite_mask_logit():
+    """model.composite_mask_logit: a pixel joins the moving layer where its mask logit is above it (every
+    logit -1 here: nothing moves at the default 0, everything at -2)."""
+    moved = {}
+    for threshold in (0.0, -2.0):
+        c = _tiny(copy_composite=4, composite_mask_logit=threshold)
+        model = SpaceTimeDiT(c)
+        inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+        eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
+        inp.update(x=jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
+                   src_cam=eye, tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+        params["composite_heads"]["bias"] = jnp.asarray([0.0, -1.0])
+        _, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
+        moved[threshold] = np.asarray(inter["intermediates"]["composite_moved"][0])
+    assert not moved[0.0].any() and moved[-2.0].all()
 
 
 def test_composite_gate_moved():

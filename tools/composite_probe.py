@@ -71,7 +71,7 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
     labels = [_labels(int(s), p, src_c, src_t, t, size) for s, p in zip(seeds, paths)]
     true_z, obj, shadow, bouncing = (np.stack(v) for v in zip(*labels))  # [N, T, H, W] each
     true_m = obj | shadow
-    pred_m = np.asarray(inter["composite_moving"][0]) > 0
+    pred_m = np.asarray(inter["composite_moving"][0]) > c.composite_mask_logit
     pred_z = c.copy_depth * np.exp(np.clip(np.asarray(inter["composite_log_depth"][0]), -3, 3))
     err = np.log(pred_z) - np.log(np.clip(true_z, 0.05, layered.SKY_DEPTH))  # [N, T, H, W]
     rmse = np.sqrt(np.mean(err ** 2))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
+COMPOSITE_DEPTH_LOSSES = ("l2", "l1")
 TIMESTEP_MODES = ("uniform", "uniform_sigma", "logit_normal")
 PREDICTIONS = ("velocity", "x0")
 
@@ -41,6 +42,9 @@ class FlowConfig:
     # every source pixel + the binary cross-entropy of its moving mask) against the renderer's
     # (data.composite_aux; train_step.composite_supervision)
     composite_loss: float = 0.0
+    # the depth term of composite_loss: "l2" (squared log-depth error, its mean: an edge pixel between an object
+    # and the ground lands between them) | "l1" (absolute, its median: the edge pixel takes one of the two)
+    composite_depth_loss: str = "l2"
     # > 0 (model.copy_composite): + this weight x the binary cross-entropy of the composite's gate against
     # which candidate (copy or composite) is nearer the clean target at each pixel, weighted by how much nearer
     composite_gate_loss: float = 0.0
@@ -55,6 +59,9 @@ class FlowConfig:
         if not (self.composite_loss >= 0 and self.composite_gate_loss >= 0):
             raise ValueError(f"flow.composite_loss and composite_gate_loss must be >= 0, got {self.composite_loss} and "
                              f"{self.composite_gate_loss}")
+        if self.composite_depth_loss not in COMPOSITE_DEPTH_LOSSES:
+            raise ValueError(f"flow.composite_depth_loss {self.composite_depth_loss!r} is unknown; expected one of "
+                             f"{COMPOSITE_DEPTH_LOSSES}")
         if self.timestep_mode not in TIMESTEP_MODES:
             raise ValueError(f"flow.timestep_mode {self.timestep_mode!r} is unknown; expected one of {TIMESTEP_MODES}")
         check_prediction(self.prediction)

@@ -188,6 +188,7 @@ class DiTConfig(JsonConfig):
     composite_attend: str = ""  # COMPOSITE_ATTENDS: attention in the composite's depth and mask head
     composite_width: int = COMPOSITE_HEAD_WIDTH  # hidden width of the composite's depth and mask head and its gate
     composite_splat: int = 1  # the composite's moving layer splatted from this many points per pixel side (layered.py)
+    composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -454,7 +455,8 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     mod.sow("intermediates", "composite_moving", to_img(mask_logit))  # [B, Fh, H, W] logits
     depth = c.copy_depth * jnp.exp(jnp.clip(jax.lax.stop_gradient(log_d), -3.0, 3.0))
     rt = cam.reshape(b, f, 3, 4).astype(jnp.float32)
-    pix, changed = layered.composite(to_img(src_pix), to_img(depth), to_img(jax.lax.stop_gradient(mask_logit) > 0),
+    moves = jax.lax.stop_gradient(mask_logit) > c.composite_mask_logit  # [B, L/2, npx]
+    pix, changed = layered.composite(to_img(src_pix), to_img(depth), to_img(moves),
                                      rt[:, fh:], rt[:, :fh], latent_times(src_time), latent_times(tgt_time),
                                      c.composite_fov, c.composite_splat)  # [B, Fh, H, W, 3], [B, Fh, H, W]
     comp = to_tok(pix)  # [B, L/2, npx, 3]
