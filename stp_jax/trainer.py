@@ -30,7 +30,8 @@ STEP_COMPILE_TIMEOUT_S = 1800  # how long the first process to compile the train
 _BARRIERS = itertools.count()  # a barrier name is used once (orbax): one per Trainer in this program
 
 # The model fields that describe how it runs, not its weights: a checkpoint may differ in them.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics",
+                  "composite_splat", "composite_mask_logit")
 
 
 class Trainer:

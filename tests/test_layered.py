@@ -51,6 +51,23 @@ def test_splat_identity_shift_and_z_buffer():
         assert (out.reshape(size, size, 3)[:, :-1] == 7).all()
 
 
+def test_static_layer_prefers_the_camera_matched_frame():
+    """The static layer takes frame k_i's own point wherever one lands, even where another frame's is nearer;
+    a pixel k_i leaves empty takes the nearest other frame's. Two frames from one still camera, the second
+    nearer (depth 2 against 5) and with a hole: target times 0 and 1 pick k = 0 and k = 1."""
+    rng = np.random.default_rng(2)
+    size = 8
+    src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
+    depth = np.stack([np.full((size, size), 5.0), np.full((size, size), 2.0)])
+    depth[0, 3, 4] = layered.SKY_DEPTH  # frame 0 has no still point here: the nearer frame fills it
+    cams = np.broadcast_to(np.eye(4), (2, 4, 4))
+    pix, changed = _run(src, depth, np.zeros((2, size, size), bool), cams, cams, [0, 1], [0, 1])
+    want = src.astype(np.uint8).copy()
+    want[0, 3, 4] = src[1, 3, 4]
+    np.testing.assert_array_equal(pix, want)
+    assert changed[0, 3, 4] and changed.sum() == 1
+
+
 def test_moving_layer_splat_fills_magnified_objects():
     """An object seen nearer than in its source frame (5 -> 3 units: 5/3 larger) lands with holes when
     each source pixel is one point (splat 1: its 4 rows and columns land on 1, 3, 4, 6 of 8), and whole with 2x2
@@ -193,6 +210,32 @@ def test_copy_composite_model_and_losses():
         composite_supervision(c, inter, {"target": x[:, :2]})
 
 
+def test_composite_depth_loss_trains_the_chosen_norm():
+    """flow.composite_depth_loss picks which depth term enters the loss: l1's total minus l2's is
+    composite_loss x (depth_mae - depth_mse), everything else the same."""
+    from stp_jax.diffusion.flow import FlowConfig
+    from stp_jax.train_step import loss_fn
+
+    c = _tiny(copy_composite=4, mode="spacetimepilot")
+    model = SpaceTimeDiT(c)
+    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+    rng = np.random.default_rng(3)
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+    x = jnp.asarray(rng.uniform(-1, 1, inp["x"].shape), jnp.float32)
+    batch = {"target": x[:, :2], "source": x[:, 2:], "context": inp["context"],
+             **{k: inp[k] for k in ("tgt_cam", "src_cam", "tgt_time", "src_time")},
+             "src_depth": jnp.asarray(rng.choice([0.5, 25.0], (1, 2, 8, 8)), jnp.float32),  # log errors -2.3, 1.6
+             "src_moving": jnp.asarray(rng.uniform(size=(1, 2, 8, 8)) < 0.3)}
+    w = 0.5
+    out = {kind: loss_fn(model, params, batch, jax.random.PRNGKey(1),
+                         FlowConfig(prediction="x0", composite_loss=w, composite_depth_loss=kind))
+           for kind in ("l2", "l1")}
+    (l2, aux), (l1, _) = out["l2"], out["l1"]
+    assert abs(float(aux["depth_mae"]) - float(aux["depth_mse"])) > 1.0
+    np.testing.assert_allclose(float(l1) - float(l2), w * (float(aux["depth_mae"]) - float(aux["depth_mse"])),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_copy_composite_config_errors():
     with pytest.raises(ValueError, match="copy_composite 4 needs"):
         _tiny(copy_composite=4, cam_heads=0)
@@ -200,6 +243,8 @@ def test_copy_composite_config_errors():
         DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=16, out_channels=16, text_dim=16,
                   freq_dim=32, time_groups=8, patch_size=(1, 2, 2), rope_frames="time", cam_heads=1,
                   copy_source=True, copy_composite=4)
+    with pytest.raises(ValueError, match="composite_mask_logit nan must be a finite logit"):
+        _tiny(copy_composite=4, composite_mask_logit=float("nan"))
 
 
 def test_composite_loss_config_errors():

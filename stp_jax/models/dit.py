@@ -17,6 +17,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -255,6 +256,8 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
+        if not math.isfinite(self.composite_mask_logit):
+            problems.append(f"composite_mask_logit {self.composite_mask_logit} must be a finite logit")
         if self.composite_splat < 1:
             problems.append(f"composite_splat {self.composite_splat} must be >= 1 (points per pixel side)")
         if self.copy_composite and self.composite_width < 1:

@@ -106,10 +106,12 @@ def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: flo
             # every other frame's; among them the nearest wins), the others keyed by their tie-broken depth > 0
             near = z * (1 + NEAR_TIE * jnp.abs(frame - k))
             key = jnp.where(frame == k, -1.0 / jnp.where(z > 1e-3, z, 1.0), near)
-            img, key_z = _splat(idx, jnp.where(still, key, jnp.inf), colour, n)
+            # the winner's colour and its depth (z, or the tie-broken depth for the other frames), exactly
+            img, key_z = _splat(idx, jnp.where(still, key, jnp.inf), jnp.concatenate([colour, near[:, None]], -1), n)
+            img, won_z = img[:, :3], img[:, 3]
             has_own = key_z < 0
             has_fill = jnp.isfinite(key_z) & ~has_own
-            img_z = jnp.where(has_own, -1.0 / jnp.where(has_own, key_z, -1.0), key_z)  # depth (inf: empty)
+            img_z = jnp.where(jnp.isfinite(key_z), won_z, jnp.inf)  # depth (inf: empty)
             m_idx, m_z = _project(sub_pts[j], rt, h, w, fov)  # frame j's moving points only
             mov, mov_z = _splat(m_idx, jnp.where(sub_moves[j], m_z, jnp.inf), sub_colour[j], n)
             on_top = jnp.isfinite(mov_z) & (mov_z < SHADOW_MARGIN * img_z)  # inf static depth: always

@@ -37,7 +37,8 @@ _TRANSFORMS = re.compile(r"(jvp|transpose|remat|checkpoint|vmap|pjit|jit|closed_
 def op_scopes(hlo_text: str, depth: int) -> dict:
     """Each instruction of a compiled module's text -> where in the code it comes from: its metadata op_name
     with the outer jit dropped, transform wrappers (jvp, vmap, ...) unwrapped, cut to ``depth`` path parts, and
-    prefixed ``bwd`` when under a transpose (the backward pass) else ``fwd``: {instruction name: scope}."""
+    prefixed ``bwd`` when under a transpose (the backward pass) else ``fwd`` (so the optimizer's update counts as
+    ``fwd``): {instruction name: scope}."""
     out = {}
     for line in hlo_text.splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", line)
@@ -47,7 +48,10 @@ def op_scopes(hlo_text: str, depth: int) -> dict:
         plain = op
         for _ in range(4):  # nested wrappers
             plain = _TRANSFORMS.sub(r"\2", plain)
-        parts = [p for p in plain.split("/")[1:] if p and p not in ("while", "body", "closed_call")]
+        parts = plain.split("/")
+        if op.startswith("jit("):  # the step's own jit: not a place in the model
+            parts = parts[1:]
+        parts = [p for p in parts if p and p not in ("while", "body", "closed_call", "checkpoint", "remat")]
         out[m.group(1)] = ("bwd " if "transpose(" in op else "fwd ") + "/".join(parts[:depth])
     return out
 
