@@ -199,8 +199,8 @@ def test_copy_composite_model_and_losses():
     assert float(terms["depth_mse"]) < 1e-10 and abs(float(terms["moving_ce"]) - np.log(2)) < 1e-6
     assert abs(float(terms["gate_ce"]) - np.log(2)) < 1e-6  # gate at 1/2: log 2 whatever the targets
     # half the pixels e^2 times nearer than predicted: squared log error 4 on half (mean 2), absolute 2 on half (1)
-    far = dict(batch, src_depth=jnp.where(jnp.arange(8)[:, None] < 4, 5.0, 5.0 / np.e ** 2) * jnp.ones((1, 2, 8, 8)))
-    terms = composite_supervision(c, inter, far)
+    nearer = dict(batch, src_depth=jnp.where(jnp.arange(8)[:, None] < 4, 5.0, 5.0 / np.e ** 2) * jnp.ones((1, 2, 8, 8)))
+    terms = composite_supervision(c, inter, nearer)
     np.testing.assert_allclose([float(terms["depth_mse"]), float(terms["depth_mae"])], [2.0, 1.0], rtol=1e-5)
     inter2 = dict(inter, composite_gate_logits=(jnp.where(  # sure of the composite where it is nearer
         jnp.sum((comp - composite_pixels(c, x[:, :2])) ** 2, -1) < jnp.sum((copy - composite_pixels(c, x[:, :2])) ** 2, -1),
