@@ -146,7 +146,7 @@ def prediction_path(pred_root, mode: str, stem: str) -> Path:
 
 def run_benchmark(eval_dir, checkpoint, out, *, modes=tuple(MODES), vae=None, text_encoder=None, steps=None,
                   shift=None, cfg=None, seed=None, numerics=None, frames=None, size=None, fps=None, batch: int = 1,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, model_set=None) -> dict:
     """Predict every scene of ``eval_dir`` in each published mode into ``out`` (published naming).
 
     Unset options take the checkpoint's run.json defaults (a converted published checkpoint: 81
@@ -159,7 +159,7 @@ def run_benchmark(eval_dir, checkpoint, out, *, modes=tuple(MODES), vae=None, te
         raise BenchmarkError(f"benchmark modes {unknown or '(none)'}: expected some of {', '.join(MODES)}")
     if batch < 1:
         raise BenchmarkError(f"--batch must be >= 1, got {batch}")
-    ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics)
+    ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics, model_set=inference.model_overrides(model_set))
     if ck.model.cfg.cam_heads:
         raise BenchmarkError(f"{checkpoint}: a model with camera-relative heads (cam_heads {ck.model.cfg.cam_heads}) "
                              "reads source poses by the 'first_camera' rule; the published benchmark's camera inputs "
@@ -183,7 +183,8 @@ def run_benchmark(eval_dir, checkpoint, out, *, modes=tuple(MODES), vae=None, te
     settings = {"eval_dir": str(eval_dir), "checkpoint": str(ck.path), "modes": list(modes), "scenes": len(scenes),
                 "frames": t, "size": list(size) if size else None, "resize": resize, "steps": steps, "shift": shift,
                 "cfg": cfg, "cfg_applied": cfg if neg is not None else None, "negative": neg_name, "cfg_off_reason": off,
-                "seed": seed, "numerics": ck.numerics, "vae_tiling": ck.ae.tiling, "fps": fps, "crf": crf,
+                "seed": seed, "numerics": ck.numerics, "model_set": ck.model_set, "vae_tiling": ck.ae.tiling, "fps": fps,
+                "crf": crf,
                 "text": "umT5 captions" if encoder else "the model's null text",
                 "time_modes": {m: MODES[m][0] for m in modes}}
     from stp_jax.data.video_io import write_video

@@ -52,6 +52,10 @@ def _run(prog: str, fn: Callable[[], int]) -> int:
         return 3
 
 
+MODEL_SET_HELP = ("run the model with another value of a field that does not change its weights (repeatable), e.g. "
+                  "composite_mask_logit=-1 or attention=xla; recorded in the outputs' settings")
+
+
 def _config_args(p: argparse.ArgumentParser):
     p.add_argument("--config", required=True, help="shipped config name or FILE.py, optionally :variant[,variant]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -128,6 +132,7 @@ def sample_main(argv=None) -> int:
                    help="reference: sample as the published pipeline (bf16 timesteps, float64 sinusoids, bf16 "
                         "weights and compute, truncated 8-bit output); default: run.json's, else float32")
     p.add_argument("--vae-tiling", choices=VAE_TILINGS, help="the Wan VAE's tiling (default: run.json's, else none)")
+    p.add_argument("--model-set", action="append", metavar="KEY=VALUE", help=MODEL_SET_HELP)
     p.add_argument("--fps", type=float, help="output frame rate (default: run.json's: 30 published, else 8)")
     p.add_argument("--frames", type=int)
     p.add_argument("--size", help="HEIGHTxWIDTH (default: the checkpoint's run.json size, else the video's)")
@@ -180,6 +185,7 @@ def eval_main(argv=None) -> int:
     b.add_argument("--vae", help="converted Wan VAE folder (for 16-channel models)")
     b.add_argument("--cfg", type=float, help="CFG scale (default: run.json's, else 5)")
     b.add_argument("--numerics", choices=NUMERICS, help="default: run.json's (published checkpoints: reference)")
+    b.add_argument("--model-set", action="append", metavar="KEY=VALUE", help=MODEL_SET_HELP)
     b.add_argument("--frames", type=int, help="default: run.json's (published: 81)")
     b.add_argument("--size", help="HEIGHTxWIDTH model input (default: run.json's, published 480x832)")
     b.add_argument("--fps", type=float)
@@ -200,7 +206,8 @@ def eval_main(argv=None) -> int:
 
         cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
         res, out = evaluate_checkpoint(args.checkpoint, args.out, scenes=args.scenes, cases=cases, steps=args.steps,
-                                       shift=args.shift, seed=args.seed or 0, lpips=not args.no_lpips)
+                                       shift=args.shift, seed=args.seed or 0, lpips=not args.no_lpips,
+                                       model_set=args.model_set)
         print(markdown_table(res))
         print(f"\nwritten: {out}/eval.md, eval.json, <case>.mp4 (source | truth | model), <case>.png")
         return 0
@@ -223,7 +230,7 @@ def _camxtime_eval(args) -> int:
     s = run_benchmark(args.camxtime_eval, args.checkpoint, args.out, modes=modes, vae=args.vae,
                       text_encoder=args.text_encoder, steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed,
                       numerics=args.numerics, frames=args.frames, size=size, fps=args.fps, batch=args.batch,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, model_set=args.model_set)
     print(f"{s['written']} predictions written ({s['scenes']} scenes x {len(s['modes'])} modes, existing kept) to "
           f"{args.out}/<mode>/<stem>_cam_00.mp4; settings in {args.out}/benchmark.json")
     return 0

@@ -308,10 +308,12 @@ def run_sampling(ck: inference.Checkpoint, steps: int | None = None, shift: floa
 
 
 def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_CASES, steps: int | None = None,
-                        shift: float | None = None, seed: int = 0, lpips: bool = True) -> tuple[dict, Path]:
+                        shift: float | None = None, seed: int = 0, lpips: bool = True,
+                        model_set=None) -> tuple[dict, Path]:
     """Score a model trained by stp-train on procedural Cam×Time scenes (``stp-eval``); writes
     eval.md (the summary table and every row), eval.json, and per case a video and a contact
-    sheet (source | truth | model) into ``out`` (default CHECKPOINT/eval). Returns (results, out)."""
+    sheet (source | truth | model) into ``out`` (default CHECKPOINT/eval); ``model_set``: KEY=VALUE strings for the
+    model's runtime fields (inference.model_overrides). Returns (results, out)."""
     from stp_jax.config_utils import check_float, check_int
     from stp_jax.files import check_can_create
 
@@ -321,9 +323,10 @@ def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_
     seed = check_int("--seed", seed, minimum=0)
     if not cases:
         raise ValueError("--cases is empty; expected a comma list of cases, e.g. reverse,moving:freeze_mid")
+    overrides = inference.model_overrides(model_set)
     if out is not None:
         check_can_create(out)
-    ck = inference.load_checkpoint(checkpoint)
+    ck = inference.load_checkpoint(checkpoint, model_set=overrides)
     data_cfg = run_data_config(ck)
     try:
         cases = check_cases(cases, data_cfg.num_frames, data_cfg.num_cameras)
@@ -332,6 +335,7 @@ def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_
     out = Path(out) if out is not None else Path(ck.path) / "eval"
     res = retiming_eval(ck.model, ck.params, ck.ae, data_cfg=data_cfg, num_scenes=scenes, cases=cases,
                         **run_sampling(ck, steps, shift), seed=seed, with_lpips=lpips, out_dir=out)
-    (out / "eval.md").write_text(f"Held-out procedural scenes: {scenes}; checkpoint {checkpoint}\n\n"
+    run_with = "".join(f"; {k}={v}" for k, v in ck.model_set.items())
+    (out / "eval.md").write_text(f"Held-out procedural scenes: {scenes}; checkpoint {checkpoint}{run_with}\n\n"
                                  f"{markdown_table(res)}\n\nEvery row and metric:\n\n{full_table(res)}\n")
     return res, out

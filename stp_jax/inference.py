@@ -368,13 +368,45 @@ class Checkpoint:
     ae: Autoencoder
     run: dict
     numerics: str = "default"
+    model_set: dict = dataclasses.field(default_factory=dict)  # load_checkpoint's model_set, as applied
 
 
 NUMERICS_DTYPE = {"reference": "bfloat16"}  # everything in bf16, as the published pipeline runs
 
 
-def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, tiling: str | None = None) -> Checkpoint:
+# runtime fields that --model-set leaves to their own flags or to the checkpoint
+NOT_MODEL_SET = {"numerics": "use --numerics", "dtype": "set by --numerics", "param_dtype": "set by --numerics",
+                 "mode": "the checkpoint's mode decides which inputs it takes"}
+
+
+def model_overrides(pairs) -> dict:
+    """``--model-set KEY=VALUE`` pairs -> {field: value} for load_checkpoint: only dit.RUNTIME_FIELDS (how the model
+    runs, not its weights) less NOT_MODEL_SET; VALUE as JSON where it parses (numbers, true/false), else a string."""
+    from stp_jax.models.dit import RUNTIME_FIELDS
+
+    settable = [f for f in RUNTIME_FIELDS if f not in NOT_MODEL_SET]
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        key = key.strip().removeprefix("model.")
+        if not sep or not key:
+            raise ValueError(f"--model-set {pair!r}: expected KEY=VALUE, e.g. composite_mask_logit=-1")
+        if key in NOT_MODEL_SET:
+            raise ValueError(f"--model-set {pair!r}: {NOT_MODEL_SET[key]}")
+        if key not in settable:
+            raise ValueError(f"--model-set {pair!r}: {key!r} is not a field a trained model can run with another "
+                             f"value of (its weights depend on it); these can: {', '.join(settable)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, tiling: str | None = None,
+                    model_set: dict | None = None) -> Checkpoint:
     """A training workdir (uses its ``model/``), or a converted model folder (stp-convert).
+    ``model_set`` (model_overrides'): runtime fields of the model config to run with other values.
 
     ``numerics`` (default: run.json's ``sample.numerics``, else "default"): "reference" loads the
     DiT and the VAE with bf16 weights and bf16 compute and the DiT's reference numerics.
@@ -402,6 +434,14 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
         raise ValueError(f"checkpoint {p} holds a {type(load_config(p)).__name__}, not a SpaceTimeDiT")
     model, params = load_pretrained(p, dtype=dtype)
     runtime = {"numerics": numerics} | ({"dtype": dtype} if dtype else {})
+    for key, value in (model_set or {}).items():  # the field's own type: an int where a float is expected is fine
+        have = getattr(model.cfg, key)
+        if isinstance(have, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(have):
+            raise ValueError(f"--model-set {key}={value!r}: expected {type(have).__name__} (the checkpoint has "
+                             f"{have!r})")
+        runtime[key] = value
     model = type(model)(model.cfg.replace(**runtime))
     if vae:
         ae = autoencoder_for(model.cfg.in_channels, vae, dtype)
@@ -410,4 +450,4 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
     else:
         ae = autoencoder_for(model.cfg.in_channels)
     ae = ae.with_tiling(tiling or run.get("sample", {}).get("vae_tiling", "none"))
-    return Checkpoint(p, model, params, ae, run, numerics)
+    return Checkpoint(p, model, params, ae, run, numerics, {k: runtime[k] for k in model_set or {}})

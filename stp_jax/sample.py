@@ -151,7 +151,7 @@ def make_job(spec: dict, ck: inference.Checkpoint, defaults: dict, text_states) 
                                       "steps", "cfg", "shift", "seed", "solver", "cache", "cache_threshold",
                                       "segments", "preset", "fps")}
     settings.update(frames=frames, size=list(source.shape[1:3]), resize=resize, numerics=ck.numerics,
-                    vae_tiling=ck.ae.tiling, checkpoint=str(ck.path))
+                    vae_tiling=ck.ae.tiling, checkpoint=str(ck.path), model_set=ck.model_set)
     settings["prediction"] = ck.run.get("sample", {}).get("prediction", "velocity")
     settings["time_schedule"] = [int(v) for v in times]
     try:
@@ -299,11 +299,12 @@ def _read_jobs(path) -> list[dict]:
 def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time=None, jobs=None, caption=None,
            text_embedding=None, negative_embedding=None, text_encoder=None, negative=None, vae=None, steps=None,
            cfg=None, shift=None, seed=None, solver=None, frames=None, size=None, segments: int = 1, batch: int = 8,
-           numerics=None, preset=None, fps=None, vae_tiling=None, cache=None, cache_threshold=None,
+           numerics=None, preset=None, fps=None, vae_tiling=None, cache=None, cache_threshold=None, model_set=None,
            overwrite: bool = False) -> tuple[Path, int]:
     """Re-render one video (``video``, ``camera``, ``time``) or a JSONL of ``jobs`` (``stp-sample``).
     Unset options take the checkpoint's run.json defaults (``preset`` applies one of its named
-    presets, e.g. ``demo``). Every input is checked first; outputs go to ``OUT.partial``, renamed
+    presets, e.g. ``demo``); ``model_set``: KEY=VALUE strings for the model's runtime fields
+    (inference.model_overrides). Every input is checked first; outputs go to ``OUT.partial``, renamed
     to ``out`` at the end. Returns (out, number of jobs)."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -314,6 +315,7 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
                             "segments": segments, "batch": batch, "fps": fps, "cache": cache,
                             "cache_threshold": cache_threshold})
     steps, shift, frames = flags["steps"], flags["shift"], flags["frames"]
+    overrides = inference.model_overrides(model_set)
     specs = _read_jobs(jobs) if jobs else [
         {"name": "job", "video": video, "camera": camera, "time": time, "source_camera": source_camera,
          "caption": caption, "text_embedding": text_embedding}]
@@ -324,7 +326,8 @@ def sample(out, *, checkpoint, video=None, camera=None, source_camera=None, time
             if i and Path(str(i).split(":")[0]).exists() and inside(i, out):
                 raise ValueError(f"--out {out} holds the input {i}; --overwrite would delete it. Choose another --out")
     check_can_create(out)  # a blocked or read-only --out fails now, not after generating everything
-    ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics, tiling=vae_tiling)
+    ck = inference.load_checkpoint(checkpoint, vae=vae, numerics=numerics, tiling=vae_tiling,
+                                   model_set=overrides)
     run_s = inference.sampling_defaults(ck.run, preset)
     defaults = {"steps": run_s.get("steps", 50) if steps is None else steps,
                 "shift": run_s.get("shift", 5.0) if shift is None else shift,

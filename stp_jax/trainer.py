@@ -22,17 +22,12 @@ from stp_jax import inference
 from stp_jax import train_step as ts
 from stp_jax.controls.timing import raw_frames
 from stp_jax.data import pipeline as pl
-from stp_jax.models.dit import COND_KEYS, DiTConfig, SpaceTimeDiT, dummy_inputs, forward_flops
+from stp_jax.models.dit import COND_KEYS, RUNTIME_FIELDS, DiTConfig, SpaceTimeDiT, dummy_inputs, forward_flops
 from stp_jax.parallel import hardware
 from stp_jax.parallel import mesh as mesh_lib
 
 STEP_COMPILE_TIMEOUT_S = 1800  # how long the first process to compile the train step waits for the last
 _BARRIERS = itertools.count()  # a barrier name is used once (orbax): one per Trainer in this program
-
-# The model fields that describe how it runs, not its weights: a checkpoint may differ in them.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics",
-                  "composite_splat", "composite_mask_logit")
-
 
 class Trainer:
     """Built once per run: mesh, model, optimizer, shardings, the jitted step."""

@@ -46,7 +46,7 @@ def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
 
     out = tmp_path / "eval"
     assert eval_main(["--checkpoint", str(model_dir), "--out", str(out), "--scenes", "1", "--no-lpips",
-                      "--cases", "still:reverse,reverse"]) == 0
+                      "--cases", "still:reverse,reverse", "--model-set", "attention=blockwise"]) == 0
     res = json.loads((out / "eval.json").read_text())
     for case in ("still:reverse", "reverse"):
         rows = res[case]
@@ -58,6 +58,7 @@ def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
     assert res["still:reverse"]["preshuffled"] == res["still:reverse"]["truth"]
     assert res["reverse"]["first_frame"]["time_err"] == pytest.approx(np.arange(T).mean())  # observed 0, asked 8..0
     assert "still:reverse" in (out / "eval.md").read_text()
+    assert "; attention=blockwise" in (out / "eval.md").read_text().splitlines()[0]  # how the model ran
 
 
 def test_layout_ceiling_reads_a_models_bands(model_dir):

@@ -37,7 +37,7 @@ def _run(assets, out, *extra):
 def test_sample_diffusers_checkpoint_end_to_end(assets, tmp_path):
     out = tmp_path / "o"
     assert _run(assets, out, "--video", str(assets / "src.mp4"), "--camera", "orbit30", "--time", "reverse",
-                "--solver", "unipc") == 0
+                "--solver", "unipc", "--model-set", "attention=blockwise", "--model-set", "composite_mask_logit=-1") == 0
     for f in ("video.mp4", "side_by_side.mp4", "contact_sheet.png", "camera.png", "settings.json"):
         assert (out / f).stat().st_size > 0, f
     v = read_video(out / "video.mp4")
@@ -45,6 +45,7 @@ def test_sample_diffusers_checkpoint_end_to_end(assets, tmp_path):
     s = json.loads((out / "settings.json").read_text())
     assert s["time_schedule"] == list(range(T - 1, -1, -1)) and s["camera"] == "orbit30"
     assert s["solver"] == "unipc" and s["cfg_applied"] is None  # no text encoder: no CFG
+    assert s["model_set"] == {"attention": "blockwise", "composite_mask_logit": -1.0}
     assert not Path(str(out) + ".partial").exists()
 
 
@@ -67,6 +68,13 @@ def test_jobs_file_and_long_video(assets, tmp_path):
     (["--video", "{d}/src.mp4", "--camera", "static", "--time", "0,1,2,3,4,5,6,7,99"], "99|range"),
     (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--frames", "8"], "1 \\+ 4k"),
     (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--solver", "ddim"], "solver"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "dim=64"],
+     "'dim' is not a field .* these can: attention"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "numerics=reference"],
+     "use --numerics"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "composite_splat=two"],
+     "composite_splat='two': expected int \\(the checkpoint has 1\\)"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "attention"], "KEY=VALUE"),
 ])
 def test_bad_inputs_fail_clearly_without_output(assets, tmp_path, capsys, case, match):
     import re

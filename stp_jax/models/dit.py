@@ -140,6 +140,10 @@ COMPOSITE_ATTN_HEADS = 4
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
 COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam", "src_cam", "tgt_time", "src_time")}
+# The DiTConfig fields that say how a model runs, not what its weights are: a checkpoint may be loaded with other
+# values (stp-train's init_from, stp-eval / stp-sample --model-set).
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics",
+                  "composite_splat", "composite_mask_logit")
 REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
 # Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
 # DiTConfig.dtype before use, layers.Dense): stored in that dtype they give the same values to
