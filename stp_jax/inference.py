@@ -442,7 +442,12 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
             raise ValueError(f"--model-set {key}={value!r}: expected {type(have).__name__} (the checkpoint has "
                              f"{have!r})")
         runtime[key] = value
-    model = type(model)(model.cfg.replace(**runtime))
+    try:
+        model = type(model)(model.cfg.replace(**runtime))
+    except ValueError as e:  # a value the model does not accept (an unknown attention backend, a splat of 0...)
+        if not model_set:
+            raise
+        raise ValueError(f"--model-set {', '.join(f'{k}={v}' for k, v in model_set.items())}: {e}") from None
     if vae:
         ae = autoencoder_for(model.cfg.in_channels, vae, dtype)
     elif run.get("autoencoder"):

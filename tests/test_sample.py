@@ -75,6 +75,8 @@ def test_jobs_file_and_long_video(assets, tmp_path):
     (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "composite_splat=two"],
      "composite_splat='two': expected int \\(the checkpoint has 1\\)"),
     (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "attention"], "KEY=VALUE"),
+    (["--video", "{d}/src.mp4", "--camera", "static", "--time", "reverse", "--model-set", "attention=bogus"],
+     "--model-set attention=bogus: .*attention 'bogus' is not one of"),
 ])
 def test_bad_inputs_fail_clearly_without_output(assets, tmp_path, capsys, case, match):
     import re
