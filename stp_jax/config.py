@@ -19,11 +19,8 @@ override that does not convert fails here, naming the key and the type.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
-import math
-import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from stp_jax import inference
+from stp_jax.config_utils import convert, literal
 from stp_jax.data.pipeline import DataConfig
 from stp_jax.diffusion.flow import FlowConfig
 from stp_jax.evaluate import EvalConfig
@@ -212,10 +210,10 @@ def set_override(cfg: ml_collections.ConfigDict, item: str) -> None:
     leaf = parts[-1]
     if len(parts) == 2 and parts[0] in OPEN_SECTIONS:
         with cfg.unlocked():
-            node[leaf] = _literal(text)
+            node[leaf] = literal(text)
         return
     if len(parts) == 1 and leaf in OPEN_SECTIONS:
-        value = _literal(text)
+        value = literal(text)
         if not isinstance(value, dict):
             raise ValueError(f"config override {item!r}: {leaf} takes a dict, e.g. {leaf}={{'name': value}}")
         with cfg.unlocked():
@@ -239,75 +237,6 @@ def _field_type(parts: list[str]):
         return None
     hints = typing.get_type_hints(cls)
     return hints.get(parts[-1])
-
-
-def convert(text: str, want, current, key: str):
-    """``text`` as a value of type ``want`` (a type annotation; else the type of ``current``)."""
-    if want is None:
-        want = type(current) if current is not None else Any
-    origin = typing.get_origin(want)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(want) if a is not type(None)]
-        if text.lower() in ("none", "null") and len(options) < len(typing.get_args(want)):
-            return None
-        errors = []
-        for o in options:
-            try:
-                return convert(text, o, current, key)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[0])
-    if want is bool:
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ValueError(f"config override {key}={text}: expected a bool (true/false)")
-    if want is int:
-        try:
-            v = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            v = None
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"config override {key}={text}: expected an int")
-        return v
-    if want is float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise ValueError(f"config override {key}={text}: expected a float") from None
-        if not math.isfinite(v):
-            raise ValueError(f"config override {key}={text}: expected a finite float")
-        return v
-    if want is str:
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            return text[1:-1]
-        return text
-    if origin is tuple or want is tuple or origin is list:
-        try:
-            v = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            v = None
-        if isinstance(v, str) or v is None:  # a bare comma list of names: a,b,c
-            v = tuple(x.strip() for x in text.split(",") if x.strip())
-        if not isinstance(v, (list, tuple)):
-            raise ValueError(f"config override {key}={text}: expected a list, e.g. [1, 2] or a,b")
-        args = typing.get_args(want)
-        if args and args[-1] is not Ellipsis and len(args) != len(v):
-            raise ValueError(f"config override {key}={text}: expected {len(args)} entries")
-        return tuple(v)
-    return _literal(text)
-
-
-def _literal(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

@@ -381,10 +381,15 @@ NOT_MODEL_SET = {"numerics": "use --numerics", "dtype": "set by --numerics", "pa
 
 def model_overrides(pairs) -> dict:
     """``--model-set KEY=VALUE`` pairs -> {field: value} for load_checkpoint: only dit.RUNTIME_FIELDS (how the model
-    runs, not its weights) less NOT_MODEL_SET; VALUE as JSON where it parses (numbers, true/false), else a string."""
-    from stp_jax.models.dit import RUNTIME_FIELDS
+    runs, not its weights) less NOT_MODEL_SET; each value converted to its DiTConfig annotation (config_utils.convert,
+    as stp-train's --set)."""
+    import typing
+
+    from stp_jax.config_utils import convert
+    from stp_jax.models.dit import RUNTIME_FIELDS, DiTConfig
 
     settable = [f for f in RUNTIME_FIELDS if f not in NOT_MODEL_SET]
+    hints = typing.get_type_hints(DiTConfig)
     out = {}
     for pair in pairs or ():
         key, sep, value = str(pair).partition("=")
@@ -396,10 +401,7 @@ def model_overrides(pairs) -> dict:
         if key not in settable:
             raise ValueError(f"--model-set {pair!r}: {key!r} is not a field a trained model can run with another "
                              f"value of (its weights depend on it); these can: {', '.join(settable)}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = convert(value.strip(), hints[key], None, key, what="--model-set")
     return out
 
 
@@ -434,14 +436,7 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
         raise ValueError(f"checkpoint {p} holds a {type(load_config(p)).__name__}, not a SpaceTimeDiT")
     model, params = load_pretrained(p, dtype=dtype)
     runtime = {"numerics": numerics} | ({"dtype": dtype} if dtype else {})
-    for key, value in (model_set or {}).items():  # the field's own type: an int where a float is expected is fine
-        have = getattr(model.cfg, key)
-        if isinstance(have, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not type(have):
-            raise ValueError(f"--model-set {key}={value!r}: expected {type(have).__name__} (the checkpoint has "
-                             f"{have!r})")
-        runtime[key] = value
+    runtime.update(model_set or {})
     try:
         model = type(model)(model.cfg.replace(**runtime))
     except ValueError as e:  # a value the model does not accept (an unknown attention backend, a splat of 0...)
@@ -455,4 +450,4 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
     else:
         ae = autoencoder_for(model.cfg.in_channels)
     ae = ae.with_tiling(tiling or run.get("sample", {}).get("vae_tiling", "none"))
-    return Checkpoint(p, model, params, ae, run, numerics, {k: runtime[k] for k in model_set or {}})
+    return Checkpoint(p, model, params, ae, run, numerics, dict(model_set or {}))

@@ -142,11 +142,16 @@ class Trainer:
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)  # never keep a bad update
         return new, {**m, "finite": finite}
 
+    def global_batch(self, batch) -> dict:
+        """This process's share of a global batch (numpy) as the step's sharded arrays (call inside
+        mesh_context())."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(v)), np.asarray(v))
+                for k, v in batch.items() if k != "seed"}
+
     def step(self, state, batch, rng):
         """One update from this process's share of a global batch (numpy)."""
         with self.mesh_context():
-            gbatch = {k: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(v)), np.asarray(v))
-                      for k, v in batch.items() if k != "seed"}
+            gbatch = self.global_batch(batch)
             if not self._step_compiled and jax.process_count() > 1:
                 # Every process compiles the step (jit reuses it) and waits for the others before any runs
                 # its first collective: CPU (gloo) collectives give a late peer only 30 s, and compile times
