@@ -368,7 +368,7 @@ class Checkpoint:
     ae: Autoencoder
     run: dict
     numerics: str = "default"
-    model_set: dict = dataclasses.field(default_factory=dict)  # load_checkpoint's model_set, as applied
+    model_set: dict = dataclasses.field(default_factory=dict)  # the fields load_checkpoint's model_set changed, as run
 
 
 NUMERICS_DTYPE = {"reference": "bfloat16"}  # everything in bf16, as the published pipeline runs
@@ -450,4 +450,4 @@ def load_checkpoint(path, vae: str | None = None, numerics: str | None = None, t
     else:
         ae = autoencoder_for(model.cfg.in_channels)
     ae = ae.with_tiling(tiling or run.get("sample", {}).get("vae_tiling", "none"))
-    return Checkpoint(p, model, params, ae, run, numerics, dict(model_set or {}))
+    return Checkpoint(p, model, params, ae, run, numerics, {k: getattr(model.cfg, k) for k in model_set or {}})
