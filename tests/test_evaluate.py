@@ -136,6 +136,25 @@ def test_copy_ceiling_geometry():
 
 
 
+def test_composite_probe_depth_sensitivity():
+    """tools/composite_probe.py's depth_sensitivity against the pinhole's closed form: a camera moved sideways by
+    baseline b sees a point at depth z move by focal * b * (1/z - 1/(z e^s)) pixels when its depth grows by log
+    step s; frames without moving pixels are nan, and a target camera at the source's pose sees no shift."""
+    tool = _tool("composite_probe")
+    n, s, size, fov, z, base = 1, 3, 24, 50.0, 4.0, 0.5
+    src = np.tile(np.eye(4)[:3], (n, s, 1, 1))
+    tgt = src.copy()
+    tgt[:, 1, 0, 3] = base  # target frame 1 filmed from half a unit to the right
+    moving = np.zeros((n, s, size, size), bool)
+    moving[:, 0, 10:14, 10:14] = True
+    moving[:, 1, 5:7, 5:7] = True  # frame 2 has none
+    j = np.array([[0, 0, 2]])  # target frames 0 and 1 take source frame 0's moving pixels
+    shift = tool.depth_sensitivity(src, tgt, j, np.full((n, s, size, size), z), moving, fov, step=0.2)
+    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
+    np.testing.assert_allclose(shift[0, :2], [0.0, focal * base * (1 / z - 1 / (z * np.exp(0.2)))], atol=1e-9)
+    assert np.isnan(shift[0, 2])
+
+
 def test_copy_ceiling_gated_units():
     """The two layers at the copy's units: a tile comes from the frame of the requested time where
     either layer shows something moving there, from the camera-matched frame elsewhere."""

@@ -7,7 +7,9 @@ objects that bounce, shadows), and, scored like stp-eval
 (PSNR / SSIM / time and camera errors): the model's clean-sample estimate, its two candidates (the
 copy, the composite), and the composite rebuilt with the renderer's depth and/or mask in place of the
 predicted ones (and with the renderer's depth on the moving pixels only, on the objects only, on the
-bouncing objects only), beside the baselines (docs/LEARNING.md §19-21).
+bouncing objects only), beside the baselines (docs/LEARNING.md §19-21), and how far a log-depth error of
+DEPTH_STEP moves the moving pixels in the target cameras (depth_sensitivity: the depth a warp within one
+pixel needs, §27).
 --picture DIR writes one scene's contact sheet per case: sources, true mask, predicted mask, true
 depth, predicted depth, truth, model, composite candidate (every second frame).
 
@@ -44,6 +46,32 @@ def _labels(seed: int, path, cam_idx, time_idx, frames: int, size: int):
     obj_id, shadow, z = (np.asarray(v) for v in cx.render_labels_path_jit(scene, path, cam_idx, time_idx, frames,
                                                                           size, size))
     return z, obj_id >= 0, shadow & (obj_id < 0), cx.bouncing(scene, obj_id)
+
+
+DEPTH_STEP = 0.1  # depth_sensitivity's log-depth error
+
+
+def depth_sensitivity(src_rt, tgt_rt, j, z, moving, fov: float, step: float = DEPTH_STEP) -> np.ndarray:
+    """How far a log-depth error of ``step`` moves the composite's moving pixels: for each target frame i, the
+    moving pixels (mask ``moving`` [N, S, H, W], true depth z) of the source frame j[:, i] at the requested time,
+    projected into target camera i from their depth and from their depth times e^step; the mean distance in
+    pixels [N, T] (nan where that frame has no moving pixel in front of the camera). Poses [N, S|T, 3, 4]."""
+    n, _, h, w = z.shape
+    rays = np.asarray(cam_lib.pinhole_rays(h, w, fov), np.float64).reshape(h * w, 3)
+    focal = 0.5 * w / np.tan(np.radians(fov) / 2)
+    out = np.full(j.shape, np.nan)
+    for b in range(n):
+        for i, f in enumerate(j[b]):
+            sel = moving[b, f].reshape(-1) & (z[b, f].reshape(-1) < layered.SKY_DEPTH)
+            if not sel.any():
+                continue
+            uv = []
+            for d in (z[b, f].reshape(-1)[sel], z[b, f].reshape(-1)[sel] * np.exp(step)):
+                world = rays[sel] @ src_rt[b, f, :, :3].T * d[:, None] + src_rt[b, f, :, 3]
+                cam = (world - tgt_rt[b, i, :, 3]) @ tgt_rt[b, i, :, :3]  # R^T (X - t)
+                uv.append(cam[:, :2] / np.maximum(cam[:, 2:], 1e-3) * focal)
+            out[b, i] = np.mean(np.linalg.norm(uv[1] - uv[0], axis=-1))
+    return out
 
 
 def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
@@ -85,6 +113,13 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
         print(f"  log depth on {name} pixels: RMS error {np.sqrt(np.mean(err[sel] ** 2)):.3f}, mean error "
               f"{np.mean(err[sel]):+.3f}")
     rt_s, rt_t = kw["src_cam"].reshape(b, t, 3, 4), kw["tgt_cam"].reshape(b, t, 3, 4)
+    _, j = layered.frame_choices(rt_t, rt_s, latent_times(kw["tgt_time"]), latent_times(kw["src_time"]))
+    shift = depth_sensitivity(np.asarray(rt_s), np.asarray(rt_t), np.asarray(j), true_z, true_m, c.composite_fov)
+    ends = np.concatenate([shift[:, :t // 4], shift[:, -(t // 4):]], 1)
+    print(f"  a +{DEPTH_STEP:.2f} log-depth error moves a moving pixel by {np.nanmean(shift):.2f} px in the target "
+          f"camera on average (the clip's first and last quarter: {np.nanmean(ends):.2f}, the worst frame "
+          f"{np.nanmax(np.nanmean(shift, 0)):.2f}): a warp within 1 px needs the depth within "
+          f"{100 * (np.exp(DEPTH_STEP / np.nanmean(ends)) - 1):.0f}% there")
 
     def comp(depth, moving):
         pix, _ = layered.composite(jnp.asarray(sources, jnp.float32), jnp.asarray(np.minimum(depth, 1e4)),
