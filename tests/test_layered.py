@@ -357,6 +357,41 @@ def test_composite_attend():
         _tiny(**odd, composite_attend="frame+clip")
 
 
+def test_composite_temporal():
+    """composite_temporal: the head's first convolution sees each pixel with its change to the frames 1, 2 and 4
+    away (clamped at the clip's ends) and to the clip's temporal median (24 channels instead of 3), so a source
+    pixel's depth reaches the other source frames' pixels at the same place only with it (the token state's path
+    cut here)."""
+    pix = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (1, 5, 4, 4, 3)), jnp.float32)
+    got = np.asarray(dit.composite_temporal_inputs(pix))
+    assert got.shape == (1, 5, 4, 4, 3 * (len(dit.COMPOSITE_TEMPORAL_OFFSETS) + 2))
+    p = np.asarray(pix)
+    np.testing.assert_array_equal(got[..., :3], p)
+    for n, o in enumerate(dit.COMPOSITE_TEMPORAL_OFFSETS):
+        other = p[:, np.clip(np.arange(5) + o, 0, 4)]
+        np.testing.assert_allclose(got[..., 3 * (n + 1):3 * (n + 2)], other - p, atol=1e-7)
+    np.testing.assert_allclose(got[..., -3:], np.median(p, axis=1, keepdims=True) - p, atol=1e-7)
+    for temporal in (False, True):
+        c = _tiny(copy_composite=4, composite_temporal=temporal)
+        model = SpaceTimeDiT(c)
+        inp = dummy_inputs(c, batch=1, latent_frames=2, height=4, width=4)
+        x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, inp["x"].shape), jnp.float32)
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **dict(inp, x=x)))["params"]
+        assert params["composite_conv0"]["kernel"].shape[2] == (24 if temporal else 3)
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+        params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
+
+        def depth(xx, model=model, params=params, inp=inp):
+            _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
+            return np.asarray(inter["intermediates"]["composite_log_depth"][0])  # [B, Fh, H, W]
+
+        moved = np.abs(depth(x.at[:, 3, 0, 0, 0].add(1.0)) - depth(x))  # source frame 1's corner pixel, red
+        assert moved[0, 1, 0, 0] > 1e-4
+        assert (moved[0, 0, 0, 0] > 1e-4) == temporal  # the same place in the other source frame
+
+
 def test_composite_width():
     """composite_width sets the head's and the gate's hidden width (64 by default, as before the option; the
     convolutions' cost goes with its square); with attention it must split over the attention heads."""

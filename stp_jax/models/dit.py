@@ -136,6 +136,10 @@ COMPOSITE_CONV_DILATIONS = (1, 2, 4, 1)
 # (where a bouncing object's detached shadow is); "frame+clip": + one over the whole source clip's 2x2 cells
 # (where its track touches the ground)
 COMPOSITE_ATTENDS = ("", "frame", "frame+clip")
+# composite_temporal: the head's convolutions also see, at each pixel, its change to the source frames this many
+# frames away (clamped at the clip's ends) and to the clip's temporal median (what moves, from the pixels;
+# docs/LEARNING.md §27)
+COMPOSITE_TEMPORAL_OFFSETS = (-4, -2, -1, 1, 2, 4)
 COMPOSITE_ATTN_HEADS = 4
 # The camera/time inputs each mode takes (keyword arguments of SpaceTimeDiT.__call__, and the
 # batch keys of the pipeline, the train step and the sampler).
@@ -194,6 +198,7 @@ class DiTConfig(JsonConfig):
     composite_width: int = COMPOSITE_HEAD_WIDTH  # hidden width of the composite's depth and mask head and its gate
     composite_splat: int = 1  # the composite's moving layer splatted from this many points per pixel side (layered.py)
     composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
+    composite_temporal: bool = False  # the composite head's convolutions see each pixel's change over time too
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -403,6 +408,15 @@ def _pixel_self_attention(x, name: str, pdtype):
                      param_dtype=pdtype)(o)
 
 
+def composite_temporal_inputs(pix):
+    """Each source pixel of pix [B, T, H, W, 3] with its change to the frames COMPOSITE_TEMPORAL_OFFSETS away
+    (clamped at the ends) and to the clip's temporal median: [B, T, H, W, 3 * (len(offsets) + 2)]."""
+    t = pix.shape[1]
+    near = [pix[:, jnp.clip(jnp.arange(t) + o, 0, t - 1)] - pix for o in COMPOSITE_TEMPORAL_OFFSETS]
+    median = jnp.broadcast_to(jnp.median(pix, axis=1, keepdims=True), pix.shape) - pix
+    return jnp.concatenate([pix, *near, median], -1)
+
+
 def composite_pixel_features(pix, dilations=COMPOSITE_CONV_DILATIONS, attend: str = "", pdtype=jnp.float32,
                              width: int = COMPOSITE_HEAD_WIDTH):
     """copy_composite's head on each source frame's pixels pix [B, T, H, W, C] -> [B, T, H, W, width]:
@@ -452,7 +466,10 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     width = c.composite_width
     place = mod.param("composite_place", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None)),
                       (npx, width), pdtype)  # [npx, width]
-    local = composite_pixel_features(to_img(src_pix), attend=c.composite_attend, pdtype=pdtype, width=width)  # [B, Fh, H, W, width]
+    img = to_img(src_pix)  # [B, Fh, H, W, 3]
+    if c.composite_temporal:
+        img = composite_temporal_inputs(img)  # [B, Fh, H, W, 24]
+    local = composite_pixel_features(img, attend=c.composite_attend, pdtype=pdtype, width=width)  # [B, Fh, H, W, width]
     feat = (Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None]
             + place.astype(jnp.float32) + to_tok(local))  # [B, L/2, npx, width]
     heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
