@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stp_jax.controls import camera as cam_lib
+
 T, H, CAMS = 9, 16, 5  # frames, pixels, cameras of the grid (unequal: an axis mix-up fails)
 
 
@@ -153,6 +155,19 @@ def test_composite_probe_depth_sensitivity():
     focal = 0.5 * size / np.tan(np.radians(fov) / 2)
     np.testing.assert_allclose(shift[0, :2], [0.0, focal * base * (1 / z - 1 / (z * np.exp(0.2)))], atol=1e-9)
     assert np.isnan(shift[0, 2])
+    # a target camera beside the source, turned to look at the point on the source's axis (odd size: one pixel
+    # centre on the axis): that point lands on the target's centre, the farther one an angle atan(b/z) -
+    # atan(b/(z e^s)) off it; a target camera behind the point sees nothing
+    size = 25
+    on_axis = np.zeros((n, 1, size, size), bool)
+    on_axis[:, 0, size // 2, size // 2] = True
+    tgt = np.stack([cam_lib.look_at((base, 0, 0), (0, 0, z))[:3], cam_lib.look_at((0, 0, 2 * z), (0, 0, 3 * z))[:3]])
+    shift = tool.depth_sensitivity(src[:, :1], tgt[None], np.zeros((1, 2), int), np.full((n, 1, size, size), z),
+                                   on_axis, fov, step=0.2)
+    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
+    angle = np.arctan(base / z) - np.arctan(base / (z * np.exp(0.2)))
+    np.testing.assert_allclose(shift[0, 0], focal * np.tan(angle), rtol=1e-9)
+    assert np.isnan(shift[0, 1])
 
 
 def test_copy_ceiling_gated_units():

@@ -65,12 +65,14 @@ def depth_sensitivity(src_rt, tgt_rt, j, z, moving, fov: float, step: float = DE
             sel = moving[b, f].reshape(-1) & (z[b, f].reshape(-1) < layered.SKY_DEPTH)
             if not sel.any():
                 continue
-            uv = []
+            cams = []
             for d in (z[b, f].reshape(-1)[sel], z[b, f].reshape(-1)[sel] * np.exp(step)):
                 world = rays[sel] @ src_rt[b, f, :, :3].T * d[:, None] + src_rt[b, f, :, 3]
-                cam = (world - tgt_rt[b, i, :, 3]) @ tgt_rt[b, i, :, :3]  # R^T (X - t)
-                uv.append(cam[:, :2] / np.maximum(cam[:, 2:], 1e-3) * focal)
-            out[b, i] = np.mean(np.linalg.norm(uv[1] - uv[0], axis=-1))
+                cams.append((world - tgt_rt[b, i, :, 3]) @ tgt_rt[b, i, :, :3])  # R^T (X - t)
+            front = (cams[0][:, 2] > 1e-3) & (cams[1][:, 2] > 1e-3)  # in front of the target camera at both depths
+            if front.any():
+                uv = [c[front, :2] / c[front, 2:] * focal for c in cams]
+                out[b, i] = np.mean(np.linalg.norm(uv[1] - uv[0], axis=-1))
     return out
 
 

@@ -198,7 +198,7 @@ class DiTConfig(JsonConfig):
     composite_width: int = COMPOSITE_HEAD_WIDTH  # hidden width of the composite's depth and mask head and its gate
     composite_splat: int = 1  # the composite's moving layer splatted from this many points per pixel side (layered.py)
     composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
-    composite_temporal: bool = False  # the composite head's convolutions see each pixel's change over time too
+    composite_temporal: bool = False  # the composite head sees each pixel's change over time (unused without copy_composite)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
