@@ -27,11 +27,11 @@ learn in minutes (docs/LEARNING.md):
   time, forward-warped by their depth, over the static pixels of the camera-matched frame; wherever that moved
   a pixel the output takes it (``composite_gate="moved"``; a learned gate hedged, §19). The moving layer is
   splatted from 2x2 points per pixel (``composite_splat=2``, §25): an object seen larger than in its source
-  frame lands whole instead of with holes. The time errors of a moving source fall by half or more, for
+  frame lands whole instead of with holes. The time errors of a moving source fall by 43-66%, for
   0.2-1.2 dB of PSNR and 1.35x the step time (a 64-wide head: 985 s for 1400 steps, over the demo's limit).
   The head's convolutions also see each pixel's change to the frames 1, 2 and 4 away and to the clip's
-  temporal median (``composite_temporal``, §27): in two seeds, PSNR +0.2-0.8 dB and SSIM +0.01-0.03 on every
-  case with a moving source, and most time errors lower, at the same step time;
+  temporal median (``composite_temporal``, §27): over three seeds SSIM is higher on every case with a moving
+  source, PSNR on 29 of 33 seed-case pairs, the mean time errors lower on 9 of 11 cases, at the same step time;
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths
   that start anywhere (conditioned relative to the source's first camera), time warps that
@@ -41,13 +41,13 @@ learn in minutes (docs/LEARNING.md):
   fixed-camera pairs. The share trades the two controls against each other at this budget (40%:
   camera, no time; 70%: time kept, some camera; docs/LEARNING.md §8). Learning rate 2e-3 (the copy forms sooner than at
   1e-3 or 4e-3, §6).
-Trains 1400 steps on 2 CPU cores in about 10 minutes at ~2.4 steps/s (a slower machine stops at the
-10-minute limit before step 1400; the cosine is then near its end). Before the composite: 7.5-8 minutes at ~3
-steps/s, and the camera error of the last view held 0.92 after 1400 steps (0.26 with it; 1.18 after 927 of the
-previous 1000, docs/LEARNING.md §17).
+Trains 1400 steps on 2 CPU cores in about 10 minutes at ~2.4 steps/s (600 s from a clean clone here; a slower
+machine stops at the 10-minute limit before step 1400; the cosine is then near its end). Before the composite:
+7.5-8 minutes at ~3 steps/s, and the camera error of the last view held 0.92 after 1400 steps (0.23 with it; 1.18
+after 927 of the previous 1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores, docs/LEARNING.md §25).
+4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores; measured without ``composite_temporal``, docs/LEARNING.md §25).
 """
 from stp_jax.config import apply_variants, base
 
