@@ -314,6 +314,22 @@ def test_composite_gate_moved():
         _tiny(copy_composite=4, composite_gate="always")
 
 
+def _depth_response(model, params, inp, x):
+    """How much each source pixel's predicted log depth [B, Fh, H, W] moves when source frame 1's corner pixel (red)
+    of x changes by 1, with every parameter nudged off its initial value and the token state's path cut (so only
+    the head's pixel path carries it)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
+
+    def depth(xx):
+        _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
+        return np.asarray(inter["intermediates"]["composite_log_depth"][0])
+
+    return np.abs(depth(x.at[:, 3, 0, 0, 0].add(1.0)) - depth(x))
+
+
 def test_composite_attend():
     """composite_attend: with "" the head's parameters are the convolutions' alone (as before the option); with
     attention, the pixels' places are inputs, the new layers start as identities (the output projections zero), and
@@ -334,16 +350,7 @@ def test_composite_attend():
         assert params["composite_conv0"]["kernel"].shape[2] == (6 if attend else 3)  # + (row, column, frame)
         if attend:
             assert all(not np.any(params[n]["kernel"]) for n in attn_names if n.endswith("_o"))
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
-        params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
-
-        def depth(xx, model=model, params=params, inp=inp):
-            _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
-            return np.asarray(inter["intermediates"]["composite_log_depth"][0])  # [B, Fh, H, W]
-
-        moved = np.abs(depth(x.at[:, 3, 0, 0, 0].add(1.0)) - depth(x))  # source frame 1's corner pixel, red
+        moved = _depth_response(model, params, inp, x)
         assert moved[0, 1, 0, 0] > 1e-4
         assert (moved[0, 1, -1, -1] > 1e-4) == bool(attend)  # its frame's far corner (beyond the convolutions' 17-pixel field)
         assert (moved[0, 0].max() > 1e-4) == (attend == "frame+clip")  # the other source frame
@@ -378,16 +385,7 @@ def test_composite_temporal():
         x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, inp["x"].shape), jnp.float32)
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **dict(inp, x=x)))["params"]
         assert params["composite_conv0"]["kernel"].shape[2] == (24 if temporal else 3)
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
-        params["composite_token"]["kernel"] = jnp.zeros_like(params["composite_token"]["kernel"])
-
-        def depth(xx, model=model, params=params, inp=inp):
-            _, inter = model.apply({"params": params}, **dict(inp, x=xx), mutable=["intermediates"])
-            return np.asarray(inter["intermediates"]["composite_log_depth"][0])  # [B, Fh, H, W]
-
-        moved = np.abs(depth(x.at[:, 3, 0, 0, 0].add(1.0)) - depth(x))  # source frame 1's corner pixel, red
+        moved = _depth_response(model, params, inp, x)
         assert moved[0, 1, 0, 0] > 1e-4
         assert (moved[0, 0, 0, 0] > 1e-4) == temporal  # the same place in the other source frame
 
