@@ -17,12 +17,12 @@ def _focal(size):
     return 0.5 * size / np.tan(np.deg2rad(FOV) / 2)
 
 
-def _run(src, depth, moving, src_c2w, tgt_c2w, src_times, tgt_times):
+def _run(src, depth, moving, src_c2w, tgt_c2w, src_times, tgt_times, margin=layered.SHADOW_MARGIN):
     pix, changed = layered.composite(jnp.asarray(src, jnp.float32)[None], jnp.asarray(depth, jnp.float32)[None],
                                      jnp.asarray(moving)[None], jnp.asarray(src_c2w[:, :3], jnp.float32)[None],
                                      jnp.asarray(tgt_c2w[:, :3], jnp.float32)[None],
                                      jnp.asarray(src_times, jnp.float32)[None],
-                                     jnp.asarray(tgt_times, jnp.float32)[None], FOV)
+                                     jnp.asarray(tgt_times, jnp.float32)[None], FOV, margin=margin)
     return np.asarray(pix[0]).round().astype(np.uint8), np.asarray(changed[0])
 
 
@@ -66,6 +66,27 @@ def test_static_layer_prefers_the_camera_matched_frame():
     want[0, 3, 4] = src[1, 3, 4]
     np.testing.assert_array_equal(pix, want)
     assert changed[0, 3, 4] and changed.sum() == 1
+
+
+def test_composite_margin():
+    """The moving layer wins over the static layer's fill where its depth is below margin times the fill's: a moving
+    pixel whose depth reads 6 over a ground at 5 (seen by the other frame, one still camera) shows the ground at the
+    default margin 1.05 and the moving pixel at 1.5; a margin must be a positive ratio."""
+    rng = np.random.default_rng(5)
+    size = 8
+    src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
+    depth = np.full((2, size, size), 5.0)
+    depth[1, 3, 4] = 6.0
+    moving = np.zeros((2, size, size), bool)
+    moving[1, 3, 4] = True
+    cams = np.broadcast_to(np.eye(4), (2, 4, 4))
+    for margin, frame in ((layered.SHADOW_MARGIN, 0), (1.5, 1)):
+        pix, changed = _run(src, depth, moving, cams, cams, [0, 1], [1, 1], margin)
+        np.testing.assert_array_equal(pix[0, 3, 4], src[frame, 3, 4].astype(np.uint8))
+        assert changed[0, 3, 4]
+    assert _tiny(copy_composite=4).composite_margin == layered.SHADOW_MARGIN
+    with pytest.raises(ValueError, match="composite_margin 0.0 must be a finite depth ratio > 0"):
+        _tiny(copy_composite=4, composite_margin=0.0)
 
 
 def test_moving_layer_splat_fills_magnified_objects():

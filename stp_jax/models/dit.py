@@ -147,7 +147,7 @@ COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam
 # The DiTConfig fields that say how a model runs, not what its weights are: a checkpoint may be loaded with other
 # values (stp-train's init_from, stp-eval / stp-sample --model-set).
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics",
-                  "composite_splat", "composite_mask_logit")
+                  "composite_splat", "composite_mask_logit", "composite_margin")
 REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
 # Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
 # DiTConfig.dtype before use, layers.Dense): stored in that dtype they give the same values to
@@ -199,6 +199,7 @@ class DiTConfig(JsonConfig):
     composite_splat: int = 1  # the composite's moving layer splatted from this many points per pixel side (layered.py)
     composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
     composite_temporal: bool = False  # the composite head sees each pixel's change over time (unused without copy_composite)
+    composite_margin: float = layered.SHADOW_MARGIN  # the moving layer wins where nearer than this times the static one
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -265,6 +266,8 @@ class DiTConfig(JsonConfig):
                             f"source poses in one frame), mode 'spacetimepilot' (the requested times), 0 < "
                             f"composite_fov < 180 (got {self.composite_fov}) and in_channels == 3 * "
                             f"copy_composite**2 (one frame's pixels per latent pixel; got {self.in_channels})")
+        if not (math.isfinite(self.composite_margin) and self.composite_margin > 0):
+            problems.append(f"composite_margin {self.composite_margin} must be a finite depth ratio > 0")
         if not math.isfinite(self.composite_mask_logit):
             problems.append(f"composite_mask_logit {self.composite_mask_logit} must be a finite logit")
         if self.composite_splat < 1:
@@ -482,7 +485,7 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     moves = jax.lax.stop_gradient(mask_logit) > c.composite_mask_logit  # [B, L/2, npx]
     pix, changed = layered.composite(to_img(src_pix), to_img(depth), to_img(moves),
                                      rt[:, fh:], rt[:, :fh], latent_times(src_time), latent_times(tgt_time),
-                                     c.composite_fov, c.composite_splat)  # [B, Fh, H, W, 3], [B, Fh, H, W]
+                                     c.composite_fov, c.composite_splat, c.composite_margin)  # [B, Fh, H, W, 3], [B, Fh, H, W]
     comp = to_tok(pix)  # [B, L/2, npx, 3]
     cp = copied[:, : l // 2].astype(jnp.float32).reshape(b, l // 2, npx, 3)
     # the gate sees, at each pixel, both candidates and whether the composite moved it, beside the token's state

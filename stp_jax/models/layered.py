@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from stp_jax.controls.camera import pinhole_rays
 
 SKY_DEPTH = 30.0  # points this far or farther are sky: not warped (the procedural scenes' sky is at 1e9)
-SHADOW_MARGIN = 1.05  # the moving layer wins where it is nearer than this times the static layer's depth
+SHADOW_MARGIN = 1.05  # composite's default margin: the moving layer wins where it is nearer than this times the static
+# layer's depth (a shadow lies on the ground); larger forgives a moving pixel's depth read too far (LEARNING §27)
 NEAR_TIE = 0.02  # static-layer fill: a frame d frames from k_i counts its depth (1 + NEAR_TIE * d) times
 
 
@@ -71,13 +72,15 @@ def _splat(idx, key, colour, n: int):
     return out[:n], zbuf[:n]
 
 
-def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: float, splat: int = 1):
+def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: float, splat: int = 1,
+              margin: float = SHADOW_MARGIN):
     """The two-layer composite (module doc). src [B, S, H, W, 3] source pixels (any scale), depth
     [B, S, H, W] z in each source camera, moving [B, S, H, W] bool, src_rt [B, S, 3, 4], tgt_rt [B, T, 3, 4]
     camera-to-world, src_times [B, S], tgt_times [B, T] animation times. ``splat``: the moving layer is
     splatted from splat x splat points per source pixel (its colour and depth at sub-pixel rays), so that
     an object seen larger or more obliquely than in its source frame lands whole instead of with holes
-    the static layer shows through (1: one point per pixel, as the static layer). Returns (pixels
+    the static layer shows through (1: one point per pixel, as the static layer). ``margin``: the moving layer wins
+    where its depth is below this times the static layer's. Returns (pixels
     [B, T, H, W, 3], changed [B, T, H, W] bool: the pixel comes from another frame than k_i, or from the
     moving layer)."""
     _, s, h, w, _ = src.shape
@@ -114,7 +117,7 @@ def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: flo
             img_z = jnp.where(jnp.isfinite(key_z), won_z, jnp.inf)  # depth (inf: empty)
             m_idx, m_z = _project(sub_pts[j], rt, h, w, fov)  # frame j's moving points only
             mov, mov_z = _splat(m_idx, jnp.where(sub_moves[j], m_z, jnp.inf), sub_colour[j], n)
-            on_top = jnp.isfinite(mov_z) & (mov_z < SHADOW_MARGIN * img_z)  # inf static depth: always
+            on_top = jnp.isfinite(mov_z) & (mov_z < margin * img_z)  # inf static depth: always
             img = jnp.where(on_top[:, None], mov, img)
             empty = ~jnp.isfinite(key_z) & ~on_top
             img = jnp.where(empty[:, None], src[k].reshape(n, 3), img)
