@@ -126,7 +126,8 @@ def probe_case(a, ck, run, scenes, ctx, case: str) -> None:
     def comp(depth, moving):
         pix, _ = layered.composite(jnp.asarray(sources, jnp.float32), jnp.asarray(np.minimum(depth, 1e4)),
                                    jnp.asarray(moving), rt_s, rt_t, latent_times(kw["src_time"]),
-                                   latent_times(kw["tgt_time"]), c.composite_fov, c.composite_splat)
+                                   latent_times(kw["tgt_time"]), c.composite_fov, c.composite_splat,
+                                   c.composite_margin)
         return np.asarray(pix).round().clip(0, 255).astype(np.uint8)
 
     copy, composite = (np.asarray(v) for v in inter["composite_candidates"][0])  # [B, L/2, npx, 3] each
