@@ -1,4 +1,6 @@
 """models/layered.py, the two-layer 2.5D composite of DiTConfig.copy_composite, and its losses."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,14 +56,15 @@ def test_splat_identity_shift_and_z_buffer():
 def test_static_layer_prefers_the_camera_matched_frame():
     """The static layer takes frame k_i's own point wherever one lands, even where another frame's is nearer;
     a pixel k_i leaves empty takes the nearest other frame's. Two frames from one still camera, the second
-    nearer (depth 2 against 5) and with a hole: target times 0 and 1 pick k = 0 and k = 1."""
+    nearer (depth 2 against 5) and with a hole: target times 0.4 and 0.6 pick k = 0 and k = 1 (neither at its
+    requested time: a frame at its time is one layer, sky included)."""
     rng = np.random.default_rng(2)
     size = 8
     src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
     depth = np.stack([np.full((size, size), 5.0), np.full((size, size), 2.0)])
     depth[0, 3, 4] = layered.SKY_DEPTH  # frame 0 has no still point here: the nearer frame fills it
     cams = np.broadcast_to(np.eye(4), (2, 4, 4))
-    pix, changed = _run(src, depth, np.zeros((2, size, size), bool), cams, cams, [0, 1], [0, 1])
+    pix, changed = _run(src, depth, np.zeros((2, size, size), bool), cams, cams, [0, 1], [0.4, 0.6])
     want = src.astype(np.uint8).copy()
     want[0, 3, 4] = src[1, 3, 4]
     np.testing.assert_array_equal(pix, want)
@@ -69,9 +72,10 @@ def test_static_layer_prefers_the_camera_matched_frame():
 
 
 def test_composite_margin():
-    """The moving layer wins over the static layer's fill where its depth is below margin times the fill's: a moving
-    pixel whose depth reads 6 over a ground at 5 (seen by the other frame, one still camera) shows the ground at the
-    default margin 1.05 and the moving pixel at 1.5; a margin must be a positive ratio."""
+    """The moving layer wins over the static layer where its depth is below margin times the static one's: a moving
+    pixel of frame 1 whose depth reads 6 over a ground at 5 (seen by frame 0, the camera-matched frame: frame 1's
+    camera is 0.01 to the side) shows the ground at the default margin 1.05 and the moving pixel at 1.5; a margin
+    must be a positive ratio."""
     rng = np.random.default_rng(5)
     size = 8
     src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
@@ -79,14 +83,44 @@ def test_composite_margin():
     depth[1, 3, 4] = 6.0
     moving = np.zeros((2, size, size), bool)
     moving[1, 3, 4] = True
-    cams = np.broadcast_to(np.eye(4), (2, 4, 4))
+    cams = np.stack([np.eye(4), np.eye(4)])
+    cams[1, 0, 3] = 0.01  # a few hundredths of a pixel at these depths
     for margin, frame in ((layered.SHADOW_MARGIN, 0), (1.5, 1)):
-        pix, changed = _run(src, depth, moving, cams, cams, [0, 1], [1, 1], margin)
+        pix, changed = _run(src, depth, moving, cams, cams[:1], [0, 1], [1], margin)
         np.testing.assert_array_equal(pix[0, 3, 4], src[frame, 3, 4].astype(np.uint8))
-        assert changed[0, 3, 4]
+        assert changed[0, 3, 4] == (frame == 1)
     assert _tiny(copy_composite=4).composite_margin == layered.SHADOW_MARGIN
     with pytest.raises(ValueError, match="composite_margin 0.0 must be a finite depth ratio > 0"):
         _tiny(copy_composite=4, composite_margin=0.0)
+
+
+def test_camera_matched_frame_at_the_requested_time_is_one_layer():
+    """When the camera-matched frame is also the frame at the requested time, all of it is at that time: at its own
+    camera the composite is that frame exactly, even where a masked pixel's depth reads far behind the other frame's
+    still point (which the two layers would show: a 10 deep moving pixel loses to a 5 deep fill), and nothing counts
+    as moved; from another camera its masked pixels move with it. At another time (0.1 frames off) the two layers
+    apply."""
+    rng = np.random.default_rng(6)
+    size = 8
+    src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
+    depth = np.full((2, size, size), 5.0)
+    depth[0, 3:5, 3:5] = 10.0  # frame 0's object, masked, its depth read far too far
+    moving = np.zeros((2, size, size), bool)
+    moving[0, 3:5, 3:5] = True
+    eye = np.eye(4)
+    cams = np.stack([eye, eye])
+    pix, changed = _run(src, depth, moving, cams, eye[None], [0, 1], [0])  # frame 0's camera, time 0
+    np.testing.assert_array_equal(pix[0], src[0].astype(np.uint8))
+    assert not changed.any()
+    pix, changed = _run(src, depth, moving, cams, eye[None], [0, 1], [0.1])  # near time 0: two layers, the object
+    np.testing.assert_array_equal(pix[0, 3:5, 3:5], src[1, 3:5, 3:5].astype(np.uint8))  # cut out and filled
+    assert changed[0, 3:5, 3:5].all() and changed.sum() == 4
+    shifted = eye.copy()
+    shifted[0, 3] = 5.0 * 2 * np.tan(np.radians(FOV) / 2) / size  # one pixel footprint at depth 5 to the right
+    far = np.stack([shifted, shifted])  # both source frames from the shifted camera; the target at the origin
+    depth[0, 3:5, 3:5] = 5.0
+    pix, _ = _run(src, depth, moving, far, eye[None], [0, 1], [0])
+    np.testing.assert_array_equal(pix[0, 3:5, 4:6], src[0, 3:5, 3:5].astype(np.uint8))  # the object, one pixel over
 
 
 def test_moving_layer_splat_fills_magnified_objects():
@@ -107,7 +141,7 @@ def test_moving_layer_splat_fills_magnified_objects():
         pix, changed = layered.composite(jnp.asarray(src, jnp.float32)[None], jnp.asarray(depth, jnp.float32)[None],
                                          jnp.asarray(depth < 10)[None], jnp.asarray(eye[:, :3], jnp.float32)[None],
                                          jnp.asarray(nearer[:, :3], jnp.float32)[None], jnp.zeros((1, 1)),
-                                         jnp.zeros((1, 1)), FOV, splat)
+                                         jnp.full((1, 1), 0.5), FOV, splat)  # not the frame's own time: two layers
         inner = np.asarray(changed[0, 0, 2:6, 2:6])
         covered[splat] = inner.sum()
         assert (np.asarray(pix[0, 0])[np.asarray(changed[0, 0])] == 200).all()  # only the object is moved
@@ -133,7 +167,8 @@ def test_composite_retimes_a_still_and_a_moving_camera():
     """At a still camera the composite is the frame of the requested time. With a camera moving one
     pixel footprint per frame over a textured plane, each frame's object a recoloured patch of the
     plane: seen from frame 0's camera in reverse, every target frame shows the requested time's
-    object in its place, and frame 0's own object is cut out and filled from the other frames."""
+    object in its place, and frame 0's own object is cut out and filled from the other frames (but in the
+    last, at frame 0's time: frame 0 as it is)."""
     rng = np.random.default_rng(4)
     t, size, z = 3, 8, 5.0
     eye = np.eye(4)
@@ -159,13 +194,14 @@ def test_composite_retimes_a_still_and_a_moving_camera():
     comp, changed = _run(src, np.full((t, size, size), z), moving, cams, cams[:1].repeat(t, 0), np.arange(t),
                          np.arange(t)[::-1])
     np.testing.assert_array_equal(comp, want)
-    for i in range(t):  # changed: where the requested time's object landed and where frame 0's was filled
+    for i in range(t - 1):  # changed: where the requested time's object landed and where frame 0's was filled
         f = t - 1 - i
         r, c = objects[f]
         assert changed[i, r:r + 2, c].all()
         r0, c0 = objects[0]
         assert changed[i, r0:r0 + 2, c0].all()
-    assert changed.sum() <= t * 2 * 2 * 2
+    assert not changed[t - 1].any()  # time 0 from camera 0: frame 0 itself, one layer
+    assert changed.sum() <= (t - 1) * 2 * 2 * 2
 
 
 def test_composite_matches_the_renderer():
@@ -293,7 +329,7 @@ def test_composite_mask_logit():
         inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
         eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
         inp.update(x=jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
-                   src_cam=eye, tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+                   src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
         params["composite_heads"]["bias"] = jnp.asarray([0.0, -1.0])
         _, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
@@ -313,7 +349,7 @@ def test_composite_gate_moved():
             inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
             x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32)
             eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
-            inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]),
+            inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
                        src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
         params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy
@@ -333,6 +369,46 @@ def test_composite_gate_moved():
             assert (gate_ce == 0.0) == (gate_kind == "moved" and moving > 0)
     with pytest.raises(ValueError, match="composite_gate 'always'"):
         _tiny(copy_composite=4, composite_gate="always")
+
+
+def test_composite_residual():
+    """composite_residual=False: where the output takes the composite it is the composite's pixels exactly, the
+    head's output (made nonzero here) left out; where it takes the copy, the copy plus the head's output, as with
+    the default (True), which adds the head's output everywhere. The head gets no gradient from pixels it is left
+    out of."""
+    c = _tiny(copy_composite=4, composite_gate="moved")
+    model = SpaceTimeDiT(c)
+    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+    x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, inp["x"].shape), jnp.float32)
+    eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
+    inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
+               src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+    params["head"]["bias"] = jnp.asarray(np.random.default_rng(3).normal(0, 0.3, params["head"]["bias"].shape),
+                                         jnp.float32)  # the head's output: its bias (the kernel starts at zero)
+    params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy, unless moved
+    params["composite_heads"]["bias"] = jnp.asarray([0.0, 20.0])  # every pixel moves: the composite in frame 0 ...
+    params["composite_heads"]["kernel"] = params["composite_heads"]["kernel"].at[:, 1].set(0.0)
+    head = np.asarray(params["head"]["bias"]).reshape(-1, 3)  # per pixel of a token, in patch-vector order [npx, 3]
+    for residual in (True, False):
+        m = SpaceTimeDiT(dataclasses.replace(c, composite_residual=residual))
+        out, inter = m.apply({"params": params}, **inp, mutable=["intermediates"])
+        inter = inter["intermediates"]
+        copy, comp = inter["composite_candidates"][0]
+        moved = np.asarray(inter["composite_moved"][0])
+        assert moved.all()  # the composite everywhere, whatever the gate says
+        pix = np.asarray(composite_pixels(c, out[:, :2]))  # [B, L/2, npx, 3]
+        want = np.asarray(comp) + (head if residual else 0.0)
+        np.testing.assert_allclose(pix, want, atol=1e-5)
+
+        g_head = jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, **inp)[:, :2] ** 2))(params)["head"]["bias"]
+        assert (float(jnp.max(jnp.abs(g_head))) > 0) == residual
+    params["composite_heads"]["bias"] = jnp.asarray([0.0, -20.0])  # nothing moves: the copy (the gate's choice)
+    m = SpaceTimeDiT(dataclasses.replace(c, composite_residual=False))
+    out, inter = m.apply({"params": params}, **inp, mutable=["intermediates"])
+    copy, _ = inter["intermediates"]["composite_candidates"][0]
+    want = np.asarray(copy) + head
+    np.testing.assert_allclose(np.asarray(composite_pixels(c, out[:, :2])), want, atol=1e-5)
 
 
 def _depth_response(model, params, inp, x):

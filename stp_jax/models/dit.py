@@ -115,6 +115,10 @@ ROPE_FRAMES = ("index", "time")
 # predicted log depths and mask logits per source pixel, the gate's logits, both candidates and where the
 # composite moved pixels. composite_gate="moved" takes the composite wherever it moved a pixel (§20);
 # composite_attend adds attention over each frame's pixels and the clip's cells to the depth head (§23).
+# composite_residual=False: where the output takes the composite, it is the composite's pixels alone, without the
+# head's output added (which there moves no frame's mean squared error but adds a few grey levels of noise to
+# every pixel the composite has exactly: -0.3 to -0.7 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
+# pixels keep it.
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
@@ -147,7 +151,7 @@ COND_KEYS = {"wan": (), "recammaster": ("tgt_cam",), "spacetimepilot": ("tgt_cam
 # The DiTConfig fields that say how a model runs, not what its weights are: a checkpoint may be loaded with other
 # values (stp-train's init_from, stp-eval / stp-sample --model-set).
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "context_parallel", "remat", "splash_block", "mode", "numerics",
-                  "composite_splat", "composite_mask_logit", "composite_margin")
+                  "composite_splat", "composite_mask_logit", "composite_margin", "composite_residual")
 REMAT_POLICIES = ("none", "full", "offload_full", "dots", "dots_no_batch", "offload_dots")
 # Parameters the model reads only through a compute-dtype Dense (kernel and bias cast to
 # DiTConfig.dtype before use, layers.Dense): stored in that dtype they give the same values to
@@ -200,6 +204,7 @@ class DiTConfig(JsonConfig):
     composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
     composite_temporal: bool = False  # the composite head sees each pixel's change over time (unused without copy_composite)
     composite_margin: float = layered.SHADOW_MARGIN  # the moving layer wins where nearer than this times the static one
+    composite_residual: bool = True  # the head's output is added where the output takes the composite too (False: not)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -450,8 +455,8 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     """DiTConfig.copy_composite: the copy [B, L, P] (target tokens first) mixed per pixel with the 2.5D
     composite of the source half of x [B, F, Hp, Wp, C] (models/layered.py), from depths and masks
     predicted from the source tokens' hidden states h [B, L, D]; parameters and intermediates are
-    ``mod``'s (called inside its compact __call__). Returns [B, L, P] (zeros for source tokens, as the
-    copy)."""
+    ``mod``'s (called inside its compact __call__). Returns the mix [B, L, P] (zeros for source tokens, as the
+    copy) and where it took the composite [B, L, P] (1 there, 0 elsewhere and for source tokens; no gradient)."""
     f, hh, ww = grid
     _, ph, pw = c.patch_size
     s, fh = c.copy_composite, f // 2
@@ -504,9 +509,12 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     if c.composite_gate == "moved":
         g = jnp.where(moved > 0, 1.0, g)
     mod.sow("intermediates", "composite_moved", moved)  # [B, L/2, npx]: 1 where the composite moved the pixel
+    took = jax.lax.stop_gradient(jnp.repeat((g >= 0.5).astype(jnp.float32), 3, axis=-1))  # [B, L/2, P]
     g = g[..., None]
     mixed = ((1 - g) * cp + g * comp).reshape(b, l // 2, -1)  # [B, L/2, P]
-    return jnp.concatenate([mixed, jnp.zeros_like(mixed)], axis=1).astype(copied.dtype)
+    zeros = jnp.zeros_like(mixed)
+    return (jnp.concatenate([mixed, zeros], axis=1).astype(copied.dtype),
+            jnp.concatenate([took, zeros], axis=1))  # [B, L, P] each
 
 
 def copy_units(c: DiTConfig, latents):
@@ -776,7 +784,9 @@ class SpaceTimeDiT(nn.Module):
                 gate = jnp.repeat(gate, p.shape[-1] // units, axis=-1)  # each unit's C values: [B, L, P]
                 copied = (gate * copied + (1 - gate) * moved).astype(copied.dtype)
             if c.copy_composite:
-                copied = _composite_mix(self, c, h, x, copied, cam, tgt_time, src_time, (f, hh, ww))
+                copied, took = _composite_mix(self, c, h, x, copied, cam, tgt_time, src_time, (f, hh, ww))
+                if not c.composite_residual:
+                    out = out * (1 - took).astype(out.dtype)  # the composite's pixels as they are
             out = out + copied  # [B, L, P]
         out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c", f=f, h=hh, w=ww, pt=pt, ph=ph, pw=pw)
         return out.astype(jnp.float32)  # [B, F, H*ph, W*pw, C_out]
