@@ -10,16 +10,16 @@ filmed by camera i at animation time tau_i, is built from the source pixels alon
                 frames nearer k_i in time on near-ties);
   moving layer  the masked pixels of the source frame at tau_i, warped into camera i, over the static
                 layer where they are nearer (or about as near: a shadow lies on the ground).
-  When k_i is itself at tau_i (within SAME_TIME), it is one layer: all of frame k_i (masked pixels and sky too, being at
-  the requested time) warped into camera i, the other frames' unmasked pixels filling its holes; at frame k_i's
-  own camera the composite is then frame k_i exactly, whatever the depths and masks.
+  When k_i is itself at tau_i (within SAME_TIME), it is one layer: all of frame k_i (masked pixels and sky
+  too, being at the requested time) warped into camera i, the other frames' unmasked pixels filling its
+  holes; at frame k_i's own camera the composite is then frame k_i exactly, whatever the depths and masks.
 
 Warps are forward splats with a z-buffer: each point lands on the target pixel its projection falls
 in. The moving layer can be splatted from splat x splat points per pixel (sub-pixel rays carrying
 the pixel's colour and depth), so an object seen larger than in its source frame lands without holes.
 A target pixel that nothing reaches keeps frame k_i's own pixel. Sky (depth >= SKY_DEPTH) is not
-warped. Pinhole of ``fov`` degrees across the width, OpenCV camera axes, poses camera-to-world [3, 4]
-in one world frame.
+warped (but in a frame k_i at tau_i). Pinhole of ``fov`` degrees across the width, OpenCV camera axes,
+poses camera-to-world [3, 4] in one world frame.
 
 Letters: B batch, T target frames, S source frames, H, W pixels, P = S*H*W source points.
 """
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 
 from stp_jax.controls.camera import pinhole_rays
 
-SKY_DEPTH = 30.0  # points this far or farther are sky: not warped (the procedural scenes' sky is at 1e9)
+SKY_DEPTH = 30.0  # points this far or farther are sky: not warped but in a frame at its requested time (the procedural
+# scenes' sky is at 1e9)
 SHADOW_MARGIN = 1.05  # composite's default margin: the moving layer wins where it is nearer than this times the static
 # layer's depth (a shadow lies on the ground); larger forgives a moving pixel's depth read too far (LEARNING §27)
 SAME_TIME = 1e-3  # animation times this close (in frames) are one time: the camera-matched frame is at the requested one
