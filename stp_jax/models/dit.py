@@ -117,7 +117,7 @@ ROPE_FRAMES = ("index", "time")
 # composite_attend adds attention over each frame's pixels and the clip's cells to the depth head (§23).
 # composite_residual=False: where the output takes the composite, it is the composite's pixels alone, without the
 # head's output added (which there moves no frame's mean squared error but adds a few grey levels of noise to
-# every pixel the composite has exactly: -0.3 to -0.7 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
+# every pixel the composite has exactly: 0.15-0.55 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
 # pixels keep it.
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
