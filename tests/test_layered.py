@@ -319,6 +319,16 @@ def test_composite_loss_config_errors():
         config.load("tiny_camxtime", ["flow.composite_depth_loss=l3"])
 
 
+def _still_camera_inputs(c, seed: int):
+    """dummy_inputs for one clip of 2 latent frames per half, random pixels (seed), every camera the identity, target
+    times 0.9 / 0.1 between the source's 0 / 1 (so no source frame is at a requested time: the composite's two layers)."""
+    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+    eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
+    inp.update(x=jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
+               src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+    return inp
+
+
 def test_composite_mask_logit():
     """model.composite_mask_logit: a pixel joins the moving layer where its mask logit is above it (every
     logit -1 here: nothing moves at the default 0, everything at -2)."""
@@ -326,10 +336,7 @@ def test_composite_mask_logit():
     for threshold in (0.0, -2.0):
         c = _tiny(copy_composite=4, composite_mask_logit=threshold)
         model = SpaceTimeDiT(c)
-        inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
-        eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
-        inp.update(x=jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
-                   src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+        inp = _still_camera_inputs(c, 1)
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
         params["composite_heads"]["bias"] = jnp.asarray([0.0, -1.0])
         _, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
@@ -346,11 +353,8 @@ def test_composite_gate_moved():
         c = _tiny(copy_composite=4, composite_gate=gate_kind)
         model = SpaceTimeDiT(c)
         if inp is None:
-            inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
-            x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, inp["x"].shape), jnp.float32)
-            eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
-            inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
-                       src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+            inp = _still_camera_inputs(c, 1)
+            x = inp["x"]
         params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
         params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy
         for moving in (-20.0, 20.0):  # nothing moves (the composite moves no pixel) / everything moves
@@ -378,16 +382,12 @@ def test_composite_residual():
     out of."""
     c = _tiny(copy_composite=4, composite_gate="moved")
     model = SpaceTimeDiT(c)
-    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
-    x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, inp["x"].shape), jnp.float32)
-    eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
-    inp.update(x=x, tgt_cam=eye, src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
-               src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+    inp = _still_camera_inputs(c, 2)
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
     params["head"]["bias"] = jnp.asarray(np.random.default_rng(3).normal(0, 0.3, params["head"]["bias"].shape),
                                          jnp.float32)  # the head's output: its bias (the kernel starts at zero)
     params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy, unless moved
-    params["composite_heads"]["bias"] = jnp.asarray([0.0, 20.0])  # every pixel moves: the composite in frame 0 ...
+    params["composite_heads"]["bias"] = jnp.asarray([0.0, 20.0])  # every pixel moves, so the composite moved them all
     params["composite_heads"]["kernel"] = params["composite_heads"]["kernel"].at[:, 1].set(0.0)
     head = np.asarray(params["head"]["bias"]).reshape(-1, 3)  # per pixel of a token, in patch-vector order [npx, 3]
     for residual in (True, False):
