@@ -36,9 +36,9 @@ learn in minutes (docs/LEARNING.md):
   (``composite_margin``, §27-28; 1.05 before): the head reads objects a little farther than they are, and at 1.05
   they dropped out; pure retiming +5 dB, PSNR higher on 30 of 33 seed-case pairs with a moving source;
   where the output takes the composite it is the composite's pixels alone (``composite_residual=False``, §29): the
-  head's output added there moved no frame's squared error and put a grey level or two of noise on every pixel the
-  composite has exactly (0.15-0.55 dB of per-frame PSNR; pure retiming 6 dB); with the composite's rule that a
-  camera-matched frame at the requested time is kept whole (exact at its own camera), six of the eleven
+  head's output added there barely moved the squared error and put a grey level or two of noise on every pixel the
+  composite has exactly (0.2-0.55 dB of per-frame PSNR; pure retiming 6 dB); with the composite's rule that a
+  target cell which is a source frame's own (camera and time) is that frame, six of the eleven
   moving-source cases beat every baseline on PSNR, SSIM and LPIPS in three seeds;
 - x0 prediction, noise levels drawn uniformly (the nearly clean end is trained too);
 - pairs that teach the controls: fixed-camera pairs (only time differs), target camera paths

@@ -94,12 +94,11 @@ def test_composite_margin():
         _tiny(copy_composite=4, composite_margin=0.0)
 
 
-def test_camera_matched_frame_at_the_requested_time_is_one_layer():
-    """When the camera-matched frame is also the frame at the requested time, all of it is at that time: at its own
-    camera the composite is that frame exactly, even where a masked pixel's depth reads far behind the other frame's
-    still point (which the two layers would show: a 10 deep moving pixel loses to a 5 deep fill), and nothing counts
-    as moved; from another camera its masked pixels move with it. At another time (0.1 frames off) the two layers
-    apply."""
+def test_a_source_frames_own_cell_is_that_frame():
+    """A target cell that is a source frame's own (its camera and its time) is that frame exactly, even where a masked
+    pixel's depth reads far behind another frame's still point (which the two layers would show there: a 10 deep
+    moving pixel loses to a 5 deep fill), and nothing counts as moved. 0.1 frames off that time, or from another
+    camera, the two layers apply as before."""
     rng = np.random.default_rng(6)
     size = 8
     src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
@@ -109,7 +108,7 @@ def test_camera_matched_frame_at_the_requested_time_is_one_layer():
     moving[0, 3:5, 3:5] = True
     eye = np.eye(4)
     cams = np.stack([eye, eye])
-    pix, changed = _run(src, depth, moving, cams, eye[None], [0, 1], [0])  # frame 0's camera, time 0
+    pix, changed = _run(src, depth, moving, cams, eye[None], [0, 1], [0])  # frame 0's own cell
     np.testing.assert_array_equal(pix[0], src[0].astype(np.uint8))
     assert not changed.any()
     pix, changed = _run(src, depth, moving, cams, eye[None], [0, 1], [0.1])  # near time 0: two layers, the object
@@ -119,8 +118,12 @@ def test_camera_matched_frame_at_the_requested_time_is_one_layer():
     shifted[0, 3] = 5.0 * 2 * np.tan(np.radians(FOV) / 2) / size  # one pixel footprint at depth 5 to the right
     far = np.stack([shifted, shifted])  # both source frames from the shifted camera; the target at the origin
     depth[0, 3:5, 3:5] = 5.0
-    pix, _ = _run(src, depth, moving, far, eye[None], [0, 1], [0])
+    pix, changed = _run(src, depth, moving, far, eye[None], [0, 1], [0])  # time 0 from another camera: two layers
     np.testing.assert_array_equal(pix[0, 3:5, 4:6], src[0, 3:5, 3:5].astype(np.uint8))  # the object, one pixel over
+    assert changed[0, 3:5, 4:6].all()  # moved by the moving layer
+    pix2, changed2 = _run(src, depth, moving, far, eye[None], [0, 1], [0.01])
+    np.testing.assert_array_equal(pix, pix2)
+    np.testing.assert_array_equal(changed, changed2)
 
 
 def test_moving_layer_splat_fills_magnified_objects():
@@ -168,7 +171,7 @@ def test_composite_retimes_a_still_and_a_moving_camera():
     pixel footprint per frame over a textured plane, each frame's object a recoloured patch of the
     plane: seen from frame 0's camera in reverse, every target frame shows the requested time's
     object in its place, and frame 0's own object is cut out and filled from the other frames (but in the
-    last, at frame 0's time: frame 0 as it is)."""
+    last, frame 0's own cell: frame 0 as it is). At the still camera, also 0.1 frames after each frame's time."""
     rng = np.random.default_rng(4)
     t, size, z = 3, 8, 5.0
     eye = np.eye(4)
@@ -179,8 +182,9 @@ def test_composite_retimes_a_still_and_a_moving_camera():
         src[f, 2 * f:2 * f + 2, 1:3] = 40 * (f + 1)
         moving[f, 2 * f:2 * f + 2, 1:3], depth[f, 2 * f:2 * f + 2, 1:3] = True, z - 1
     still = np.tile(eye, (t, 1, 1))
-    comp, _ = _run(src, depth, moving, still, still, np.arange(t), np.arange(t)[::-1])
-    np.testing.assert_array_equal(comp, src[::-1])
+    for times in (np.arange(t)[::-1], np.arange(t)[::-1] + 0.1):  # each source frame's own cell; the two layers
+        comp, _ = _run(src, depth, moving, still, still, np.arange(t), times)
+        np.testing.assert_array_equal(comp, src[::-1])
 
     world = rng.integers(0, 256, (size, size + t, 3), dtype=np.uint8)
     objects = [(1, 2), (4, 6), (6, 3)]  # (row, world column) of frame f's 2x1 object
@@ -228,7 +232,8 @@ def _tiny(**kw):
 
 def test_copy_composite_model_and_losses():
     """The model's composite at init: nothing moving, every depth copy_depth; at a still camera it is
-    the frame of the requested time, and the output is the composite (the gate's hard choice at 1/2).
+    the frame nearest the requested time (0.1 off it: not a source frame's own cell), and the output is
+    the composite (the gate's hard choice at 1/2).
     The losses: the gate's target is the nearer candidate, pixel by pixel; the depth
     and mask terms compare with the renderer's."""
     c = _tiny(copy_composite=4)
@@ -238,7 +243,8 @@ def test_copy_composite_model_and_losses():
     x = jnp.asarray(rng.uniform(-1, 1, inp["x"].shape), jnp.float32)
     inp.update(x=x, tgt_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape),
                src_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["src_cam"].shape),
-               tgt_time=jnp.asarray([[1.0, 0, 0, 0, 0]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))  # latent: 1, 0 / 0, 1
+               tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
+               src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))  # latent: 0.9, 0.1 / 0, 1
     params = model.init(jax.random.PRNGKey(0), **inp)
     out, inter = model.apply(params, **inp, mutable=["intermediates"])
     inter = inter["intermediates"]
@@ -378,37 +384,38 @@ def test_composite_gate_moved():
 def test_composite_residual():
     """composite_residual=False: where the output takes the composite it is the composite's pixels exactly, the
     head's output (made nonzero here) left out; where it takes the copy, the copy plus the head's output, as with
-    the default (True), which adds the head's output everywhere. The head gets no gradient from pixels it is left
-    out of."""
+    the default (True), which adds the head's output everywhere. Pixel by pixel, with a mask that moves some pixels
+    and not others. The head gets no gradient from pixels it is left out of."""
     c = _tiny(copy_composite=4, composite_gate="moved")
     model = SpaceTimeDiT(c)
     inp = _still_camera_inputs(c, 2)
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
-    params["head"]["bias"] = jnp.asarray(np.random.default_rng(3).normal(0, 0.3, params["head"]["bias"].shape),
+    rng = np.random.default_rng(3)
+    params["head"]["bias"] = jnp.asarray(rng.normal(0, 0.3, params["head"]["bias"].shape),
                                          jnp.float32)  # the head's output: its bias (the kernel starts at zero)
     params["composite_gate"]["bias"] = jnp.full_like(params["composite_gate"]["bias"], -20.0)  # the copy, unless moved
-    params["composite_heads"]["bias"] = jnp.asarray([0.0, 20.0])  # every pixel moves, so the composite moved them all
-    params["composite_heads"]["kernel"] = params["composite_heads"]["kernel"].at[:, 1].set(0.0)
+    kernel = params["composite_heads"]["kernel"]  # mask logits that differ from pixel to pixel of a token ...
+    params["composite_heads"]["kernel"] = kernel.at[:, 1].set(jnp.asarray(rng.normal(0, 30.0, kernel.shape[0]),
+                                                                          kernel.dtype))
+    params["composite_place"] = jnp.asarray(rng.normal(0, 3.0, params["composite_place"].shape), jnp.float32)
+    _, inter = model.apply({"params": params}, **inp, mutable=["intermediates"])
+    median = float(np.median(np.asarray(inter["intermediates"]["composite_moving"][0])))
+    params["composite_heads"]["bias"] = jnp.asarray([0.0, -median])  # ... centred: about half the pixels move
     head = np.asarray(params["head"]["bias"]).reshape(-1, 3)  # per pixel of a token, in patch-vector order [npx, 3]
     for residual in (True, False):
         m = SpaceTimeDiT(dataclasses.replace(c, composite_residual=residual))
         out, inter = m.apply({"params": params}, **inp, mutable=["intermediates"])
         inter = inter["intermediates"]
-        copy, comp = inter["composite_candidates"][0]
-        moved = np.asarray(inter["composite_moved"][0])
-        assert moved.all()  # the composite everywhere, whatever the gate says
-        pix = np.asarray(composite_pixels(c, out[:, :2]))  # [B, L/2, npx, 3]
-        want = np.asarray(comp) + (head if residual else 0.0)
-        np.testing.assert_allclose(pix, want, atol=1e-5)
+        copy, comp = (np.asarray(v) for v in inter["composite_candidates"][0])
+        moved = np.asarray(inter["composite_moved"][0])[..., None] > 0  # [B, L/2, npx, 1]
+        assert 0.2 < moved.mean() < 0.8 and (moved.mean(2) > 0).all() and (moved.mean(2) < 1).all(), moved.mean(2)
+        want = np.where(moved, comp + (head if residual else 0.0), copy + head)
+        np.testing.assert_allclose(np.asarray(composite_pixels(c, out[:, :2])), want, atol=1e-5)
 
-        g_head = jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, **inp)[:, :2] ** 2))(params)["head"]["bias"]
+        def moved_sq(p, m=m, moved=moved):  # the squared output over the moved pixels only
+            return jnp.sum(composite_pixels(c, m.apply({"params": p}, **inp)[:, :2]) ** 2 * moved)
+        g_head = jax.grad(moved_sq)(params)["head"]["bias"]
         assert (float(jnp.max(jnp.abs(g_head))) > 0) == residual
-    params["composite_heads"]["bias"] = jnp.asarray([0.0, -20.0])  # nothing moves: the copy (the gate's choice)
-    m = SpaceTimeDiT(dataclasses.replace(c, composite_residual=False))
-    out, inter = m.apply({"params": params}, **inp, mutable=["intermediates"])
-    copy, _ = inter["intermediates"]["composite_candidates"][0]
-    want = np.asarray(copy) + head
-    np.testing.assert_allclose(np.asarray(composite_pixels(c, out[:, :2])), want, atol=1e-5)
 
 
 def _depth_response(model, params, inp, x):

@@ -116,8 +116,8 @@ ROPE_FRAMES = ("index", "time")
 # composite moved pixels. composite_gate="moved" takes the composite wherever it moved a pixel (§20);
 # composite_attend adds attention over each frame's pixels and the clip's cells to the depth head (§23).
 # composite_residual=False: where the output takes the composite, it is the composite's pixels alone, without the
-# head's output added (which there moves no frame's mean squared error but adds a few grey levels of noise to
-# every pixel the composite has exactly: 0.15-0.55 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
+# head's output added (which there barely moves the mean squared error but adds a grey level or two of noise to
+# every pixel the composite has exactly: 0.2-0.55 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
 # pixels keep it.
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
@@ -204,7 +204,8 @@ class DiTConfig(JsonConfig):
     composite_mask_logit: float = 0.0  # a pixel is in the moving layer where its mask logit is above this
     composite_temporal: bool = False  # the composite head sees each pixel's change over time (unused without copy_composite)
     composite_margin: float = layered.SHADOW_MARGIN  # the moving layer wins where nearer than this times the static one
-    composite_residual: bool = True  # the head's output is added where the output takes the composite too (False: not)
+    composite_residual: bool = True  # the head's output is added where the output takes the composite too (False: not;
+    # like the other composite_ fields, unused without copy_composite)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)

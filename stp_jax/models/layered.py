@@ -10,16 +10,16 @@ filmed by camera i at animation time tau_i, is built from the source pixels alon
                 frames nearer k_i in time on near-ties);
   moving layer  the masked pixels of the source frame at tau_i, warped into camera i, over the static
                 layer where they are nearer (or about as near: a shadow lies on the ground).
-  When k_i is itself at tau_i (within SAME_TIME), it is one layer: all of frame k_i (masked pixels and sky
-  too, being at the requested time) warped into camera i, the other frames' unmasked pixels filling its
-  holes; at frame k_i's own camera the composite is then frame k_i exactly, whatever the depths and masks.
+  A target cell that is a source frame's own (camera i is frame k_i's, within SAME_POSE, and tau_i its
+  time, within SAME_TIME) is that frame, exactly, whatever the depths and masks (the layers would let a
+  mask or depth error show another frame's fill there).
 
 Warps are forward splats with a z-buffer: each point lands on the target pixel its projection falls
 in. The moving layer can be splatted from splat x splat points per pixel (sub-pixel rays carrying
 the pixel's colour and depth), so an object seen larger than in its source frame lands without holes.
 A target pixel that nothing reaches keeps frame k_i's own pixel. Sky (depth >= SKY_DEPTH) is not
-warped (but in a frame k_i at tau_i). Pinhole of ``fov`` degrees across the width, OpenCV camera axes,
-poses camera-to-world [3, 4] in one world frame.
+warped. Pinhole of ``fov`` degrees across the width, OpenCV camera axes, poses camera-to-world [3, 4]
+in one world frame.
 
 Letters: B batch, T target frames, S source frames, H, W pixels, P = S*H*W source points.
 """
@@ -32,11 +32,11 @@ import jax.numpy as jnp
 
 from stp_jax.controls.camera import pinhole_rays
 
-SKY_DEPTH = 30.0  # points this far or farther are sky: not warped but in a frame at its requested time (the procedural
-# scenes' sky is at 1e9)
+SKY_DEPTH = 30.0  # points this far or farther are sky: not warped (the procedural scenes' sky is at 1e9)
 SHADOW_MARGIN = 1.05  # composite's default margin: the moving layer wins where it is nearer than this times the static
 # layer's depth (a shadow lies on the ground); larger forgives a moving pixel's depth read too far (LEARNING §27)
-SAME_TIME = 1e-3  # animation times this close (in frames) are one time: the camera-matched frame is at the requested one
+SAME_TIME = 1e-3  # animation times this close (in frames) are one time,
+SAME_POSE = 1e-3  # and camera-to-world poses this close (every entry) one camera: a target cell that is a source frame's own
 NEAR_TIE = 0.02  # static-layer fill: a frame d frames from k_i counts its depth (1 + NEAR_TIE * d) times
 
 
@@ -96,7 +96,7 @@ def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: flo
     sub_rays = pinhole_rays(h * splat, w * splat, fov).reshape(ns, 3)  # [H*W*splat^2, 3]: sub-pixel rays
     up = lambda a: jnp.repeat(jnp.repeat(a, splat, axis=1), splat, axis=2)  # noqa: E731  [S, H, W, ...] -> sub-pixels
 
-    def one_clip(src, depth, moving, src_rt, tgt_rt, k, j, at_time):
+    def one_clip(src, depth, moving, src_rt, tgt_rt, k, j, own_cell):
         pts = jnp.einsum("sij,pj->spi", src_rt[:, :, :3], rays) * depth.reshape(s, n, 1) + src_rt[:, None, :, 3]
         pts = pts.reshape(s * n, 3)  # [P, 3] world points
         colour = src.reshape(s * n, 3)
@@ -108,32 +108,30 @@ def composite(src, depth, moving, src_rt, tgt_rt, src_times, tgt_times, fov: flo
         sub_colour = up(src).reshape(s, ns, 3)
         sub_moves = (up(moving) & (up(depth) < SKY_DEPTH)).reshape(s, ns)
 
-        def one_frame(rt, k, j, at_time):
-            # frame k at the requested time: all of it is at that time, so its masked pixels (and its sky, which no
-            # other frame's point may then cover) join its own layer and nothing else moves: at frame k's own
-            # camera the composite is frame k exactly
-            own_all = (frame == k) & at_time
+        def one_frame(rt, k, j, own_cell):
             idx, z = _project(pts, rt, h, w, fov)
             # one z-buffer for both static candidates: frame k's points keyed -1/z < 0 (any of them beats
             # every other frame's; among them the nearest wins), the others keyed by their tie-broken depth > 0
             near = z * (1 + NEAR_TIE * jnp.abs(frame - k))
             key = jnp.where(frame == k, -1.0 / jnp.where(z > 1e-3, z, 1.0), near)
             # the winner's colour and its depth (z, or the tie-broken depth for the other frames), exactly
-            img, key_z = _splat(idx, jnp.where(still | own_all, key, jnp.inf), jnp.concatenate([colour, near[:, None]], -1),
-                                n)
+            img, key_z = _splat(idx, jnp.where(still, key, jnp.inf), jnp.concatenate([colour, near[:, None]], -1), n)
             img, won_z = img[:, :3], img[:, 3]
             has_own = key_z < 0
             has_fill = jnp.isfinite(key_z) & ~has_own
             img_z = jnp.where(jnp.isfinite(key_z), won_z, jnp.inf)  # depth (inf: empty)
             m_idx, m_z = _project(sub_pts[j], rt, h, w, fov)  # frame j's moving points only
-            mov, mov_z = _splat(m_idx, jnp.where(sub_moves[j] & ~at_time, m_z, jnp.inf), sub_colour[j], n)
+            mov, mov_z = _splat(m_idx, jnp.where(sub_moves[j], m_z, jnp.inf), sub_colour[j], n)
             on_top = jnp.isfinite(mov_z) & (mov_z < margin * img_z)  # inf static depth: always
             img = jnp.where(on_top[:, None], mov, img)
             empty = ~jnp.isfinite(key_z) & ~on_top
-            img = jnp.where(empty[:, None], src[k].reshape(n, 3), img)
-            return img.reshape(h, w, 3), (on_top | has_fill).reshape(h, w)
+            img = jnp.where((empty | own_cell)[:, None], src[k].reshape(n, 3), img)  # a source frame's own cell: itself
+            return img.reshape(h, w, 3), ((on_top | has_fill) & ~own_cell).reshape(h, w)
 
-        return jax.vmap(one_frame)(tgt_rt, k, j, at_time)
+        return jax.vmap(one_frame)(tgt_rt, k, j, own_cell)
 
-    at_time = jnp.abs(jnp.take_along_axis(src_times, k, axis=1) - tgt_times) < SAME_TIME  # [B, T]: frame k is at tau_i
-    return jax.vmap(one_clip)(src, depth, moving, src_rt, tgt_rt, k, j, at_time)
+    # [B, T]: the target cell is frame k's own (its camera within SAME_POSE, its time within SAME_TIME)
+    k_rt = jnp.take_along_axis(src_rt, k[:, :, None, None], axis=1)  # [B, T, 3, 4]
+    own_cell = ((jnp.max(jnp.abs(k_rt - tgt_rt), axis=(-2, -1)) < SAME_POSE)
+                & (jnp.abs(jnp.take_along_axis(src_times, k, axis=1) - tgt_times) < SAME_TIME))
+    return jax.vmap(one_clip)(src, depth, moving, src_rt, tgt_rt, k, j, own_cell)
