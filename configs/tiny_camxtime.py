@@ -55,8 +55,8 @@ machine stops at the 10-minute limit before step 1400; the cosine is then near i
 after 927 of the previous 1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
-4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores; docs/LEARNING.md §28: freeze_mid at a fixed camera
-beats every baseline on PSNR and SSIM at time error 2.00).
+4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores; docs/LEARNING.md §29: seven of the eleven moving-source
+cases beat every baseline on PSNR, SSIM and LPIPS, moving:reverse among them).
 """
 from stp_jax.config import apply_variants, base
 
