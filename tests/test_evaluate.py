@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stp_jax import metrics
 from stp_jax.controls import camera as cam_lib
 
 T, H, CAMS = 9, 16, 5  # frames, pixels, cameras of the grid (unequal: an axis mix-up fails)
@@ -168,6 +169,27 @@ def test_composite_probe_depth_sensitivity():
     angle = np.arctan(base / z) - np.arctan(base / (z * np.exp(0.2)))
     np.testing.assert_allclose(shift[0, 0], focal * np.tan(angle), rtol=1e-9)
     assert np.isnan(shift[0, 1])
+
+
+def test_exact_frames_own_cells_and_measures():
+    """tools/exact_frames.py: a target frame is a source frame's own cell where its camera is the camera that filmed
+    the source frame of its time (17 frames, 17 cameras on the source's diagonal); without those frames, per-frame
+    PSNR is the mean over the others, and the pooled PSNR is that of the clips' mean squared error."""
+    tool = _tool("exact_frames")
+    t = 17
+    assert tool.own_cells("moving:reverse", t, t).nonzero()[0].tolist() == [8]  # camera 8 at time 8
+    assert tool.own_cells("reverse", t, t).nonzero()[0].tolist() == [16]  # camera 0 at time 0
+    assert tool.own_cells("cam:last_view", t, t).nonzero()[0].tolist() == [16]
+    assert not tool.own_cells("freeze_mid", t, t).any()  # camera 0 at time 8: filmed from camera 8
+    assert tool.own_cells("still:reverse", t, t).all()  # one camera: every frame is some source frame
+    truth = np.zeros((2, 3, 4, 4, 3), np.uint8)
+    clip = truth.copy()
+    clip[:, 1] = 10  # frame 1 off by 10 grey levels, frames 0 and 2 exact
+    per_frame, without, pooled = tool.measures(clip, truth, np.array([True, False, False]))
+    cap = metrics.psnr(truth[:, :1], truth[:, :1]).mean()
+    np.testing.assert_allclose(per_frame, (2 * cap + 10 * np.log10(255 ** 2 / 100)) / 3, rtol=1e-9)
+    np.testing.assert_allclose(without, (cap + 10 * np.log10(255 ** 2 / 100)) / 2, rtol=1e-9)
+    np.testing.assert_allclose(pooled, 10 * np.log10(255 ** 2 / (100 / 3)), rtol=1e-9)
 
 
 def test_copy_ceiling_gated_units():

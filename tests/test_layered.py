@@ -56,8 +56,8 @@ def test_splat_identity_shift_and_z_buffer():
 def test_static_layer_prefers_the_camera_matched_frame():
     """The static layer takes frame k_i's own point wherever one lands, even where another frame's is nearer;
     a pixel k_i leaves empty takes the nearest other frame's. Two frames from one still camera, the second
-    nearer (depth 2 against 5) and with a hole: target times 0.4 and 0.6 pick k = 0 and k = 1 (neither at its
-    requested time: a frame at its time is one layer, sky included)."""
+    nearer (depth 2 against 5) and with a hole: target times 0.4 and 0.6 pick k = 0 and k = 1 (neither a source
+    frame's own cell, which would be that frame as it is)."""
     rng = np.random.default_rng(2)
     size = 8
     src = rng.integers(0, 256, (2, size, size, 3)).astype(np.float32)
@@ -204,7 +204,7 @@ def test_composite_retimes_a_still_and_a_moving_camera():
         assert changed[i, r:r + 2, c].all()
         r0, c0 = objects[0]
         assert changed[i, r0:r0 + 2, c0].all()
-    assert not changed[t - 1].any()  # time 0 from camera 0: frame 0 itself, one layer
+    assert not changed[t - 1].any()  # time 0 from camera 0: frame 0's own cell, frame 0 itself
     assert changed.sum() <= (t - 1) * 2 * 2 * 2
 
 
@@ -230,6 +230,16 @@ def _tiny(**kw):
                                rope_frames="time", cam_heads=1, rope_theta=100.0, copy_source=True), **kw})
 
 
+def _still_camera_inputs(c, seed: int):
+    """dummy_inputs for one clip of 2 latent frames per half, random pixels (seed), every camera the identity, target
+    times 0.9 / 0.1 between the source's 0 / 1 (so no source frame is at a requested time: the composite's two layers)."""
+    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
+    eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
+    inp.update(x=jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
+               src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
+    return inp
+
+
 def test_copy_composite_model_and_losses():
     """The model's composite at init: nothing moving, every depth copy_depth; at a still camera it is
     the frame nearest the requested time (0.1 off it: not a source frame's own cell), and the output is
@@ -238,13 +248,8 @@ def test_copy_composite_model_and_losses():
     and mask terms compare with the renderer's."""
     c = _tiny(copy_composite=4)
     model = SpaceTimeDiT(c)
-    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)  # time inputs of 5 raw frames
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(-1, 1, inp["x"].shape), jnp.float32)
-    inp.update(x=x, tgt_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape),
-               src_cam=jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["src_cam"].shape),
-               tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]),
-               src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))  # latent: 0.9, 0.1 / 0, 1
+    inp = _still_camera_inputs(c, 0)  # latent times: target 0.9, 0.1 / source 0, 1
+    x = inp["x"]
     params = model.init(jax.random.PRNGKey(0), **inp)
     out, inter = model.apply(params, **inp, mutable=["intermediates"])
     inter = inter["intermediates"]
@@ -323,16 +328,6 @@ def test_composite_loss_config_errors():
                                                   "flow.composite_gate_loss=0", "data.composite_aux=false"]))
     with pytest.raises(ValueError, match="composite_depth_loss 'l3' is unknown"):
         config.load("tiny_camxtime", ["flow.composite_depth_loss=l3"])
-
-
-def _still_camera_inputs(c, seed: int):
-    """dummy_inputs for one clip of 2 latent frames per half, random pixels (seed), every camera the identity, target
-    times 0.9 / 0.1 between the source's 0 / 1 (so no source frame is at a requested time: the composite's two layers)."""
-    inp = dummy_inputs(c, batch=1, latent_frames=2, height=2, width=2)
-    eye = jnp.broadcast_to(jnp.eye(4)[:3].reshape(12), inp["tgt_cam"].shape)
-    inp.update(x=jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, inp["x"].shape), jnp.float32), tgt_cam=eye,
-               src_cam=eye, tgt_time=jnp.asarray([[0.9, 0.1, 0.1, 0.1, 0.1]]), src_time=jnp.asarray([[0.0, 1, 1, 1, 1]]))
-    return inp
 
 
 def test_composite_mask_logit():
