@@ -118,6 +118,20 @@ def test_plot_writes_png(tmp_path):
     assert (tmp_path / "cams.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_draws_both_trajectories_from_the_source_s_first_camera():
+    # a source camera file in its own world frame (turned and moved away from the origin) and a still target: the model
+    # reads the target's first camera as the source's, so the plot must start both at one pose
+    turn = np.eye(4)
+    turn[:3, :3] = cam.preset("orbit90", 9)[4, :3, :3]
+    turn[:3, 3] = [5.0, -1.0, 3.0]
+    source = turn[None] @ cam.preset("arc_left", 9)
+    tgt, src = cam.plotted_poses(cam.preset("static", 9), source)
+    np.testing.assert_allclose(tgt, np.tile(np.eye(4), (9, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(src[0], np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(src, cam.relative_to_first(cam.preset("arc_left", 9)), atol=1e-9)  # the path's shape kept
+    assert cam.plotted_poses(cam.preset("orbit90", 9))[1] is None
+
+
 # ---- ReCamMaster presets vs the published parametrisation (docs/REFERENCE.md §6.1), written out here
 
 

@@ -481,9 +481,18 @@ def camera_from_arg(arg: str, num_frames: int) -> np.ndarray:
 # ---------------------------------------------------------------- plot
 
 
+def plotted_poses(target: np.ndarray, source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The target and source trajectories [T, 4, 4] in the frame the model sees them in: each relative to its own
+    first pose, so both start at the source's first camera (the target's first camera is the source's, whatever
+    world frame a source camera file is written in). Validated; the source may be None (a still camera)."""
+    tgt = relative_to_first(validate_poses(target, "target"))
+    return tgt, None if source is None else relative_to_first(validate_poses(source, "source"))
+
+
 def plot_trajectories(path, target: np.ndarray, source: np.ndarray | None = None, every: int = 8,
                       scale: float = 0.15, title: str = "") -> None:
-    """Camera frusta of the target (and source) trajectory, saved as a PNG."""
+    """Camera frusta of the target (and source) trajectory, saved as a PNG, in the model's frame
+    (``plotted_poses``: the source's first camera at the origin)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -492,10 +501,10 @@ def plot_trajectories(path, target: np.ndarray, source: np.ndarray | None = None
     fig = plt.figure(figsize=(6, 6))
     ax = fig.add_subplot(projection="3d")
     corners = np.array([[-1, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]], np.float64) * scale / 2
+    target, source = plotted_poses(target, source)
     for poses, color, label in ((source, "tab:blue", "source"), (target, "tab:red", "target")):
         if poses is None:
             continue
-        poses = validate_poses(poses, label)
         c = poses[:, :3, 3]
         ax.plot(c[:, 0], c[:, 2], -c[:, 1], color=color, label=label)
         for p in poses[::every]:
