@@ -27,6 +27,14 @@ the schedule: right time, the source's camera at that time), ``camera_matched`` 
 frame that shows the requested camera: right camera, wrong time), ``first_frame`` (the
 source's first frame repeated: the fixed camera at time 0) and ``temporal_mean``. The
 model *beats* a case when it is better than every baseline on PSNR, SSIM and LPIPS.
+
+Every metric is first a mean over each scene's frames; the table reports its mean over the scenes
+± the standard error over the scenes, and the model's *margin* over the best baseline of each metric
+paired per scene (model − baseline, signed so that positive is better, ± its standard error): the
+scenes' difficulty, which moves the model and the baselines together, drops out of a paired
+difference. The model beats a case *clearly* when each of its PSNR, SSIM and LPIPS margins is above
+twice its standard error. Eight scenes leave a time error's standard error near a frame (a frozen
+time's output is one picture, nearest one grid time or another), so claims want 32 (docs/LEARNING.md §30).
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class EvalConfig:
             raise ValueError(f"eval.num_scenes must be >= 1, got {self.num_scenes}")
 QUALITY = ("psnr", "ssim", "lpips")  # higher, higher, lower is better
 CONTROL = ("time_err", "time_within1", "cam_err", "cam_within1", "own_truth")
+LOWER_IS_BETTER = ("lpips", "time_err", "cam_err")
+MARGIN_METRICS = ("psnr", "ssim", "lpips", "time_err", "cam_err")  # summarise's paired margins over the best baseline
 
 
 # ---------------------------------------------------------------- cases
@@ -135,17 +145,54 @@ def baselines(sources, cams, times, num_cameras: int, src_cams=None) -> dict[str
             "first_frame": np.repeat(sources[:, :1], t, axis=1), "temporal_mean": np.repeat(mean, t, axis=1)}
 
 
+def scene_scores(clips, truth, grids, cams, times, with_lpips: bool = True) -> dict[str, np.ndarray]:
+    """Quality and control metrics of clips [N, T, H, W, 3] for one case, per clip (scene): {metric: [N]}, each the
+    mean over the clip's frames. LPIPS of a clip equal to the truth is 0 without running the network."""
+    out = {"psnr": metrics.psnr(clips, truth).mean(-1), "ssim": metrics.ssim(clips, truth).mean(-1)}
+    if with_lpips:
+        out["lpips"] = (np.zeros(len(clips)) if np.array_equal(clips, truth)
+                        else metrics.lpips(truth, clips).mean(-1))
+    obs_t = np.stack([metrics.observed_times(c, g, cams) for c, g in zip(clips, grids)])  # [N, T]
+    obs_c = np.stack([metrics.observed_cameras(c, g, times) for c, g in zip(clips, grids)])
+    for name, obs, want in (("time", obs_t, times), ("cam", obs_c, cams)):
+        d = np.abs(obs.astype(np.int64) - np.asarray(want, np.int64)[None])  # [N, T]
+        out[f"{name}_err"], out[f"{name}_within1"] = d.mean(-1), (d <= 1).mean(-1)
+    return out
+
+
 def score(clips, truth, grids, cams, times, with_lpips: bool = True) -> dict[str, float]:
     """Quality and control metrics of clips [N, T, H, W, 3] for one case, averaged per frame,
     then over clips."""
-    out = {"psnr": float(metrics.psnr(clips, truth).mean()), "ssim": float(metrics.ssim(clips, truth).mean())}
-    if with_lpips:
-        out["lpips"] = float(metrics.lpips(truth, clips).mean())
-    obs_t = np.stack([metrics.observed_times(c, g, cams) for c, g in zip(clips, grids)])
-    obs_c = np.stack([metrics.observed_cameras(c, g, times) for c, g in zip(clips, grids)])
-    out["time_err"], out["time_within1"] = metrics.index_errors(obs_t, np.broadcast_to(times, obs_t.shape))
-    out["cam_err"], out["cam_within1"] = metrics.index_errors(obs_c, np.broadcast_to(cams, obs_c.shape))
-    return out
+    return {k: float(v.mean()) for k, v in scene_scores(clips, truth, grids, cams, times, with_lpips).items()}
+
+
+def standard_error(values) -> float:
+    """The standard error of the mean of per-scene values [N] (sample standard deviation / sqrt(N)); N >= 2."""
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def summarise(per_scene: dict) -> dict:
+    """{case: {row: {metric: [N]}}} -> {case: {row: {metric: mean, metric_se: its standard error (N >= 2)}}}, and
+    in the model's row, against the best baseline of each metric (by mean; MARGIN_METRICS), the paired per-scene
+    margin ``metric_margin`` (positive: the model is better) and its standard error ``metric_margin_se``: the
+    scenes' difficulty, shared by the model and the baseline, drops out of a paired difference."""
+    results = {}
+    for case, rows in per_scene.items():
+        results[case] = {row: {k: float(np.mean(v)) for k, v in m.items()} for row, m in rows.items()}
+        n = len(next(iter(rows["model"].values())))
+        if n < 2:
+            continue
+        for row, m in rows.items():
+            results[case][row].update({f"{k}_se": standard_error(v) for k, v in m.items()})
+        for metric in MARGIN_METRICS:
+            if metric not in rows["model"]:
+                continue
+            b, _ = best_baseline(results, case, metric)
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            d = sign * (np.asarray(rows["model"][metric]) - np.asarray(rows[b][metric]))
+            results[case]["model"].update({f"{metric}_margin": float(d.mean()), f"{metric}_margin_se": standard_error(d)})
+    return results
 
 
 def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEFAULT_CASES,
@@ -160,17 +207,22 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 8, cases=DEF
     scenes = held_out_scenes(num_scenes, t, n_cam, h, w)
     grids = scenes[2]
     gen = inference.make_generator(model, ae, steps=steps, shift=shift, prediction=prediction)
-    results, clips = {}, {}
+    per_scene, clips = {}, {}
     for case in cases:
         cams, times, truth, sources, output = case_outputs(gen, model, params, ae, case, scenes, text=text, seed=seed,
                                                            batch_size=batch_size)
         base = baselines(sources, cams, times, n_cam, source_cameras(case, t, n_cam))
         rows = {"model": output, "truth": truth, **base}  # every row
-        results[case] = {name: score(clip, truth, grids, cams, times, with_lpips) for name, clip in rows.items()}
+        per_scene[case] = {}
+        for name, clip in rows.items():  # a row equal to an earlier one (the first frame is often the camera-matched
+            same = next((r for r in per_scene[case] if np.array_equal(clip, rows[r])), None)  # one) scores the same
+            per_scene[case][name] = (dict(per_scene[case][same]) if same is not None
+                                     else scene_scores(clip, truth, grids, cams, times, with_lpips))
         clips[case] = (cams, times, rows)
         if out_dir is not None:
             _write_case(Path(out_dir), case, sources[0], truth[0], rows["model"][0])
-    _nearest_own_truth(results, clips)
+    _nearest_own_truth(per_scene, clips)
+    results = summarise(per_scene)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(results, indent=2))
@@ -205,10 +257,11 @@ def case_outputs(gen, model, params, ae, case: str, scenes, *, text: inference.T
     return cams, times, truth, sources, np.concatenate(outs)
 
 
-def _nearest_own_truth(results: dict, clips: dict) -> None:
-    """Add ``own_truth``: the share of scenes whose output for a case is nearer (MSE) to that
+def _nearest_own_truth(per_scene: dict, clips: dict) -> None:
+    """Add ``own_truth`` per scene: whether the output for a case is nearer (MSE) to that
     case's truth than to the truth of every other case with the same cameras and other
-    times. A model that ignores the schedule, or a blur of all times, scores ~1/(cases)."""
+    times (its mean: the share of scenes). A model that ignores the schedule, or a blur of all times,
+    scores ~1/(cases)."""
     for case, (cams, times, rows) in clips.items():
         rivals = [c for c, (cm, tm, _) in clips.items()
                   if c != case and np.array_equal(cm, cams) and not np.array_equal(tm, times)]
@@ -217,7 +270,7 @@ def _nearest_own_truth(results: dict, clips: dict) -> None:
                 continue
             own = _mse(clip, rows["truth"])
             other = np.min(np.stack([_mse(clip, clips[c][2]["truth"]) for c in rivals]), axis=0)
-            results[case][name]["own_truth"] = float(np.mean(own < other))
+            per_scene[case][name]["own_truth"] = (own < other).astype(np.float64)
 
 
 def _mse(a, b) -> np.ndarray:
@@ -242,7 +295,7 @@ def flat_scalars(results: dict) -> dict:
 
 
 def _better(metric: str, a: float, b: float) -> bool:
-    return a < b if metric in ("lpips", "time_err", "cam_err") else a > b
+    return a < b if metric in LOWER_IS_BETTER else a > b
 
 
 def beats_baselines(results: dict, case: str, metrics_=("psnr", "ssim", "lpips")) -> bool:
@@ -251,37 +304,61 @@ def beats_baselines(results: dict, case: str, metrics_=("psnr", "ssim", "lpips")
     return all(_better(m, r["model"][m], r[b][m]) for m in metrics_ if m in r["model"] for b in BASELINES)
 
 
+def beats_clearly(results: dict, case: str, metrics_=("psnr", "ssim", "lpips")) -> bool | None:
+    """The model's paired margin over the best baseline of each of ``metrics_`` (those computed) is more than twice its
+    standard error (summarise); None without margins (fewer than 2 scenes)."""
+    m = results[case]["model"]
+    if not any(f"{k}_margin" in m for k in metrics_):
+        return None
+    return all(m[f"{k}_margin"] > 2 * m[f"{k}_margin_se"] for k in metrics_ if k in m)
+
+
 def best_baseline(results: dict, case: str, metric: str) -> tuple[str, float]:
     r = results[case]
-    name = max(BASELINES, key=lambda b: -r[b][metric] if metric in ("lpips", "time_err", "cam_err") else r[b][metric])
+    name = max(BASELINES, key=lambda b: -r[b][metric] if metric in LOWER_IS_BETTER else r[b][metric])
     return name, r[name][metric]
+
+
+MARGIN_NOTE = ("In brackets: the model's margin over that baseline, paired per scene (positive: the model is better), "
+               "± its standard error over the scenes; *clearly*: a margin above twice its standard error on PSNR, SSIM "
+               "and LPIPS.")
 
 
 def markdown_table(results: dict) -> str:
     """One row per case: the model beside the best baseline of each metric (named), the
-    time/camera errors of the model and of the best baseline, and whether it beats all."""
+    time/camera errors of the model and of the best baseline, whether it beats all, and (with 2 scenes or more) its
+    paired margin over each best baseline ± the standard error (MARGIN_NOTE)."""
     lpips_on = all("lpips" in r["model"] for r in results.values())
     cols = ["psnr", "ssim"] + (["lpips"] if lpips_on else []) + ["time_err", "cam_err"]
     head = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "time_err": "time err", "cam_err": "cam err"}
-    lines = ["| case | " + " | ".join(f"{head[c]} model | best baseline" for c in cols) + " | beats all |",
-             "|---|" + "---|---|" * len(cols) + "---|"]
+    margins = any(beats_clearly(results, case) is not None for case in results)
+    lines = ["| case | " + " | ".join(f"{head[c]} model | best baseline" for c in cols) + " | beats all |"
+             + (" clearly |" if margins else ""),
+             "|---|" + "---|---|" * len(cols) + "---|" + ("---|" if margins else "")]
     fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}", "time_err": "{:.2f}", "cam_err": "{:.2f}"}
+    signed = {k: v.replace("{:", "{:+") for k, v in fmt.items()}
     for case in results:
-        cells = []
+        cells, m = [], results[case]["model"]
         for c in cols:
             b, v = best_baseline(results, case, c)
-            cells += [fmt[c].format(results[case]["model"][c]), f"{fmt[c].format(v)} ({b})"]
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {'yes' if beats_baselines(results, case) else 'no'} |")
-    return "\n".join(lines)
+            margin = (f" [{signed[c].format(m[c + '_margin'])} ± {fmt[c].format(m[c + '_margin_se'])}]"
+                      if c + "_margin" in m else "")
+            cells += [fmt[c].format(m[c]) + margin, f"{fmt[c].format(v)} ({b})"]
+        clearly = beats_clearly(results, case)
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {'yes' if beats_baselines(results, case) else 'no'} |"
+                     + ("" if not margins else f" {'-' if clearly is None else 'yes' if clearly else 'no'} |"))
+    return "\n".join(([MARGIN_NOTE, ""] if margins else []) + lines)
 
 
 def full_table(results: dict) -> str:
-    """Every row (model, truth, each baseline) of every case and every metric."""
+    """Every row (model, truth, each baseline) of every case and every metric (± its standard error over the scenes,
+    with 2 scenes or more)."""
     keys = [k for k in QUALITY + CONTROL if any(k in r["model"] for r in results.values())]
     lines = ["| case | row | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    cell = lambda m, k: "-" if k not in m else f"{m[k]:.3f}" + (f" ± {m[k + '_se']:.3f}" if k + "_se" in m else "")  # noqa: E731
     for case, rows in results.items():
         for row, m in rows.items():
-            lines.append(f"| {case} | {row} | " + " | ".join(f"{m[k]:.3f}" if k in m else "-" for k in keys) + " |")
+            lines.append(f"| {case} | {row} | " + " | ".join(cell(m, k) for k in keys) + " |")
     return "\n".join(lines)
 
 

@@ -208,3 +208,33 @@ def test_copy_ceiling_gated_units():
     want = np.repeat(src[:1], t, 0)
     want[0, :block, :block] = src[2, :block, :block]
     np.testing.assert_array_equal(out, want)
+
+
+def test_paired_margins_and_standard_errors():
+    """stp-eval's summary: per-scene values -> means, standard errors over scenes, and the model's margin over the
+    best baseline of each metric paired per scene (the scenes' shared difficulty drops out: a margin far smaller than
+    either row's spread is still clear); lower-is-better metrics count a lower model value as a positive margin."""
+    from stp_jax import evaluate
+
+    hard = np.array([18.0, 24.0, 30.0, 21.0])  # scene difficulty: spreads every row's PSNR by ~5 dB
+    rows = {b: {"psnr": hard - 3.0, "time_err": np.array([6.0, 7, 8, 6])} for b in evaluate.BASELINES}
+    rows["camera_matched"] = {"psnr": hard - np.array([0.2, 0.3, 0.1, 0.2]), "time_err": np.array([2.0, 3, 5, 2])}
+    rows["model"] = {"psnr": hard, "time_err": np.array([1.0, 2, 3, 2])}
+    rows["truth"] = {"psnr": np.full(4, 58.9), "time_err": np.zeros(4)}
+    for name, r in rows.items():  # the summary table's other columns: SSIM 0.1 better than every baseline, no camera error
+        r.update(ssim=np.full(4, 0.6 if name == "model" else 1.0 if name == "truth" else 0.5), cam_err=np.zeros(4))
+    res = evaluate.summarise({"reverse": rows})["reverse"]
+    m = res["model"]
+    assert m["psnr"] == pytest.approx(hard.mean()) and m["psnr_se"] == pytest.approx(hard.std(ddof=1) / 2)
+    assert m["psnr_margin"] == pytest.approx(0.2) and m["psnr_margin_se"] == pytest.approx(np.std([.2, .3, .1, .2], ddof=1) / 2)
+    assert m["time_err_margin"] == pytest.approx(1.0)  # against camera_matched's 3.0: the model's 2.0 is better
+    assert m["time_err_margin_se"] == pytest.approx(np.std([1, 1, 2, 0], ddof=1) / 2)
+    assert "psnr_margin" not in res["camera_matched"] and res["truth"]["time_err_se"] == 0
+    assert evaluate.beats_clearly({"reverse": res}, "reverse")  # 0.2 dB over 0.04, SSIM 0.1 over 0 (no LPIPS here)
+    table = evaluate.markdown_table({"reverse": res})
+    assert evaluate.MARGIN_NOTE in table and "[+0.20 ± 0.04]" in table and table.rstrip().endswith("| yes | yes |")
+    # one scene: means only, no margins, no 'clearly' column
+    one = evaluate.summarise({"reverse": {k: {m: v[:1] for m, v in r.items()} for k, r in rows.items()}})
+    assert set(one["reverse"]["model"]) == {"psnr", "time_err", "ssim", "cam_err"}
+    assert evaluate.beats_clearly(one, "reverse") is None
+    assert "clearly" not in evaluate.markdown_table(one) and evaluate.MARGIN_NOTE not in evaluate.markdown_table(one)
