@@ -507,6 +507,34 @@ def test_composite_width():
     assert _tiny(copy_composite=4, composite_width=6).composite_width == 6  # no attention: any width
 
 
+def test_composite_state():
+    """composite_state=False: the depth and mask head has no composite_token and reads the source pixels alone, so its
+    outputs and the composite do not move with the noisy target half or the timestep; with the default (True) the
+    source token's state, which attends to the target half, moves them. Every parameter nudged off its initial value."""
+    for state in (True, False):
+        c = _tiny(copy_composite=4, composite_state=state)
+        model = SpaceTimeDiT(c)
+        inp = _still_camera_inputs(c, 4)
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), **inp))["params"]
+        assert ("composite_token" in params) == state
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+
+        def heads(model=model, params=params, inp=inp, **kw):
+            _, inter = model.apply({"params": params}, **dict(inp, **kw), mutable=["intermediates"])
+            inter = inter["intermediates"]
+            return [np.asarray(inter[k][0]) for k in ("composite_log_depth", "composite_moving")] + [
+                np.asarray(inter["composite_candidates"][0][1])]
+        base = heads()
+        noisier = inp["x"].at[:, :2].set(jax.random.normal(jax.random.PRNGKey(5), inp["x"][:, :2].shape))
+        for other in (heads(x=noisier), heads(timestep=inp["timestep"] * 0.3 + 100.0)):
+            moved = max(float(np.max(np.abs(a - b))) for a, b in zip(base[:2], other[:2]))
+            assert (moved > 1e-4) == state, moved
+            if not state:
+                np.testing.assert_array_equal(base[2], other[2])  # the composite's pixels: the same
+
+
 def test_depth_head_probe_labels_and_heads():
     """tools/depth_head_probe.py: its labels are the renderer's (bouncing objects are objects whose slot
     bounces, shadows lie off the objects, what moves is nearer than the sky), its scores split errors by those labels, its

@@ -119,6 +119,9 @@ ROPE_FRAMES = ("index", "time")
 # head's output added (which there barely moves the mean squared error but adds a grey level or two of noise to
 # every pixel the composite has exactly: 0.2-0.55 dB of per-frame PSNR, docs/LEARNING.md §29); the copy's
 # pixels keep it.
+# composite_state=False: the depth and mask head reads the source pixels alone, not the source token's DiT state, which
+# sees the noisy target half and the timestep; then the composite is a function of the source clip alone, the same
+# at every sampler step and for every noise draw (docs/LEARNING.md §30).
 # The copy's logits are sown as intermediates ("copy"/"logits", and "copy_moved"/"logits"), so a
 # training loss can supervise the choice itself (flow.FlowConfig.copy_loss; copy_units gives the
 # units in the same order).
@@ -206,6 +209,7 @@ class DiTConfig(JsonConfig):
     composite_margin: float = layered.SHADOW_MARGIN  # the moving layer wins where nearer than this times the static one
     composite_residual: bool = True  # the head's output is added where the output takes the composite too (False: not;
     # like the other composite_ fields, unused without copy_composite)
+    composite_state: bool = True  # the depth and mask head sees the source token's DiT state (False: the pixels alone)
     mode: str = "spacetimepilot"
     time_groups: int = 32  # GroupNorm groups in the TemporalDownsampler
     # ---- how it runs (not part of the weights)
@@ -479,8 +483,10 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     if c.composite_temporal:
         img = composite_temporal_inputs(img)  # [B, Fh, H, W, 24]
     local = composite_pixel_features(img, attend=c.composite_attend, pdtype=pdtype, width=width)  # [B, Fh, H, W, width]
-    feat = (Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None]
-            + place.astype(jnp.float32) + to_tok(local))  # [B, L/2, npx, width]
+    feat = place.astype(jnp.float32)  # [npx, width]
+    if c.composite_state:  # the source token's state
+        feat = Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None] + feat
+    feat = feat + to_tok(local)  # [B, L/2, npx, width]
     heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
                   param_dtype=pdtype)(jax.nn.gelu(feat))  # [B, L/2, npx, 2]
     log_d, mask_logit = heads[..., 0], heads[..., 1]
