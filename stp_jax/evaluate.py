@@ -384,7 +384,7 @@ def run_sampling(ck: inference.Checkpoint, steps: int | None = None, shift: floa
                 text=inference.TextConfig(**ck.run["text"]) if ck.run.get("text") else None)
 
 
-def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 8, cases=DEFAULT_CASES, steps: int | None = None,
+def evaluate_checkpoint(checkpoint, out=None, *, scenes: int = 32, cases=DEFAULT_CASES, steps: int | None = None,
                         shift: float | None = None, seed: int = 0, lpips: bool = True,
                         model_set=None) -> tuple[dict, Path]:
     """Score a model trained by stp-train on procedural Cam×Time scenes (``stp-eval``); writes

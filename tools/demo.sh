@@ -16,8 +16,8 @@ SECONDS=0
 echo "== 1/3 train tiny_camxtime -> $WORKDIR"
 stp-train --config tiny_camxtime --workdir "$WORKDIR" "$@"
 
-echo "== 2/3 evaluate on 8 held-out scenes (fixed camera, the source's moving camera, camera paths)"
-stp-eval --checkpoint "$WORKDIR" --scenes 8 --out "$WORKDIR/eval"
+echo "== 2/3 evaluate on 32 held-out scenes (fixed camera, the source's moving camera, camera paths)"
+stp-eval --checkpoint "$WORKDIR" --scenes 32 --out "$WORKDIR/eval"
 
 echo "== 3/3 re-render a held-out scene (one still camera): bullet time, reverse, slow motion"
 stp-render --seed 1000000099 --frames 17 --cameras 1 --size 24x24 --out "$WORKDIR/held_out" >/dev/null
