@@ -39,7 +39,7 @@ def measures(clip, truth, own) -> tuple[float, float, float]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--scenes", type=int, default=32)
     ap.add_argument("--cases", default=",".join(c for c in evaluate.DEFAULT_CASES if not c.startswith("still:")))
     ap.add_argument("--model-set", action="append", default=[], help="KEY=VALUE, as stp-eval's")
     a = ap.parse_args(argv)
