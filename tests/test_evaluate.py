@@ -212,29 +212,42 @@ def test_copy_ceiling_gated_units():
 
 def test_paired_margins_and_standard_errors():
     """stp-eval's summary: per-scene values -> means, standard errors over scenes, and the model's margin over the
-    best baseline of each metric paired per scene (the scenes' shared difficulty drops out: a margin far smaller than
-    either row's spread is still clear); lower-is-better metrics count a lower model value as a positive margin."""
+    best baseline of each metric (its own per metric) paired per scene (the scenes' shared difficulty drops out: a
+    margin far smaller than either row's spread is still clear); lower-is-better metrics count a lower model value as
+    a positive margin; "clearly" is a margin above twice its standard error on each of PSNR, SSIM and LPIPS."""
     from stp_jax import evaluate
 
     hard = np.array([18.0, 24.0, 30.0, 21.0])  # scene difficulty: spreads every row's PSNR by ~5 dB
     rows = {b: {"psnr": hard - 3.0, "time_err": np.array([6.0, 7, 8, 6])} for b in evaluate.BASELINES}
-    rows["camera_matched"] = {"psnr": hard - np.array([0.2, 0.3, 0.1, 0.2]), "time_err": np.array([2.0, 3, 5, 2])}
+    gap = np.array([0.2, 0.35, 0.05, 0.2])  # the model's PSNR over camera_matched: 0.2 ± 0.061 (3.3 SE)
+    rows["camera_matched"] = {"psnr": hard - gap, "time_err": np.array([6.0, 7, 8, 6])}
+    rows["preshuffled"] = {"psnr": hard - 3.0, "time_err": np.array([2.0, 3, 5, 2])}  # the best time: another baseline
     rows["model"] = {"psnr": hard, "time_err": np.array([1.0, 2, 3, 2])}
     rows["truth"] = {"psnr": np.full(4, 58.9), "time_err": np.zeros(4)}
-    for name, r in rows.items():  # the summary table's other columns: SSIM 0.1 better than every baseline, no camera error
-        r.update(ssim=np.full(4, 0.6 if name == "model" else 1.0 if name == "truth" else 0.5), cam_err=np.zeros(4))
+    for name, r in rows.items():  # SSIM 0.1 better than every baseline; LPIPS 0.05 lower (better); no camera error
+        r.update(ssim=np.full(4, 0.6 if name == "model" else 1.0 if name == "truth" else 0.5),
+                 lpips=np.full(4, 0.1 if name == "model" else 0.0 if name == "truth" else 0.15), cam_err=np.zeros(4))
     res = evaluate.summarise({"reverse": rows})["reverse"]
     m = res["model"]
     assert m["psnr"] == pytest.approx(hard.mean()) and m["psnr_se"] == pytest.approx(hard.std(ddof=1) / 2)
-    assert m["psnr_margin"] == pytest.approx(0.2) and m["psnr_margin_se"] == pytest.approx(np.std([.2, .3, .1, .2], ddof=1) / 2)
-    assert m["time_err_margin"] == pytest.approx(1.0)  # against camera_matched's 3.0: the model's 2.0 is better
+    assert m["psnr_margin"] == pytest.approx(0.2) and m["psnr_margin_se"] == pytest.approx(gap.std(ddof=1) / 2)
+    assert m["time_err_margin"] == pytest.approx(1.0)  # against preshuffled's 3.0 (not camera_matched's 6.75)
     assert m["time_err_margin_se"] == pytest.approx(np.std([1, 1, 2, 0], ddof=1) / 2)
+    assert m["lpips_margin"] == pytest.approx(0.05) and m["ssim_margin"] == pytest.approx(0.1)
     assert "psnr_margin" not in res["camera_matched"] and res["truth"]["time_err_se"] == 0
-    assert evaluate.beats_clearly({"reverse": res}, "reverse")  # 0.2 dB over 0.04, SSIM 0.1 over 0 (no LPIPS here)
+    assert evaluate.beats_clearly({"reverse": res}, "reverse")  # 3.3 SE on PSNR, SSIM and LPIPS without spread
     table = evaluate.markdown_table({"reverse": res})
-    assert evaluate.MARGIN_NOTE in table and "[+0.20 ± 0.04]" in table and table.rstrip().endswith("| yes | yes |")
+    assert "[+0.20 ± 0.06]" in table and table.rstrip().endswith("| yes | yes |")
+    assert "on PSNR, SSIM and LPIPS" in table
+    # SSIM ahead on average but by 1.1 SE: beats all on the means, not clearly
+    rows["model"]["ssim"] = 0.5 + np.array([0.03, -0.01, 0.02, 0.0])
+    res2 = evaluate.summarise({"reverse": rows})
+    assert evaluate.beats_baselines(res2, "reverse") and not evaluate.beats_clearly(res2, "reverse")
+    # without LPIPS the note names the two metrics it judged
+    no_lpips = {k: {m: v for m, v in r.items() if m != "lpips"} for k, r in rows.items()}
+    assert "on PSNR and SSIM" in evaluate.markdown_table(evaluate.summarise({"reverse": no_lpips}))
     # one scene: means only, no margins, no 'clearly' column
     one = evaluate.summarise({"reverse": {k: {m: v[:1] for m, v in r.items()} for k, r in rows.items()}})
-    assert set(one["reverse"]["model"]) == {"psnr", "time_err", "ssim", "cam_err"}
+    assert set(one["reverse"]["model"]) == {"psnr", "time_err", "ssim", "lpips", "cam_err"}
     assert evaluate.beats_clearly(one, "reverse") is None
-    assert "clearly" not in evaluate.markdown_table(one) and evaluate.MARGIN_NOTE not in evaluate.markdown_table(one)
+    assert "clearly" not in evaluate.markdown_table(one)

@@ -153,7 +153,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=4, help="clips per step (tiny_camxtime's global batch)")
     ap.add_argument("--train-scenes", type=int, default=240)
-    ap.add_argument("--scenes", type=int, default=8, help="held-out scenes scored (stp-eval's)")
+    ap.add_argument("--scenes", type=int, default=8, help="held-out scenes scored (stp-eval's first N)")
     ap.add_argument("--size", type=int, default=24)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--seed", type=int, default=0)

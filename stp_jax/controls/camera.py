@@ -482,9 +482,10 @@ def camera_from_arg(arg: str, num_frames: int) -> np.ndarray:
 
 
 def plotted_poses(target: np.ndarray, source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The target and source trajectories [T, 4, 4] in the frame the model sees them in: each relative to its own
-    first pose, so both start at the source's first camera (the target's first camera is the source's, whatever
-    world frame a source camera file is written in). Validated; the source may be None (a still camera)."""
+    """The target and source trajectories [T, 4, 4] as the model relates them: each relative to its own first pose, so
+    both start at the source's first camera (the target's first camera is the source's, whatever world frame a source
+    camera file is written in; models with camera-relative heads read exactly these poses, the published source rule
+    rescales the source's translations). Validated; the source may be None (a still camera)."""
     tgt = relative_to_first(validate_poses(target, "target"))
     return tgt, None if source is None else relative_to_first(validate_poses(source, "source"))
 
