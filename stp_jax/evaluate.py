@@ -154,9 +154,8 @@ def scene_scores(clips, truth, grids, cams, times, with_lpips: bool = True) -> d
                         else metrics.lpips(truth, clips).mean(-1))
     obs_t = np.stack([metrics.observed_times(c, g, cams) for c, g in zip(clips, grids)])  # [N, T]
     obs_c = np.stack([metrics.observed_cameras(c, g, times) for c, g in zip(clips, grids)])
-    for name, obs, want in (("time", obs_t, times), ("cam", obs_c, cams)):
-        d = np.abs(obs.astype(np.int64) - np.asarray(want, np.int64)[None])  # [N, T]
-        out[f"{name}_err"], out[f"{name}_within1"] = d.mean(-1), (d <= 1).mean(-1)
+    out["time_err"], out["time_within1"] = metrics.index_errors(obs_t, np.broadcast_to(times, obs_t.shape), axis=-1)
+    out["cam_err"], out["cam_within1"] = metrics.index_errors(obs_c, np.broadcast_to(cams, obs_c.shape), axis=-1)
     return out
 
 

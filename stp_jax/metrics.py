@@ -107,7 +107,9 @@ def observed_cameras(clip, grid, times) -> np.ndarray:
     return nearest(clip, np.moveaxis(g[:, np.asarray(times)], 0, 1))
 
 
-def index_errors(observed, requested) -> tuple[float, float]:
-    """(mean |observed - requested|, share of frames within ±1) over all frames."""
+def index_errors(observed, requested, axis=None):
+    """(mean |observed - requested|, share of frames within ±1) over all frames (floats), or along ``axis`` (arrays,
+    e.g. axis=-1 of [N, T]: per clip)."""
     d = np.abs(np.asarray(observed, np.int64) - np.asarray(requested, np.int64))
-    return float(d.mean()), float((d <= 1).mean())
+    err, within = d.mean(axis=axis), (d <= 1).mean(axis=axis)
+    return (float(err), float(within)) if axis is None else (err, within)

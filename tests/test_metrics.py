@@ -102,6 +102,9 @@ def test_nearest_and_errors():
     frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (10, 190, 120, 0)])
     assert metrics.nearest(frames, cands).tolist() == [0, 2, 1, 0]
     assert metrics.index_errors([0, 2, 1, 0], [0, 0, 1, 3]) == (pytest.approx(5 / 4), 0.5)
+    err, within = metrics.index_errors([[0, 2, 1, 0], [1, 1, 1, 1]], [0, 0, 1, 3], axis=-1)  # per clip
+    np.testing.assert_allclose(err, [5 / 4, 1.0])
+    np.testing.assert_allclose(within, [0.5, 0.75])
 
 
 @pytest.fixture(scope="module")
