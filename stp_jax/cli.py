@@ -162,11 +162,12 @@ def eval_main(argv=None) -> int:
     p = _Parser(prog="stp-eval", description="Evaluate a model. Default: retiming and camera control on held-out "
                 "procedural Cam×Time scenes (PSNR/SSIM/LPIPS and time/camera errors beside trivial baselines). "
                 "--camxtime-eval DIR: predict the published Cam×Time benchmark (5 modes) into --out; "
-                "--score PRED --gt GT: its published metric.")
+                "--score PRED --gt GT: its published metric. --compare EVAL_A EVAL_B: two models on the same "
+                "scenes, paired per scene.")
     p.add_argument("--checkpoint", help="a training workdir or a converted model folder (not needed for --score)")
-    p.add_argument("--out", help="procedural: where to write eval.md, eval.json and the videos (default "
-                                 "CHECKPOINT/eval); --camxtime-eval: the predictions root; --score: where to write "
-                                 "scores.json / scores.md (default: PRED)")
+    p.add_argument("--out", help="procedural: where to write eval.md, eval.json, scenes.json and the videos "
+                                 "(default CHECKPOINT/eval); --camxtime-eval: the predictions root; --score: where to "
+                                 "write scores.json / scores.md (default: PRED); --compare: the table's file")
     p.add_argument("--scenes", type=int, default=32,
                    help="held-out procedural scenes (default 32: with 8, a time error's standard error is near a frame; "
                         "the table gives each margin over the best baseline ± its standard error)")
@@ -177,6 +178,9 @@ def eval_main(argv=None) -> int:
     p.add_argument("--shift", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (AlexNet features; the slowest metric)")
+    p.add_argument("--compare", nargs=2, metavar=("EVAL_A", "EVAL_B"),
+                   help="two stp-eval output folders (of two models on the same scenes): B against A, paired per "
+                        "scene, with standard errors; --out FILE.md writes the table too")
     b = p.add_argument_group("the published Cam×Time benchmark (docs/REFERENCE.md §6.4)")
     b.add_argument("--camxtime-eval", metavar="DIR", help="a published eval_input folder (metadata.csv, videos/, "
                                                           "src_cam/, cameras/): predict its 5 modes into --out")
@@ -198,6 +202,8 @@ def eval_main(argv=None) -> int:
         args = p.parse_args(argv)
         if args.camxtime_eval and args.score:
             raise ValueError("give --camxtime-eval (predict) or --score (score predictions), not both")
+        if args.compare:
+            return _compare(args)
         if args.score:
             return _score(args)
         if not args.checkpoint:
@@ -215,6 +221,29 @@ def eval_main(argv=None) -> int:
         return 0
 
     return _run("stp-eval", go)
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from stp_jax.evaluate import compare, compare_notes, compare_table, load_scenes
+
+    other = [o for o in ("checkpoint", "camxtime_eval", "score", "gt") if getattr(args, o)]
+    if other:
+        raise ValueError(f"--compare reads two stp-eval output folders and runs nothing: drop "
+                         f"{', '.join('--' + o.replace('_', '-') for o in other)}")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: a folder; with --compare --out is the table's file, e.g. compare.md")
+    a, b = (load_scenes(p) for p in args.compare)
+    table = compare_table(compare(a, b), *args.compare, notes=compare_notes(a, b))
+    if args.out:
+        from stp_jax.files import check_can_create
+
+        check_can_create(args.out)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+    print(table)
+    return 0
 
 
 def _camxtime_eval(args) -> int:

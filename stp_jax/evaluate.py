@@ -35,6 +35,11 @@ scenes' difficulty, which moves the model and the baselines together, drops out 
 difference. The model beats a case *clearly* when each of its PSNR, SSIM and LPIPS margins is above
 twice its standard error. Eight scenes leave a time error's standard error near a frame (a frozen
 time's output is one picture, nearest one grid time or another), so claims want 32 (docs/LEARNING.md §30).
+
+Two models on the same scenes (``stp-eval --compare EVAL_A EVAL_B``; compare): the per-scene scores
+(SCENES_FILE) of B minus A's, paired per scene, ± the standard error of the difference. What the two share
+(the scenes, and with one sampler seed the noise) drops out; a second training seed of the same recipe says
+how much a change of seed alone moves them (docs/LEARNING.md §31).
 """
 
 from __future__ import annotations
@@ -226,6 +231,12 @@ def retiming_eval(model, params, ae, *, data_cfg, num_scenes: int = 32, cases=DE
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(results, indent=2))
+        (Path(out_dir) / SCENES_FILE).write_text(json.dumps(
+            {"scenes": [int(s) for s in scenes[0]], "seed": seed,
+             "data": {"num_frames": t, "num_cameras": n_cam, "height": h, "width": w},
+             "sampler": {"steps": steps, "shift": shift, "prediction": prediction},
+             "per_scene": {c: {r: {k: np.asarray(v, np.float64).tolist() for k, v in m.items()} for r, m in rows.items()}
+                           for c, rows in per_scene.items()}}))
     return results
 
 
@@ -362,6 +373,127 @@ def full_table(results: dict) -> str:
     for case, rows in results.items():
         for row, m in rows.items():
             lines.append(f"| {case} | {row} | " + " | ".join(cell(m, k) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- two models on the same scenes
+
+SCENES_FILE = "scenes.json"  # retiming_eval's per-scene scores: {"scenes": ids, "seed", "data", "sampler", "per_scene"}
+COMPARED = ("psnr", "ssim", "lpips", "time_err", "cam_err", "own_truth")  # compare's metrics (those both have)
+
+
+def load_scenes(path) -> dict:
+    """An evaluation's per-scene scores (SCENES_FILE in the folder ``path``, or that file), checked: unique integer
+    scene ids, and per case a ``model`` row whose every metric is one number per scene."""
+    p = Path(path)
+    f = p / SCENES_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise ValueError(f"{path}: no {SCENES_FILE}; expected a folder written by stp-eval (it writes the per-scene "
+                         f"scores there; evaluations from before it do not have them: run stp-eval again)")
+    shape = ("{'scenes': [int, ...], 'seed': int, 'per_scene': {case: {'model': {metric: [one number per scene]}, "
+             "...}}} as stp-eval writes")
+    try:
+        d = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not JSON ({e}); expected {shape}") from None
+    ids = d.get("scenes") if isinstance(d, dict) else None
+    if (not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids) or len(set(ids)) != len(ids)
+            or not isinstance(d.get("per_scene"), dict) or not d["per_scene"]):
+        raise ValueError(f"{f}: expected {shape}, with unique scene ids")
+    for case, rows in d["per_scene"].items():
+        if not isinstance(rows, dict) or not isinstance(rows.get("model"), dict):
+            raise ValueError(f"{f}: case {case!r} has no 'model' row; expected {shape}")
+        for k, v in rows["model"].items():
+            if (not isinstance(v, list) or len(v) != len(ids)
+                    or not all(type(x) in (int, float) for x in v)):
+                raise ValueError(f"{f}: case {case!r}, metric {k!r}: expected {len(ids)} numbers (one per scene), "
+                                 f"got {str(v)[:60]}")
+    return d
+
+
+def compare_notes(a: dict, b: dict) -> list[str]:
+    """What compare(a, b) pairs and what it leaves out, as sentences; ValueError where the two were not scored on
+    the same kind of clip (the scene ids alone would pair clips of other shapes)."""
+    if a.get("data") and b.get("data") and a["data"] != b["data"]:
+        raise ValueError(f"the two evaluations scored other clips ({a['data']} and {b['data']}): scene ids "
+                         "pair only clips of the same frames, cameras and size")
+    notes = [] if a.get("data") and b.get("data") else ["one evaluation does not record its clips' shape: make sure "
+                                                        "both scored clips of the same frames, cameras and size."]
+    if a.get("seed") != b.get("seed") or a.get("sampler") != b.get("sampler"):
+        notes.append(f"sampled with other seeds or samplers (seed {a.get('seed')}, {a.get('sampler')}; seed "
+                     f"{b.get('seed')}, {b.get('sampler')}): paired by scene, not by noise.")
+    for what, xa, xb in (("scenes", a["scenes"], b["scenes"]), ("cases", list(a["per_scene"]), list(b["per_scene"]))):
+        only = [x for x in xa if x not in xb], [x for x in xb if x not in xa]
+        if only[0] or only[1]:
+            notes.append(f"left out, {what} only A has: {len(only[0])}, only B has: {len(only[1])}.")
+    for case in (c for c in a["per_scene"] if c in b["per_scene"]):
+        ka, kb = set(a["per_scene"][case]["model"]), set(b["per_scene"][case]["model"])
+        gone = sorted(k for k in COMPARED if (k in ka) != (k in kb))
+        if gone:
+            notes.append(f"{case}: {', '.join(gone)} left out (scored in one evaluation only).")
+    return notes
+
+
+def compare(a: dict, b: dict, row: str = "model") -> dict:
+    """Model B against model A (load_scenes' dicts), paired per scene on the scenes and cases both scored:
+    {case: {metric: {"diff": mean of B - A signed so that positive means B is better, "se": its standard error
+    over the scenes, "a": A's mean, "b": B's mean, "n": scenes}}} for COMPARED. Both models face the same scenes
+    (and, with the same sampler seed, the same noise draws), so what the two share drops out; what does not is the
+    training seed's own spread, which a difference between two seeds of one recipe measures."""
+    ids = [s for s in a["scenes"] if s in set(b["scenes"])]
+    cases = [c for c in a["per_scene"] if c in b["per_scene"]]
+    if not ids or not cases:
+        raise ValueError(f"the two evaluations share no {'scene' if not ids else 'case'}: scenes {a['scenes'][:4]}... "
+                         f"and {b['scenes'][:4]}..., cases {sorted(a['per_scene'])} and {sorted(b['per_scene'])}")
+    ia = [a["scenes"].index(s) for s in ids]
+    ib = [b["scenes"].index(s) for s in ids]
+    out = {}
+    for case in cases:
+        ma, mb = a["per_scene"][case][row], b["per_scene"][case][row]
+        m = {}
+        for k in COMPARED:
+            if k not in ma or k not in mb:
+                continue
+            va, vb = np.asarray(ma[k], np.float64)[ia], np.asarray(mb[k], np.float64)[ib]
+            d = (va - vb) if k in LOWER_IS_BETTER else (vb - va)
+            m[k] = {"diff": float(d.mean()), "se": standard_error(d) if len(d) > 1 else float("nan"),
+                    "a": float(va.mean()), "b": float(vb.mean()), "n": len(d)}
+        if m:
+            out[case] = m
+    if not out:
+        raise ValueError(f"the two evaluations share no metric of {', '.join(COMPARED)} in any case")
+    return out
+
+
+def compare_table(cmp: dict, name_a: str = "A", name_b: str = "B", notes=()) -> str:
+    """compare's result as markdown: per case and metric B's mean [B - A ± SE], bold where the difference is beyond
+    twice its standard error, and a verdict on the quality metrics (better / worse: at least one beyond two standard
+    errors in that direction and none the other way; mixed; level), after ``notes`` (compare_notes)."""
+    fmt = {"psnr": ".2f", "ssim": ".3f", "lpips": ".3f", "time_err": ".2f", "cam_err": ".2f", "own_truth": ".2f"}
+    keys = [k for k in COMPARED if any(k in m for m in cmp.values())]
+    judged = [k.upper() for k in QUALITY if k in keys]
+    n = next(iter(next(iter(cmp.values())).values()))["n"]
+    lines = [f"B = {name_b} against A = {name_a} on the same {n} scene{'s' * (n != 1)}: B's mean [B − A paired per "
+             f"scene, positive: B is better, ± its standard error]; bold: beyond twice the standard error. Verdict, "
+             f"on {', '.join(judged)}: better (worse) when at least one is bold in B's favour (against B) and none "
+             "the other way. Between two equally good models a bold entry comes by chance about once in twenty, "
+             "a verdict other than level up to once in seven; and a paired difference leaves out the training "
+             "seed's own spread: set a change beside the difference between two seeds of one recipe.",
+             *[f"Note: {x}" for x in notes], "",
+             "| case | " + " | ".join(keys) + " | verdict |", "|---|" + "---|" * (len(keys) + 1)]
+    for case, m in cmp.items():
+        cells = []
+        for k in keys:
+            if k not in m:
+                cells.append("-")
+                continue
+            v = m[k]
+            clear = np.isfinite(v["se"]) and abs(v["diff"]) > 2 * v["se"]
+            txt = f"[{v['diff']:+{fmt[k]}} ± {v['se']:{fmt[k]}}]"
+            cells.append(f"{v['b']:{fmt[k]}} " + (f"**{txt}**" if clear else txt))
+        signs = {np.sign(m[k]["diff"]) for k in QUALITY if k in m and abs(m[k]["diff"]) > 2 * m[k]["se"]}
+        verdict = "mixed" if len(signs) > 1 else "better" if signs == {1.0} else "worse" if signs == {-1.0} else "level"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,13 @@ def test_stp_eval_scores_truth_and_baselines_exactly(model_dir, tmp_path):
     assert res["reverse"]["first_frame"]["time_err"] == pytest.approx(np.arange(T).mean())  # observed 0, asked 8..0
     assert "still:reverse" in (out / "eval.md").read_text()
     assert "; attention=blockwise" in (out / "eval.md").read_text().splitlines()[0]  # how the model ran
+    kept = json.loads((out / "scenes.json").read_text())  # the per-scene scores stp-eval --compare pairs
+    assert kept["seed"] == 0 and len(kept["scenes"]) == 1
+    assert kept["per_scene"]["reverse"]["model"]["psnr"] == [res["reverse"]["model"]["psnr"]]
+    # a model against itself: every difference 0
+    assert eval_main(["--compare", str(out), str(out), "--out", str(tmp_path / "cmp" / "same.md")]) == 0
+    same = (tmp_path / "cmp" / "same.md").read_text()
+    assert f"| reverse | {res['reverse']['model']['psnr']:.2f} [+0.00 ± nan]" in same and same.rstrip().endswith("level |")
 
 
 def test_layout_ceiling_reads_a_models_bands(model_dir):
@@ -251,3 +258,77 @@ def test_paired_margins_and_standard_errors():
     assert set(one["reverse"]["model"]) == {"psnr", "time_err", "ssim", "lpips", "cam_err"}
     assert evaluate.beats_clearly(one, "reverse") is None
     assert "clearly" not in evaluate.markdown_table(one)
+
+
+def test_compare_two_models_paired_per_scene(tmp_path, capsys):
+    """stp-eval --compare: model B against model A on the scenes both scored (matched by scene id, in any order),
+    the per-scene difference signed so that positive means B is better, its standard error, bold beyond two, and a
+    verdict; what is left out is said; bad or mismatched files are one clear error."""
+    from stp_jax import evaluate
+    from stp_jax.cli import eval_main
+
+    hard = {1: 18.0, 2: 24.0, 3: 30.0, 4: 21.0, 5: 40.0}  # each scene's difficulty, shared by both models
+    gain = {1: 0.1, 2: 0.6, 3: 0.2, 4: 0.5, 5: 9.0}  # B's PSNR over A's per scene (scene 5: B's alone)
+    data = {"num_frames": 17, "num_cameras": 17, "height": 24, "width": 24}
+
+    def scenes(ids, model_b: bool, seed=0):
+        psnr = [hard[i] + (gain[i] if model_b else 0.0) for i in ids]
+        lpips = [0.1 - (0.02 if model_b and i < 3 else 0.0) for i in ids]  # B lower (better) on two scenes
+        time = [2.0 + (1.0 if model_b else 0.0) for i in ids]  # B one frame worse everywhere
+        row = {"psnr": psnr, "ssim": [0.5] * len(ids), "lpips": lpips, "time_err": time}
+        return {"scenes": ids, "seed": seed, "data": data, "sampler": {"steps": 2},
+                "per_scene": {"reverse": {"model": row}, "only_a": {"model": dict(row)}}}
+
+    a, b = scenes([1, 2, 3, 4], False), scenes([4, 3, 5, 2, 1], True)
+    b["per_scene"].pop("only_a")
+    cmp = evaluate.compare(a, b)
+    assert list(cmp) == ["reverse"]  # the cases both scored
+    p = cmp["reverse"]["psnr"]
+    assert p["n"] == 4 and p["diff"] == pytest.approx(0.35) and p["b"] - p["a"] == pytest.approx(0.35)
+    assert p["se"] == pytest.approx(np.std([0.1, 0.6, 0.2, 0.5], ddof=1) / 2)  # paired: the difficulty drops out
+    assert cmp["reverse"]["lpips"]["diff"] == pytest.approx(0.01)  # lower is better: positive for B
+    assert cmp["reverse"]["time_err"]["diff"] == pytest.approx(-1.0) and cmp["reverse"]["time_err"]["se"] == 0
+    assert "cam_err" not in cmp["reverse"]
+    table = evaluate.compare_table(cmp, "runs/a", "runs/b", notes=evaluate.compare_notes(a, b))
+    # PSNR +0.35 at 2.9 SE bold; LPIPS +0.01 at 1.7 SE plain; the verdict ignores time_err (bold against B)
+    assert "| 23.60 **[+0.35 ± 0.12]** |" in table and "| 0.090 [+0.010 ± 0.006] |" in table
+    assert "| 3.00 **[-1.00 ± 0.00]** |" in table and table.rstrip().endswith("| better |")
+    assert "same 4 scenes" in table and "scenes only A has: 0, only B has: 1" in table
+    assert "cases only A has: 1, only B has: 0" in table and "not by noise" not in table
+    b["per_scene"]["reverse"]["model"]["psnr"] = [hard[i] - 0.3 + 0.1 * (i % 2) for i in b["scenes"]]
+    assert evaluate.compare_table(evaluate.compare(a, b)).rstrip().endswith("| worse |")  # -0.25 ± 0.03
+    b["per_scene"]["reverse"]["model"]["ssim"] = [0.6] * 5  # SSIM clearly better, PSNR clearly worse: mixed
+    assert evaluate.compare_table(evaluate.compare(a, b)).rstrip().endswith("| mixed |")
+    b["per_scene"]["reverse"]["model"].pop("lpips")  # scored in one only: left out, and said
+    assert "reverse: lpips left out" in " ".join(evaluate.compare_notes(a, b))
+    with pytest.raises(ValueError, match="share no scene"):
+        evaluate.compare(a, {**a, "scenes": [7, 8, 9, 10]})
+    with pytest.raises(ValueError, match="other clips"):  # the same ids on clips of another shape
+        evaluate.compare_notes(a, {**a, "data": {**data, "height": 48}})
+    assert "does not record its clips' shape" in evaluate.compare_notes({k: v for k, v in a.items() if k != "data"}, a)[0]
+    # through the command: folders with scenes.json
+    for name, d in (("a", a), ("b", scenes([4, 3, 5, 2, 1], True, seed=1))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scenes.json").write_text(json.dumps(d))
+    assert eval_main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.md")]) == 0
+    written = (tmp_path / "c.md").read_text()
+    assert "not by noise" in written and "| reverse | 23.60 **[+0.35 ± 0.12]**" in written
+    assert written.strip() == capsys.readouterr().out.strip()
+    # bad input: one line naming the file and what was expected, exit 2, no traceback
+    bad = {"none": None, "not json": "{", "no model row": {**a, "per_scene": {"reverse": {"truth": {}}}},
+           "short": {**a, "per_scene": {"reverse": {"model": {"psnr": [1.0]}}}},
+           "a scalar": {**a, "per_scene": {"reverse": {"model": {"psnr": 20.0}}}},
+           "strings": {**a, "per_scene": {"reverse": {"model": {"psnr": ["a"] * 4}}}},
+           "ids": {**a, "scenes": [[1], [2], [3], [4]]}, "repeated ids": {**a, "scenes": [1, 1, 2, 3]},
+           "no metric": {**a, "per_scene": {"reverse": {"model": {"time_within1": [1.0] * 4}}}}}
+    for i, (what, d) in enumerate(bad.items()):
+        f = tmp_path / f"bad{i}.json"
+        if d is not None:
+            f.write_text(d if isinstance(d, str) else json.dumps(d))
+        assert eval_main(["--compare", str(tmp_path / "a"), str(f)]) == 2, what
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("stp-eval: error:") and "Traceback" not in err[0], (what, err)
+    assert eval_main(["--compare", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path)]) == 2
+    assert "the table's file" in capsys.readouterr().err
+    assert eval_main(["--compare", str(tmp_path / "a"), str(tmp_path / "a"), "--score", str(tmp_path)]) == 2
+    assert "drop --score" in capsys.readouterr().err
