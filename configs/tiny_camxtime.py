@@ -58,9 +58,9 @@ after 927 of the previous 1000, docs/LEARNING.md §17).
 
 Variants: ``smoke`` (a few steps of a smaller model, for tests), ``long`` (the same recipe for
 4000 steps, ~28 minutes at 2.4 steps/s on 2 CPU cores; docs/LEARNING.md §31: paired with the demo's 1400 steps on 32
-scenes, PSNR +0.09 to +0.35 dB on every moving-source case and time errors 0.4-1.1 frames lower along the source's
-camera; on 128 scenes it clearly beats every baseline on slow motion and zigzag at a fixed camera and bullet time and
-slow motion along the source's camera).
+scenes, PSNR +0.09 to +0.35 dB on every moving-source case and time errors 0.4-1.1 frames lower on reverse, slow
+motion and zigzag along the source's camera and on the camera cases; on 128 scenes it clearly beats every baseline
+on slow motion and zigzag at a fixed camera and bullet time and slow motion along the source's camera).
 """
 from stp_jax.config import apply_variants, base
 

@@ -417,11 +417,13 @@ def compare_notes(a: dict, b: dict) -> list[str]:
     if a.get("data") and b.get("data") and a["data"] != b["data"]:
         raise ValueError(f"the two evaluations scored other clips ({a['data']} and {b['data']}): scene ids "
                          "pair only clips of the same frames, cameras and size")
-    notes = [] if a.get("data") and b.get("data") else ["one evaluation does not record its clips' shape: make sure "
-                                                        "both scored clips of the same frames, cameras and size."]
-    if a.get("seed") != b.get("seed") or a.get("sampler") != b.get("sampler"):
-        notes.append(f"sampled with other seeds or samplers (seed {a.get('seed')}, {a.get('sampler')}; seed "
-                     f"{b.get('seed')}, {b.get('sampler')}): paired by scene, not by noise.")
+    recorded = all(d.get("data") and d.get("sampler") for d in (a, b))
+    notes = [] if recorded else ["one evaluation does not record its clips' shape and sampler (stp-eval before "
+                                 "2026-12-06): make sure both scored clips of the same frames, cameras and size."]
+    if a.get("seed") != b.get("seed"):
+        notes.append(f"sampled with seeds {a.get('seed')} and {b.get('seed')}: paired by scene, not by noise.")
+    elif recorded and a["sampler"] != b["sampler"]:
+        notes.append(f"sampled with other settings ({a['sampler']}; {b['sampler']}).")
     for what, xa, xb in (("scenes", a["scenes"], b["scenes"]), ("cases", list(a["per_scene"]), list(b["per_scene"]))):
         only = [x for x in xa if x not in xb], [x for x in xb if x not in xa]
         if only[0] or only[1]:

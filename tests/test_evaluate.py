@@ -306,6 +306,7 @@ def test_compare_two_models_paired_per_scene(tmp_path, capsys):
     with pytest.raises(ValueError, match="other clips"):  # the same ids on clips of another shape
         evaluate.compare_notes(a, {**a, "data": {**data, "height": 48}})
     assert "does not record its clips' shape" in evaluate.compare_notes({k: v for k, v in a.items() if k != "data"}, a)[0]
+    assert "other settings" in evaluate.compare_notes(a, {**a, "sampler": {"steps": 4}})[0]
     # through the command: folders with scenes.json
     for name, d in (("a", a), ("b", scenes([4, 3, 5, 2, 1], True, seed=1))):
         (tmp_path / name).mkdir()
