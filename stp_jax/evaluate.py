@@ -37,9 +37,9 @@ twice its standard error. Eight scenes leave a time error's standard error near 
 time's output is one picture, nearest one grid time or another), so claims want 32 (docs/LEARNING.md §30).
 
 Two models on the same scenes (``stp-eval --compare EVAL_A EVAL_B``; compare): the per-scene scores
-(SCENES_FILE) of B minus A's, paired per scene, ± the standard error of the difference. What the two share
-(the scenes, and with one sampler seed the noise) drops out; a second training seed of the same recipe says
-how much a change of seed alone moves them (docs/LEARNING.md §31).
+(SCENES_FILE) of B minus A's, paired per scene, ± the standard error of the difference. The scenes' difficulty
+drops out, and with one sampler seed the two share the noise draws, so their outputs move together; a second
+training seed of the same recipe says how much a change of seed alone moves them (docs/LEARNING.md §31).
 """
 
 from __future__ import annotations
@@ -418,8 +418,8 @@ def compare_notes(a: dict, b: dict) -> list[str]:
         raise ValueError(f"the two evaluations scored other clips ({a['data']} and {b['data']}): scene ids "
                          "pair only clips of the same frames, cameras and size")
     recorded = all(d.get("data") and d.get("sampler") for d in (a, b))
-    notes = [] if recorded else ["one evaluation does not record its clips' shape and sampler (stp-eval before "
-                                 "2026-12-06): make sure both scored clips of the same frames, cameras and size."]
+    notes = [] if recorded else ["one evaluation does not record its clips' shape and sampler (an earlier "
+                                 "stp-eval): make sure both scored clips of the same frames, cameras and size."]
     if a.get("seed") != b.get("seed"):
         notes.append(f"sampled with seeds {a.get('seed')} and {b.get('seed')}: paired by scene, not by noise.")
     elif recorded and a["sampler"] != b["sampler"]:
