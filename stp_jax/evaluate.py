@@ -79,6 +79,7 @@ QUALITY = ("psnr", "ssim", "lpips")  # higher, higher, lower is better
 CONTROL = ("time_err", "time_within1", "cam_err", "cam_within1", "own_truth")
 LOWER_IS_BETTER = ("lpips", "time_err", "cam_err")
 MARGIN_METRICS = ("psnr", "ssim", "lpips", "time_err", "cam_err")  # summarise's paired margins over the best baseline
+CLEAR_SE = 2.0  # a paired difference is clear beyond this many standard errors (beats_clearly, compare_table)
 
 
 # ---------------------------------------------------------------- cases
@@ -176,6 +177,17 @@ def standard_error(values) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
+def gain(new, ref, metric: str) -> np.ndarray:
+    """Per-scene values of ``new`` minus ``ref`` [N], signed so that positive means ``new`` is better on ``metric``."""
+    d = np.asarray(new, np.float64) - np.asarray(ref, np.float64)
+    return -d if metric in LOWER_IS_BETTER else d
+
+
+def is_clear(diff: float, se: float) -> bool:
+    """A paired difference beyond CLEAR_SE standard errors (either way; never with one scene's nan)."""
+    return bool(np.isfinite(se) and abs(diff) > CLEAR_SE * se)
+
+
 def summarise(per_scene: dict) -> dict:
     """{case: {row: {metric: [N]}}} -> {case: {row: {metric: mean, metric_se: its standard error (N >= 2)}}}, and
     in the model's row, against the best baseline of each metric (by mean; MARGIN_METRICS), the paired per-scene
@@ -193,8 +205,7 @@ def summarise(per_scene: dict) -> dict:
             if metric not in rows["model"]:
                 continue
             b, _ = best_baseline(results, case, metric)
-            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-            d = sign * (np.asarray(rows["model"][metric]) - np.asarray(rows[b][metric]))
+            d = gain(rows["model"][metric], rows[b][metric], metric)
             results[case]["model"].update({f"{metric}_margin": float(d.mean()), f"{metric}_margin_se": standard_error(d)})
     return results
 
@@ -322,7 +333,7 @@ def beats_clearly(results: dict, case: str, metrics_=("psnr", "ssim", "lpips")) 
     m = results[case]["model"]
     if not any(f"{k}_margin" in m for k in metrics_):
         return None
-    return all(m[f"{k}_margin"] > 2 * m[f"{k}_margin_se"] for k in metrics_ if k in m)
+    return all(m[f"{k}_margin"] > 0 and is_clear(m[f"{k}_margin"], m[f"{k}_margin_se"]) for k in metrics_ if k in m)
 
 
 def best_baseline(results: dict, case: str, metric: str) -> tuple[str, float]:
@@ -439,9 +450,9 @@ def compare_notes(a: dict, b: dict) -> list[str]:
 def compare(a: dict, b: dict, row: str = "model") -> dict:
     """Model B against model A (load_scenes' dicts), paired per scene on the scenes and cases both scored:
     {case: {metric: {"diff": mean of B - A signed so that positive means B is better, "se": its standard error
-    over the scenes, "a": A's mean, "b": B's mean, "n": scenes}}} for COMPARED. Both models face the same scenes
-    (and, with the same sampler seed, the same noise draws), so what the two share drops out; what does not is the
-    training seed's own spread, which a difference between two seeds of one recipe measures."""
+    over the scenes, "a": A's mean, "b": B's mean, "n": scenes}}} for COMPARED. Both models face the same scenes, whose
+    difficulty drops out (and, with the same sampler seed, the same noise draws, so their outputs move together); the
+    training seed's own spread does not, which a difference between two seeds of one recipe measures."""
     ids = [s for s in a["scenes"] if s in set(b["scenes"])]
     cases = [c for c in a["per_scene"] if c in b["per_scene"]]
     if not ids or not cases:
@@ -457,7 +468,7 @@ def compare(a: dict, b: dict, row: str = "model") -> dict:
             if k not in ma or k not in mb:
                 continue
             va, vb = np.asarray(ma[k], np.float64)[ia], np.asarray(mb[k], np.float64)[ib]
-            d = (va - vb) if k in LOWER_IS_BETTER else (vb - va)
+            d = gain(vb, va, k)
             m[k] = {"diff": float(d.mean()), "se": standard_error(d) if len(d) > 1 else float("nan"),
                     "a": float(va.mean()), "b": float(vb.mean()), "n": len(d)}
         if m:
@@ -490,10 +501,9 @@ def compare_table(cmp: dict, name_a: str = "A", name_b: str = "B", notes=()) -> 
                 cells.append("-")
                 continue
             v = m[k]
-            clear = np.isfinite(v["se"]) and abs(v["diff"]) > 2 * v["se"]
             txt = f"[{v['diff']:+{fmt[k]}} ± {v['se']:{fmt[k]}}]"
-            cells.append(f"{v['b']:{fmt[k]}} " + (f"**{txt}**" if clear else txt))
-        signs = {np.sign(m[k]["diff"]) for k in QUALITY if k in m and abs(m[k]["diff"]) > 2 * m[k]["se"]}
+            cells.append(f"{v['b']:{fmt[k]}} " + (f"**{txt}**" if is_clear(v["diff"], v["se"]) else txt))
+        signs = {np.sign(m[k]["diff"]) for k in QUALITY if k in m and is_clear(m[k]["diff"], m[k]["se"])}
         verdict = "mixed" if len(signs) > 1 else "better" if signs == {1.0} else "worse" if signs == {-1.0} else "level"
         lines.append(f"| {case} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
