@@ -24,6 +24,37 @@ def timeit(fn, *, warmup: int = 1, iters: int = 5) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "iters": iters, "cores": cpu / sum(times)}
 
 
+def interleave(fns: dict, *, warmup: int = 2, iters: int = 5, clock=time.perf_counter) -> dict:
+    """Time several implementations in rounds: each round calls every ``fns[name]()`` once, in
+    order, so a slow spell of the machine (this 2-core box drifts by ±20 % over minutes) falls
+    on all of them alike. Returns ``{name: timeit's dict + "times": [s per round]}``; pair two of
+    them with :func:`paired_ratio`. Two warm-up calls each by default: on XLA:CPU an executable's
+    first calls after compiling can run 10-40 % slow (its buffers' first touches)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    cpu = dict.fromkeys(fns, 0.0)
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0, c0 = clock(), time.process_time()
+            fn()
+            times[name].append(clock() - t0)
+            cpu[name] += time.process_time() - c0
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "iters": iters,
+                   "cores": cpu[name] / sum(t) if sum(t) > 0 else 0.0, "times": t} for name, t in times.items()}
+
+
+def paired_ratio(ref: list[float], other: list[float]) -> dict:
+    """Speed of ``other`` relative to ``ref`` (ref's time / other's, > 1: other is faster) per
+    round of :func:`interleave`: the median and the quartiles over the rounds."""
+    if len(ref) != len(other) or not ref:
+        raise ValueError(f"paired_ratio needs the same number of rounds on both sides, got {len(ref)} and {len(other)}")
+    r = sorted(a / b for a, b in zip(ref, other))
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0], r[0], r[0]]
+    return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
+
+
 def machine() -> dict:
     import jax
 

@@ -13,6 +13,13 @@ the state donated. PyTorch: the same recipe written with torch.optim.AdamW.
 Reports steps/s, tokens/s (both halves), model TFLOP/s (6 x forward FLOPs per token
 count, i.e. fwd + bwd) and MFU against --peak-tflops. A last row trains SpaceTimePilot's
 published subset only (the rest frozen: no weight gradients), on the same FLOP count.
+``--variant remat=full`` (repeatable) adds a wan row with DiTConfig fields changed.
+
+On CPU every implementation is compiled and warmed first, then timed in interleaved rounds
+(each round steps torch, then each stp_jax row, once), and *x torch* is the median over the
+rounds of torch's time over the row's, with its quartiles: a slow spell of the machine falls
+on both sides of the ratio. On GPU (or with ``--sequential``) each side is timed in one block
+and torch is freed before jax starts, so that they do not share the device's memory.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import machine, table, timeit, write_json  # noqa: E402
+from common import interleave, machine, paired_ratio, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -44,6 +51,12 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="one more stp_jax wan row with these DiTConfig fields changed (e.g. remat=full, "
+                         "attention=xla); repeatable, timed in the same rounds as the others")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time each implementation's iterations in one block (the default on GPU, where torch and "
+                         "jax would share the memory) instead of in interleaved rounds (the default on CPU)")
     ap.add_argument("--out", default="bench_out/train.json")
     args = ap.parse_args(argv)
 
@@ -72,13 +85,23 @@ def main(argv=None):
     target = g.standard_normal((b, fh, hp, wp, cfg.in_channels)).astype(np.float32)
     source = g.standard_normal((b, fh, hp, wp, cfg.in_channels)).astype(np.float32)
     ctx = g.standard_normal((b, s, cfg.text_dim)).astype(np.float32)
-    rows = []
+    variants = []
+    for spec in args.variant:
+        try:
+            kv = dict(item.split("=", 1) for item in spec.split(","))
+            variants.append((spec, cfg.replace(**{k: _literal(v) for k, v in kv.items()})))
+        except (ValueError, TypeError) as e:
+            ap.error(f"--variant {spec!r}: expected KEY=VALUE[,KEY=VALUE] with DiTConfig fields ({e})")
+    # interleaved rounds (common.interleave) on CPU: this box drifts by ±20 % over minutes, and
+    # the ratio to torch is only trustworthy when both sides are timed in the same rounds
+    interleaved = not args.sequential and jax.default_backend() == "cpu" and not torch.cuda.is_available()
+    runners, results = {}, {}
 
-    def row(impl, mode, r):
-        tf = flops / r["median_s"] / 1e12
-        rows.append({"impl": impl, "mode": mode, "ms/step": r["median_s"] * 1e3, "steps/s": 1 / r["median_s"],
-                     "tokens/s": b * tokens / r["median_s"], "TFLOP/s": tf, "cores": r["cores"],
-                     "MFU": tf / args.peak_tflops if args.peak_tflops else None})
+    def measure(impl, mode, fn):
+        if interleaved:
+            runners[(impl, mode)] = fn
+        else:
+            results[(impl, mode)] = timeit(fn, iters=args.iters)
 
     from diffusers import WanTransformer3DModel
 
@@ -119,8 +142,9 @@ def main(argv=None):
             opt.step()
             sync()
 
-        row("diffusers + torch AdamW", "wan", timeit(torch_step, iters=args.iters))
-        del ref, opt
+        measure(TORCH, "wan", torch_step)
+        if not interleaved:
+            del ref, opt
 
     def bench_jax(cfg, params, mode, trainable="all"):
         model = SpaceTimeDiT(cfg)
@@ -138,10 +162,11 @@ def main(argv=None):
             holder["state"], m = step(holder["state"], batch, jax.random.PRNGKey(0))
             m["loss"].block_until_ready()
 
-        row("stp_jax" if trainable == "all" else f"stp_jax, trainable={trainable}", mode,
-            timeit(run, iters=args.iters))
+        measure("stp_jax" if trainable == "all" else f"stp_jax, trainable={trainable}", mode, run)
 
     bench_jax(cfg, jax.device_put(params), "wan")
+    for spec, vcfg in variants:
+        bench_jax(vcfg, jax.device_put(params), f"wan, {spec}")
     scfg = cfg.replace(mode="spacetimepilot")
     sparams = jax.jit(lambda: nn.unbox(SpaceTimeDiT(scfg).init(jax.random.PRNGKey(0),
                                                                **dummy_inputs(scfg, b, fh, hp, wp, s)))["params"])()
@@ -150,12 +175,43 @@ def main(argv=None):
     # frozen (no weight gradients for it). Same model FLOP count in the MFU column.
     bench_jax(scfg, sparams, "spacetimepilot", trainable="spacetimepilot")
 
-    cols = ["impl", "mode", "ms/step", "steps/s", "tokens/s", "TFLOP/s", "cores"] + (["MFU"] if args.peak_tflops else [])
-    print(f"\ntrain step: DiT dim {cfg.dim}, {cfg.num_layers} layers, batch {b} x {tokens} tokens (target + source), "
+    if interleaved:
+        results = interleave(runners, iters=args.iters)
+    rows = []
+    ref_times = results.get((TORCH, "wan"), {}).get("times")
+    for (impl, mode), r in results.items():
+        tf = flops / r["median_s"] / 1e12
+        row = {"impl": impl, "mode": mode, "ms/step": r["median_s"] * 1e3, "steps/s": 1 / r["median_s"],
+               "tokens/s": b * tokens / r["median_s"], "TFLOP/s": tf, "cores": r["cores"],
+               "MFU": tf / args.peak_tflops if args.peak_tflops else None, "times_s": r.get("times")}
+        if (TORCH, "wan") in results:
+            if ref_times is not None:  # per round: torch's time / ours, > 1 is faster than torch
+                pr = paired_ratio(ref_times, r["times"])
+                row["x torch"] = f"{pr['median']:.3f} ({pr['q1']:.3f}-{pr['q3']:.3f})"
+            else:
+                row["x torch"] = f"{results[(TORCH, 'wan')]['median_s'] / r['median_s']:.3f}"
+        rows.append(row)
+    cols = (["impl", "mode", "ms/step", "steps/s", "tokens/s", "TFLOP/s", "cores"] + (["MFU"] if args.peak_tflops else [])
+            + (["x torch"] if (TORCH, "wan") in results else []))
+    print(f"\n{'interleaved' if interleaved else 'sequential'} timing, {args.iters} rounds; x torch: torch's time / "
+          "this row's" + (", median (quartiles) over the rounds" if interleaved else ", of the medians"))
+    print(f"train step: DiT dim {cfg.dim}, {cfg.num_layers} layers, batch {b} x {tokens} tokens (target + source), "
           f"text {s}, {args.dtype}, remat {args.remat}; {flops / 1e9:.1f} GFLOP/step (fwd+bwd)")
     print(table(rows, cols))
     write_json(args.out, {"machine": machine(), "config": cfg.to_dict(), "tokens": tokens, "batch": b,
                           "step_flops": flops, "rows": rows, "args": vars(args)})
+
+
+TORCH = "diffusers + torch AdamW"
+
+
+def _literal(v: str):
+    import ast
+
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return v
 
 
 if __name__ == "__main__":
