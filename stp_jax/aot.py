@@ -127,13 +127,13 @@ def compile_step(config, devices, what: str = "train"):
     """Lower (Trainer.lower: the program training runs) and compile the train step (latent
     batches) or one CFG-batched sampling forward of ``config`` for ``devices``; returns
     (compiled or NoFit, trainer, model FLOPs of one call)."""
-    from stp_jax.models import attention
+    from stp_jax.models import kernels
     from stp_jax.trainer import Trainer
 
     if what not in ("train", "sample"):
         raise ValueError(f"--what {what!r}: expected 'train' or 'sample'")
     tr = Trainer(config, devices=devices)
-    with attention.compile_for(devices[0].platform):
+    with kernels.compile_for(devices[0].platform):
         lowered, flops = tr.lower(what)
         try:
             compiled = lowered.compile()

@@ -27,8 +27,6 @@ as given by the logical-axis rules in stp_jax.parallel.mesh.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
 
@@ -37,29 +35,12 @@ import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import PartitionSpec as P
 
+from stp_jax.models.kernels import target_platform, transposed
 from stp_jax.parallel import mesh as mesh_lib
 
 BACKENDS = ("auto", "xla", "cudnn", "splash", "blockwise")
 BLOCKWISE_MIN_TOKENS = 1024
 CONTEXT_PARALLEL = ("none", "ulysses", "ring")
-
-
-_PLATFORM = contextvars.ContextVar("stp_attention_platform", default=None)
-
-
-@contextlib.contextmanager
-def compile_for(platform: str):
-    """Pick kernels for ``platform`` (e.g. "tpu" while AOT-compiling for a TPU topology on a
-    CPU host) instead of this process's default devices."""
-    token = _PLATFORM.set(platform)
-    try:
-        yield
-    finally:
-        _PLATFORM.reset(token)
-
-
-def target_platform() -> str:
-    return _PLATFORM.get() or jax.devices()[0].platform
 
 
 def resolve_backend(backend: str, dtype, q_tokens: int = 0) -> str:
@@ -155,23 +136,24 @@ def _blockwise_core_fwd(qb, k, v):
 def _blockwise_core_bwd(res, do):
     qb, k, v, o, lse = res
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), -1)  # [H, nb, bq]
+    f32 = dict(preferred_element_type=jnp.float32)
 
     def head(args):
         qh, kh, vh, doh, lseh, dh = args
 
-        def step(carry, xs):
-            dk, dv = carry
+        def step(carry, xs):  # dK and dV accumulate transposed, [K, Lk]: P^T dO as (dO^T P), the fast dot form
+            dkt, dvt = carry
             qq, dd, ll, de = xs
-            f32 = dict(preferred_element_type=jnp.float32)
             p = jnp.exp(jnp.matmul(qq, kh.T, **f32) - ll[:, None])  # [bq, Lk]
-            dv = dv + jnp.matmul(p.T.astype(dd.dtype), dd, **f32)
-            ds = p * (jnp.matmul(dd, vh.T, **f32) - de[:, None])
-            dk = dk + jnp.matmul(ds.T.astype(qq.dtype), qq, **f32)
-            return (dk, dv), jnp.matmul(ds.astype(kh.dtype), kh, **f32).astype(qq.dtype)
+            dvt = dvt + jnp.matmul(transposed(dd), p.astype(dd.dtype), **f32)
+            ds = p * (jnp.matmul(dd, vh.T, **f32) - de[:, None])  # [bq, Lk]
+            dkt = dkt + jnp.matmul(transposed(qq), ds.astype(qq.dtype), **f32)
+            return (dkt, dvt), jnp.matmul(ds.astype(kh.dtype), kh, **f32).astype(qq.dtype)
 
-        zeros = (jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32))
-        (dk, dv), dq = jax.lax.scan(step, zeros, (qh, doh, lseh, dh))
-        return dq, dk.astype(kh.dtype), dv.astype(vh.dtype)
+        zeros = jnp.zeros(kh.shape[::-1], jnp.float32)
+        (dkt, dvt), dq = jax.lax.scan(step, (zeros, zeros), (qh, doh, lseh, dh))
+        dkt, dvt = jax.lax.optimization_barrier((dkt, dvt))  # keep the final transposes out of the dots
+        return dq, dkt.T.astype(kh.dtype), dvt.T.astype(vh.dtype)
 
     return jax.lax.map(head, (qb, k, v, do, lse, delta))
 

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from stp_jax.models import kernels
+
 Dtype = jnp.dtype
 Initializer = nn.initializers.Initializer
 
@@ -227,10 +229,7 @@ class Dense(nn.Module):
             return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
 
         kernel = self.param("kernel", nn.with_logical_partitioning(kinit, tuple(self.axes)), kshape, self.param_dtype)
-        letters = "abcdefgh"
-        xin = letters[: self.n_in]
-        kout = letters[self.n_in: self.n_in + len(out_shape)]
-        y = jnp.einsum(f"...{xin},{xin}{kout}->...{kout}", x.astype(self.dtype), kernel.astype(self.dtype))
+        y = kernels.dense(x.astype(self.dtype), kernel.astype(self.dtype), self.n_in)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, tuple(self.axes[self.n_in:])),
                               out_shape, self.param_dtype)

@@ -1,0 +1,94 @@
+"""The platform a trace compiles for, and matrix products written in the forms XLA:CPU runs fast.
+
+    compile_for("tpu")       pick kernels for another platform (AOT for a TPU topology on a CPU host)
+    target_platform()        "cpu" | "gpu" | "tpu": that platform, else this process's devices'
+    matmul_tn(a, b)          a^T b over the leading (row) axis: a [R, I], b [R, O] -> [I, O]
+    dense(x, kernel, n_in)   x [..., *in] @ kernel [*in, *out] -> [..., *out], the Dense layers' product
+
+XLA:CPU hands a dot to its fast GEMM (a YNNPACK fusion) only when the left operand is contracted
+over its last axis. A product over the rows of two row-major arrays -- a weight gradient x^T dy,
+attention's dV = P^T dO and dK = dS^T Q -- is not of that form, and stays a generic dot that runs
+1.5-3x slower than the same FLOPs in the fast form (docs/BENCHMARKS.md, "Dots XLA:CPU runs slowly").
+``matmul_tn`` materialises one transpose behind an optimization barrier (which keeps XLA from
+folding it back into the dot) so that the product takes the fast path; on CPU ``dense`` computes
+its weight gradient with it. The forward products, and every product on GPU and TPU (where a
+transposed operand costs nothing), are plain einsums.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PLATFORM = contextvars.ContextVar("stp_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compile_for(platform: str):
+    """Pick kernels for ``platform`` (e.g. "tpu" while AOT-compiling for a TPU topology on a
+    CPU host) instead of this process's default devices."""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    return _PLATFORM.get() or jax.devices()[0].platform
+
+
+def transposed(a: jax.Array) -> jax.Array:
+    """a.T as an array of its own: XLA may not fold this transpose into the dot that reads it."""
+    return jax.lax.optimization_barrier(a.T)
+
+
+def matmul_tn(a: jax.Array, b: jax.Array, preferred_element_type=None) -> jax.Array:
+    """a^T b for a [R, I], b [R, O] -> [I, O], with the smaller of the two transposes it can take:
+    (a^T) b, or (b^T a)^T -- R*I elements against R*O + I*O."""
+    kw = dict(preferred_element_type=preferred_element_type)
+    r, i = a.shape
+    o = b.shape[1]
+    if r * i <= r * o + i * o:
+        return jnp.matmul(transposed(a), b, **kw)
+    return jax.lax.optimization_barrier(jnp.matmul(transposed(b), a, **kw)).T
+
+
+def _einsum_dense(x, kernel, n_in: int):
+    letters = "abcdefgh"
+    xin, kout = letters[:n_in], letters[n_in: kernel.ndim]
+    return jnp.einsum(f"...{xin},{xin}{kout}->...{kout}", x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_cpu(x, kernel, n_in: int):
+    return _einsum_dense(x, kernel, n_in)
+
+
+def _dense_cpu_fwd(x, kernel, n_in):
+    return _einsum_dense(x, kernel, n_in), (x, kernel)
+
+
+def _dense_cpu_bwd(n_in, res, dy):
+    x, kernel = res
+    letters = "abcdefgh"
+    xin, kout = letters[:n_in], letters[n_in: kernel.ndim]
+    dx = jnp.einsum(f"...{kout},{xin}{kout}->...{xin}", dy, kernel)  # [..., *in]
+    fan_in = int(np.prod(kernel.shape[:n_in]))
+    dk = matmul_tn(x.reshape(-1, fan_in), dy.reshape(-1, kernel.size // fan_in))  # [in, out]
+    return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
+
+
+def dense(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    """x [..., *in] @ kernel [*in, *out] -> [..., *out] (``n_in`` trailing axes of x contracted).
+    The same einsum everywhere; on CPU its weight gradient goes through ``matmul_tn``."""
+    if target_platform() == "cpu":
+        return _dense_cpu(x, kernel, n_in)
+    return _einsum_dense(x, kernel, n_in)

@@ -1,0 +1,72 @@
+"""stp_jax.models.kernels: the products equal their einsums (values and gradients), and on CPU the
+weight gradients compile to the dot form XLA:CPU runs fast (no row-contracted left operand)."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stp_jax.models import kernels
+from stp_jax.models.attention import attention
+
+
+def _rand(*shapes, seed=0):
+    g = np.random.default_rng(seed)
+    return [jnp.asarray(g.standard_normal(s), jnp.float32) for s in shapes]
+
+
+@pytest.mark.parametrize("r,i,o", [(64, 8, 48), (64, 48, 8), (16, 16, 16)])  # both branches (a^T first; (b^T a)^T)
+def test_matmul_tn(r, i, o):
+    a, b = _rand((r, i), (r, o))
+    got = jax.jit(kernels.matmul_tn)(a, b)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(a).T @ np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,n_in", [((2, 5, 12), (12, 7), 1), ((3, 6, 4, 5), (4, 5, 9), 2),
+                                                  ((2, 5, 12), (12, 3, 4), 1), ((7, 40), (40, 6), 1)])
+def test_dense_matches_einsum_with_gradients(x_shape, k_shape, n_in):
+    x, k, w = _rand(x_shape, k_shape, x_shape[: len(x_shape) - n_in] + k_shape[n_in:], seed=1)
+
+    def loss(fn):
+        return lambda x, k: jnp.sum(jnp.sin(fn(x, k, n_in)) * w)
+
+    assert kernels.target_platform() == "cpu"
+    y = jax.jit(kernels.dense, static_argnums=2)(x, k, n_in)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(kernels._einsum_dense(x, k, n_in)), rtol=1e-6, atol=1e-6)
+    got = jax.jit(jax.grad(loss(kernels.dense), argnums=(0, 1)))(x, k)
+    want = jax.grad(loss(kernels._einsum_dense), argnums=(0, 1))(x, k)
+    for g, wt in zip(got, want):
+        assert g.shape == wt.shape and g.dtype == wt.dtype
+        np.testing.assert_allclose(np.asarray(g), np.asarray(wt), rtol=1e-5, atol=1e-5)
+
+
+def _row_contracted_dots(fn, *args) -> list[str]:
+    """Dots in the compiled program whose left operand is contracted over its first (row) axis."""
+    txt = jax.jit(fn).lower(*args).compile().as_text()
+    return [ln.strip() for ln in txt.splitlines()
+            if re.search(r" dot\(", ln) and "lhs_batch_dims" not in ln and "lhs_contracting_dims={0}" in ln]
+
+
+def test_weight_gradient_takes_the_fast_dot_form():
+    x, k = _rand((256, 128), (128, 96))
+
+    def grad(fn):
+        return jax.grad(lambda x, k: jnp.sum(fn(x, k, 1) ** 2), argnums=(0, 1))
+
+    assert _row_contracted_dots(grad(kernels._einsum_dense), x, k), "premise: XLA keeps x^T dy row-contracted"
+    assert not _row_contracted_dots(grad(kernels.dense), x, k)
+
+
+def test_blockwise_attention_backward_takes_the_fast_dot_form():
+    q, k, v = _rand((1, 512, 2, 16), (1, 512, 2, 16), (1, 512, 2, 16))
+    grad = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, backend="blockwise") ** 2), argnums=(0, 1, 2))
+    assert not _row_contracted_dots(grad, q, k, v)
+
+
+def test_other_platforms_keep_the_plain_einsum():
+    x, k = _rand((8, 4), (4, 3))
+    jaxpr = lambda: str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(kernels.dense(x, k, 1)), 1))(x, k))  # noqa: E731
+    assert "optimization_barrier" in jaxpr()
+    with kernels.compile_for("tpu"):
+        assert "optimization_barrier" not in jaxpr()
