@@ -8,6 +8,7 @@ Videos are uint8 [B, T, H, W, 3] at the edges and floats in [-1, 1] inside.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from stp_jax.diffusion import flow
 from stp_jax.diffusion.sampler import DEFAULT_CACHE_THRESHOLD, StepCache, denoise
 from stp_jax.models.dit import COND_KEYS
 from stp_jax.models.vae import PatchAutoencoder
+from stp_jax.parallel import mesh as mesh_lib
 
 WAN_SPATIAL = 8  # the Wan VAE's spatial downsampling
 WAN_Z_DIM = 16  # and its latent channels
@@ -336,7 +338,7 @@ def make_generator(model, ae: Autoencoder, *, steps: int, shift: float, cfg_scal
     numerics = numerics or model.cfg.numerics
     rounding = "truncate" if numerics == "reference" else "nearest"
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=mesh_lib.platform_compiler_options(jax.devices()[0].platform))
     def gen(params, source, cond, context, null_context, noise):
         src = ae.encode(to_float(source))
         kw = {k: jnp.asarray(cond[k], jnp.float32) for k in COND_KEYS[mode]}

@@ -70,3 +70,28 @@ def test_other_platforms_keep_the_plain_einsum():
     assert "optimization_barrier" in jaxpr()
     with kernels.compile_for("tpu"):
         assert "optimization_barrier" not in jaxpr()
+
+
+def test_cpu_compiler_options_keep_reductions_out_of_ynnpack(monkeypatch):
+    from stp_jax.models.layers import layer_norm
+    from stp_jax.parallel import mesh as mesh_lib
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    opts = mesh_lib.platform_compiler_options("cpu")
+    assert opts == mesh_lib.CPU_COMPILER_OPTIONS
+    assert mesh_lib.platform_compiler_options("gpu") is None
+    assert mesh_lib.platform_compiler_options("tpu", {"xla_tpu_x": 1}) == {"xla_tpu_x": 1}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce")
+    assert mesh_lib.platform_compiler_options("cpu") is None  # the user's flag wins
+
+    (x,) = _rand((256, 512))
+    lowered = jax.jit(jax.grad(lambda x: jnp.sum(layer_norm(x, 1e-6) * x))).lower(x)
+
+    def ynn_reduces(compiled):
+        txt = compiled.as_text()
+        ynn = set(re.findall(r"kind=kCustom, calls=%([\w.\-]+)", txt))
+        return [c for c in re.split(r"\n(?=\S)", txt)
+                if re.match(r"%([\w.\-]+)", c) and re.match(r"%([\w.\-]+)", c).group(1) in ynn and " reduce(" in c]
+
+    assert ynn_reduces(lowered.compile()), "premise: XLA's defaults hand this reduction to YNNPACK"
+    assert not ynn_reduces(lowered.compile(compiler_options=opts))

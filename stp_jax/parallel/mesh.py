@@ -14,6 +14,7 @@ Configs can override single rules (``logical_rules_overrides``), as MaxText does
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,11 +138,26 @@ def data_sharding(mesh: Mesh, ndim: int, rules=None) -> NamedSharding:
     return NamedSharding(mesh, P(*axes))
 
 
+# XLA:CPU's defaults hand dots and reductions to YNNPACK; its reductions run a LayerNorm or RMSNorm
+# forward + backward ~3.5x slower than XLA's own ([1024, 512]: 6.4 vs 1.7 ms, torch 1.75), so on CPU only
+# the dots go to it (docs/BENCHMARKS.md, "YNNPACK for dots only"). An XLA_FLAGS setting of the flag wins.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def platform_compiler_options(platform: str, tpu_options: Mapping[str, Any] | None = None) -> dict | None:
+    """XLA compile options for programs on ``platform``: ``tpu_options`` (a config's
+    ``tpu_compiler_options``) on TPU, CPU_COMPILER_OPTIONS on CPU (unless XLA_FLAGS sets that
+    flag itself), none elsewhere (each backend rejects the others' flags)."""
+    if platform == "tpu":
+        return dict(tpu_options) if tpu_options else None
+    if platform == "cpu" and not any(k in os.environ.get("XLA_FLAGS", "") for k in CPU_COMPILER_OPTIONS):
+        return dict(CPU_COMPILER_OPTIONS)
+    return None
+
+
 def compiler_options(mesh: Mesh, tpu_options: Mapping[str, Any] | None) -> dict | None:
-    """XLA compile options for programs on ``mesh``: ``tpu_options`` (a config's
-    ``tpu_compiler_options``) when the mesh is made of TPUs, none elsewhere (other backends
-    reject TPU flags)."""
-    return dict(tpu_options) if tpu_options and mesh.devices.flat[0].platform == "tpu" else None
+    """platform_compiler_options for the devices of ``mesh``."""
+    return platform_compiler_options(mesh.devices.flat[0].platform, tpu_options)
 
 
 def mesh_axis_size(mesh, axis) -> int:

@@ -13,7 +13,9 @@ the state donated. PyTorch: the same recipe written with torch.optim.AdamW.
 Reports steps/s, tokens/s (both halves), model TFLOP/s (6 x forward FLOPs per token
 count, i.e. fwd + bwd) and MFU against --peak-tflops. A last row trains SpaceTimePilot's
 published subset only (the rest frozen: no weight gradients), on the same FLOP count.
-``--variant remat=full`` (repeatable) adds a wan row with DiTConfig fields changed.
+``--variant remat=full`` (repeatable) adds a wan row with DiTConfig fields changed; ``xla=defaults``
+in a variant compiles that row with XLA's default options instead of the ones stp-train uses
+(stp_jax.parallel.mesh.platform_compiler_options: on CPU, YNNPACK for dots only).
 
 On CPU every implementation is compiled and warmed first, then timed in interleaved rounds
 (each round steps torch, then each stp_jax row, once), and *x torch* is the median over the
@@ -53,7 +55,8 @@ def main(argv=None):
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="one more stp_jax wan row with these DiTConfig fields changed (e.g. remat=full, "
-                         "attention=xla); repeatable, timed in the same rounds as the others")
+                         "attention=xla; xla=defaults: XLA's default compile options); repeatable, timed in the "
+                         "same rounds as the others")
     ap.add_argument("--sequential", action="store_true",
                     help="time each implementation's iterations in one block (the default on GPU, where torch and "
                          "jax would share the memory) instead of in interleaved rounds (the default on CPU)")
@@ -72,6 +75,7 @@ def main(argv=None):
     from stp_jax.convert.dit import abstract_params, dit_rules, to_original_layout
     from stp_jax.diffusion import flow
     from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, dummy_inputs, forward_flops, preset
+    from stp_jax.parallel import mesh as mesh_lib
 
     if args.preset:
         cfg = preset(args.preset, mode="wan", dtype=args.dtype, attention=args.attention, remat=args.remat)
@@ -89,7 +93,10 @@ def main(argv=None):
     for spec in args.variant:
         try:
             kv = dict(item.split("=", 1) for item in spec.split(","))
-            variants.append((spec, cfg.replace(**{k: _literal(v) for k, v in kv.items()})))
+            xla = kv.pop("xla", "stp_jax")
+            if xla not in ("stp_jax", "defaults"):
+                raise ValueError(f"xla={xla}: expected stp_jax or defaults")
+            variants.append((spec, cfg.replace(**{k: _literal(v) for k, v in kv.items()}), xla))
         except (ValueError, TypeError) as e:
             ap.error(f"--variant {spec!r}: expected KEY=VALUE[,KEY=VALUE] with DiTConfig fields ({e})")
     # interleaved rounds (common.interleave) on CPU: this box drifts by ±20 % over minutes, and
@@ -146,7 +153,7 @@ def main(argv=None):
         if not interleaved:
             del ref, opt
 
-    def bench_jax(cfg, params, mode, trainable="all"):
+    def bench_jax(cfg, params, mode, trainable="all", xla="stp_jax"):
         model = SpaceTimeDiT(cfg)
         batch = {"target": jnp.asarray(target), "source": jnp.asarray(source), "context": jnp.asarray(ctx)}
         extra = {k: v for k, v in dummy_inputs(cfg, b, fh, hp, wp, s).items() if k in ("tgt_cam", "src_cam",
@@ -155,7 +162,9 @@ def main(argv=None):
         params = jax.tree.map(jnp.copy, params)  # the step donates the state; callers reuse params
         opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-4, warmup=1, trainable=trainable), 1000)
         state = ts.init_state(params, opt)
-        step = jax.jit(functools.partial(ts.train_step, model, opt), donate_argnums=0)
+        # the compile options stp-train uses (parallel.mesh), or XLA's defaults (--variant xla=defaults)
+        copts = mesh_lib.platform_compiler_options(jax.default_backend()) if xla == "stp_jax" else None
+        step = jax.jit(functools.partial(ts.train_step, model, opt), donate_argnums=0, compiler_options=copts)
         holder = {"state": state}
 
         def run():
@@ -165,8 +174,8 @@ def main(argv=None):
         measure("stp_jax" if trainable == "all" else f"stp_jax, trainable={trainable}", mode, run)
 
     bench_jax(cfg, jax.device_put(params), "wan")
-    for spec, vcfg in variants:
-        bench_jax(vcfg, jax.device_put(params), f"wan, {spec}")
+    for spec, vcfg, xla in variants:
+        bench_jax(vcfg, jax.device_put(params), f"wan, {spec}", xla=xla)
     scfg = cfg.replace(mode="spacetimepilot")
     sparams = jax.jit(lambda: nn.unbox(SpaceTimeDiT(scfg).init(jax.random.PRNGKey(0),
                                                                **dummy_inputs(scfg, b, fh, hp, wp, s)))["params"])()
