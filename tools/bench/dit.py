@@ -56,6 +56,9 @@ def main(argv=None):
     from stp_jax.convert.core import StateDict, apply_table
     from stp_jax.convert.dit import abstract_params, dit_rules, to_original_layout
     from stp_jax.models.dit import DiTConfig, SpaceTimeDiT, forward_flops, preset
+    from stp_jax.parallel import mesh as mesh_lib
+
+    copts = mesh_lib.platform_compiler_options(jax.default_backend())  # what stp-train compiles with
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.preset:
@@ -118,9 +121,9 @@ def main(argv=None):
 
     def bench_jax(cfg, params, mode, extra):
         model = SpaceTimeDiT(cfg)
-        fwd = jax.jit(lambda p, x, t, c, e: model.apply({"params": p}, x, t, c, **e))
+        fwd = jax.jit(lambda p, x, t, c, e: model.apply({"params": p}, x, t, c, **e), compiler_options=copts)
         loss = lambda p, x, t, c, e: jnp.mean(jnp.square(model.apply({"params": p}, x, t, c, **e)))  # noqa: E731
-        grad = jax.jit(jax.value_and_grad(loss))
+        grad = jax.jit(jax.value_and_grad(loss), compiler_options=copts)
         row("stp_jax", mode, "fwd", timeit(lambda: fwd(params, xj, tj, cj, extra).block_until_ready(),
                                              iters=args.iters), 1)
         row("stp_jax", mode, "fwd+bwd", timeit(lambda: jax.block_until_ready(grad(params, xj, tj, cj, extra)),
