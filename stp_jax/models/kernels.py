@@ -8,7 +8,8 @@
 XLA:CPU hands a dot to its fast GEMM (a YNNPACK fusion) only when the left operand is contracted
 over its last axis. A product over the rows of two row-major arrays -- a weight gradient x^T dy,
 attention's dV = P^T dO and dK = dS^T Q -- is not of that form, and stays a generic dot that runs
-1.5-3x slower than the same FLOPs in the fast form (docs/BENCHMARKS.md, "Dots XLA:CPU runs slowly").
+1.5-3x slower than the same FLOPs in the fast form (docs/BENCHMARKS.md, "Dots in the form XLA:CPU
+runs fast").
 ``matmul_tn`` materialises one transpose behind an optimization barrier (which keeps XLA from
 folding it back into the dot) so that the product takes the fast path; on CPU ``dense`` computes
 its weight gradient with it. The forward products, and every product on GPU and TPU (where a
@@ -47,20 +48,23 @@ def transposed(a: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(a.T)
 
 
-def matmul_tn(a: jax.Array, b: jax.Array, preferred_element_type=None) -> jax.Array:
+def matmul_tn(a: jax.Array, b: jax.Array) -> jax.Array:
     """a^T b for a [R, I], b [R, O] -> [I, O], with the smaller of the two transposes it can take:
     (a^T) b, or (b^T a)^T -- R*I elements against R*O + I*O."""
-    kw = dict(preferred_element_type=preferred_element_type)
     r, i = a.shape
     o = b.shape[1]
     if r * i <= r * o + i * o:
-        return jnp.matmul(transposed(a), b, **kw)
-    return jax.lax.optimization_barrier(jnp.matmul(transposed(b), a, **kw)).T
+        return jnp.matmul(transposed(a), b)
+    return jax.lax.optimization_barrier(jnp.matmul(transposed(b), a)).T
+
+
+def _letters(kernel, n_in: int) -> tuple[str, str]:
+    """einsum letters of a Dense kernel's input and output axes."""
+    return "abcdefgh"[:n_in], "abcdefgh"[n_in: kernel.ndim]
 
 
 def _einsum_dense(x, kernel, n_in: int):
-    letters = "abcdefgh"
-    xin, kout = letters[:n_in], letters[n_in: kernel.ndim]
+    xin, kout = _letters(kernel, n_in)
     return jnp.einsum(f"...{xin},{xin}{kout}->...{kout}", x, kernel)
 
 
@@ -75,8 +79,7 @@ def _dense_cpu_fwd(x, kernel, n_in):
 
 def _dense_cpu_bwd(n_in, res, dy):
     x, kernel = res
-    letters = "abcdefgh"
-    xin, kout = letters[:n_in], letters[n_in: kernel.ndim]
+    xin, kout = _letters(kernel, n_in)
     dx = jnp.einsum(f"...{kout},{xin}{kout}->...{xin}", dy, kernel)  # [..., *in]
     fan_in = int(np.prod(kernel.shape[:n_in]))
     dk = matmul_tn(x.reshape(-1, fan_in), dy.reshape(-1, kernel.size // fan_in))  # [in, out]
