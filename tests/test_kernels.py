@@ -95,3 +95,30 @@ def test_cpu_compiler_options_keep_reductions_out_of_ynnpack(monkeypatch):
 
     assert ynn_reduces(lowered.compile()), "premise: XLA's defaults hand this reduction to YNNPACK"
     assert not ynn_reduces(lowered.compile(compiler_options=opts))
+
+
+def test_gelu_tanh_matches_autodiff_and_keeps_one_residual():
+    from stp_jax.models.layers import gelu_tanh
+
+    x = jnp.asarray(np.concatenate([np.linspace(-12, 12, 2001), np.random.default_rng(2).standard_normal(999)]),
+                    jnp.float32)
+    plain = jax.jit(lambda x: jax.nn.gelu(x, approximate=True))
+    np.testing.assert_array_equal(np.asarray(jax.jit(gelu_tanh)(x)), np.asarray(plain(x)))  # the same forward
+    w = jnp.linspace(-1.0, 1.0, x.size)
+    got = jax.jit(jax.grad(lambda x: jnp.sum(gelu_tanh(x) * w)))(x)
+    want = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True) * w))(x)
+    xd = np.asarray(x, np.float64)  # d gelu / dx in float64: both sides are 3.5e-6 from it where 1 + tanh cancels
+    t = np.tanh(np.sqrt(2 / np.pi) * (xd + 0.044715 * xd ** 3))
+    exact = np.asarray(w, np.float64) * (0.5 * (1 + t) + 0.5 * xd * (1 - t * t) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * xd ** 2))
+    err, err_autodiff = np.abs(np.asarray(got) - exact).max(), np.abs(np.asarray(want) - exact).max()
+    assert err <= max(1.1 * err_autodiff, 1e-6), (err, err_autodiff)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=2e-6)
+    xb = x.astype(jnp.bfloat16)
+    assert jax.grad(lambda x: jnp.sum(gelu_tanh(x)).astype(jnp.float32))(xb).dtype == jnp.bfloat16
+
+    def residuals(f):  # arrays of x's size the forward keeps for the backward
+        _, vjp = jax.vjp(f, x)
+        return sum(1 for leaf in jax.tree.leaves(vjp) if getattr(leaf, "shape", None) == x.shape)
+
+    assert residuals(lambda x: jax.nn.gelu(x, approximate=True)) > 1, "premise: autodiff keeps several"
+    assert residuals(gelu_tanh) == 1

@@ -38,6 +38,7 @@ from stp_jax.models.layers import (
     HeadRMSNorm,
     apply_pose,
     apply_rope,
+    gelu_tanh,
     identity_init,
     layer_norm,
     modulate,
@@ -441,7 +442,7 @@ def composite_pixel_features(pix, dilations=COMPOSITE_CONV_DILATIONS, attend: st
         pix = jnp.concatenate([pix, pixel_places((b, t, hh, ww))], -1)
     h = pix.reshape(b * t, hh, ww, pix.shape[-1])  # [B*T, H, W, C]: each frame's pixels
     for i, dil in enumerate(dilations):  # the pixel's neighbourhood (object edges, shadows, base)
-        h = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=dil, name=f"composite_conv{i}",
+        h = gelu_tanh(nn.Conv(width, (3, 3), padding="SAME", kernel_dilation=dil, name=f"composite_conv{i}",
                                 param_dtype=pdtype,
                                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                                          (None, None, None, None)),
@@ -488,7 +489,7 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
         feat = Dense((width,), ("embed", None), name="composite_token", param_dtype=pdtype)(hf[:, l // 2:])[:, :, None] + feat
     feat = feat + to_tok(local)  # [B, L/2, npx, width]
     heads = Dense((2,), (None, None), kernel_init=nn.initializers.zeros, name="composite_heads",
-                  param_dtype=pdtype)(jax.nn.gelu(feat))  # [B, L/2, npx, 2]
+                  param_dtype=pdtype)(gelu_tanh(feat))  # [B, L/2, npx, 2]
     log_d, mask_logit = heads[..., 0], heads[..., 1]
     mod.sow("intermediates", "composite_log_depth", to_img(log_d))  # [B, Fh, H, W] per source pixel
     mod.sow("intermediates", "composite_moving", to_img(mask_logit))  # [B, Fh, H, W] logits
@@ -506,7 +507,7 @@ def _composite_mix(mod: nn.Module, c: DiTConfig, h, x, copied, cam, tgt_time, sr
     gfeat = (Dense((width,), ("embed", None), name="composite_gate_token", param_dtype=pdtype)(hf[:, : l // 2])[:, :, None]
              + Dense((width,), (None, None), name="composite_gate_pixel", param_dtype=pdtype)(seen))  # [B, L/2, npx, width]
     gate = Dense((1,), (None, None), kernel_init=nn.initializers.zeros, name="composite_gate",
-                 param_dtype=pdtype)(jax.nn.gelu(gfeat))[..., 0]  # [B, L/2, npx] logits
+                 param_dtype=pdtype)(gelu_tanh(gfeat))[..., 0]  # [B, L/2, npx] logits
     mod.sow("intermediates", "composite_gate_logits", gate)
     mod.sow("intermediates", "composite_candidates", jnp.stack([cp, comp]))  # [2, B, L/2, npx, 3]
     # a hard choice per pixel (a blend of two sharp candidates is a ghost of two times), trained straight

@@ -1,4 +1,4 @@
-"""Building blocks shared by the DiT: sinusoids, 3D RoPE, norms, dense layers, AdaLN.
+"""Building blocks shared by the DiT: sinusoids, 3D RoPE, norms, GELU, dense layers, AdaLN.
 
 Shape letters of the whole package (capitals in shape comments, the same letters in lower
 case in einsum strings); a file that needs more names them in its docstring:
@@ -197,6 +197,36 @@ class HeadRMSNorm(nn.Module):
         return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
+# ---------------------------------------------------------------- activations
+
+_GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+_GELU_A = np.float32(0.044715)
+
+
+@jax.custom_vjp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GELU, tanh approximation: jax.nn.gelu(x, approximate=True), torch's gelu(approximate="tanh").
+
+    The same forward; the backward keeps only x and recomputes the tanh. Autodiff of the formula
+    saves four arrays of x's size, which in the layer scan are four stacked [layers, B, L, M]
+    buffers to zero-fill, write and copy every step (docs/BENCHMARKS.md, "GELU's residuals")."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    t = jnp.tanh(_GELU_C * (xf + _GELU_A * xf * xf * xf))
+    d = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * xf * xf)  # d gelu / dx
+    return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
 # ---------------------------------------------------------------- dense layers
 
 
@@ -252,7 +282,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = Dense((self.hidden,), self.axes_in, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-        h = jax.nn.gelu(h, approximate=True) if self.act == "gelu_tanh" else jax.nn.silu(h)
+        h = gelu_tanh(h) if self.act == "gelu_tanh" else jax.nn.silu(h)
         if self.hidden_constraint is not None:
             h = nn.with_logical_constraint(h, self.hidden_constraint)
         return Dense((self.out,), self.axes_out, dtype=self.dtype, param_dtype=self.param_dtype,

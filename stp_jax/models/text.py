@@ -21,7 +21,7 @@ import numpy as np
 from flax import linen as nn
 
 from stp_jax.config_utils import JsonConfig
-from stp_jax.models.layers import Dense
+from stp_jax.models.layers import Dense, gelu_tanh
 
 TEXT_LEN = 512  # Wan pads/trims text states to this many tokens
 
@@ -83,7 +83,7 @@ class UMT5Block(nn.Module):
         x = x + Dense((c.d_model,), ("heads", "kv", "embed"), n_in=2, name="o", **kw)(o)
         n2 = self.param("norm2", ones, (c.d_model,), jnp.dtype(c.param_dtype))
         h = rms_norm(x, n2, c.eps)
-        gate = jax.nn.gelu(Dense((c.d_ff,), ("embed", "mlp"), name="gate", **kw)(h), approximate=True)
+        gate = gelu_tanh(Dense((c.d_ff,), ("embed", "mlp"), name="gate", **kw)(h))
         h = gate * Dense((c.d_ff,), ("embed", "mlp"), name="fc1", **kw)(h)
         x = x + Dense((c.d_model,), ("mlp", "embed"), name="fc2", **kw)(h)
         return x, None
