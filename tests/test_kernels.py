@@ -58,10 +58,15 @@ def test_weight_gradient_takes_the_fast_dot_form():
     assert not _row_contracted_dots(grad(kernels.dense), x, k)
 
 
-def test_blockwise_attention_backward_takes_the_fast_dot_form():
+def test_blockwise_attention_backward_takes_the_fast_dot_form(monkeypatch):
+    from stp_jax.models import attention as attn_lib
+
     q, k, v = _rand((1, 512, 2, 16), (1, 512, 2, 16), (1, 512, 2, 16))
     grad = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, backend="blockwise") ** 2), argnums=(0, 1, 2))
     assert not _row_contracted_dots(grad, q, k, v)
+    monkeypatch.setattr(attn_lib, "transposed", lambda a: a.T)  # a plain transpose, which XLA folds into the dot
+    retraced = lambda *a: grad(*a)  # noqa: E731 (a new function: jit's cache holds the first trace)
+    assert _row_contracted_dots(retraced, q, k, v), "premise: without the barrier dK / dV are row-contracted dots"
 
 
 def test_other_platforms_keep_the_plain_einsum():
