@@ -39,6 +39,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(prog: str, fn: Callable[[], int]) -> int:
+    from stp_jax.parallel.host import reuse_host_memory
+
+    reuse_host_memory()  # before JAX starts its backend: XLA:CPU's per-run buffers stay mapped (parallel/host.py)
     try:
         return fn()
     except _user_errors() as e:

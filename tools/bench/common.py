@@ -55,12 +55,34 @@ def paired_ratio(ref: list[float], other: list[float]) -> dict:
     return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
 
 
+_HOST_MALLOC = {"result": "not asked"}
+
+
+def host_malloc_arg(ap):
+    """--host-malloc: reuse (stp_jax.parallel.host.reuse_host_memory, what the console scripts do) or
+    default (glibc's own settings: XLA:CPU's per-run buffers are mapped afresh on every run)."""
+    ap.add_argument("--host-malloc", choices=("reuse", "default"), default="reuse",
+                    help="reuse: keep XLA:CPU's per-run buffers mapped between runs, as stp-train does "
+                         "(stp_jax/parallel/host.py); default: glibc's own malloc settings (the 'before')")
+
+
+def set_host_malloc(choice: str) -> str:
+    """Apply --host-malloc; call it before JAX starts its backend. Recorded in machine()."""
+    if choice == "reuse":
+        from stp_jax.parallel.host import reuse_host_memory
+
+        _HOST_MALLOC["result"] = f"reuse: {reuse_host_memory()}"
+    else:
+        _HOST_MALLOC["result"] = "default"
+    return _HOST_MALLOC["result"]
+
+
 def machine() -> dict:
     import jax
 
     dev = jax.devices()[0]
     info = {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)), "jax": jax.__version__,
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "host_malloc": _HOST_MALLOC["result"]}
     try:
         import torch
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import machine, table, timeit, write_json  # noqa: E402
+from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -43,7 +43,9 @@ def main(argv=None):
     ap.add_argument("--fast-math", action="store_true",
                     help="XLA:CPU fast math (vectorised approximate exp/tanh); parity tests still pass with it")
     ap.add_argument("--out", default="bench_out/dit.json")
+    host_malloc_arg(ap)
     args = ap.parse_args(argv)
+    set_host_malloc(args.host_malloc)  # before JAX starts its backend
     if args.fast_math:  # must be set before JAX initialises its CPU backend
         import os
 
@@ -141,7 +143,7 @@ def main(argv=None):
     cols = ["impl", "mode", "pass", "ms", "TFLOP/s"] + (["MFU"] if args.peak_tflops else [])
     print(f"\nDiT dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads, batch {b}, {tokens} tokens, "
           f"text {s}, {args.dtype}; analytic fwd {flops / 1e9:.1f} GFLOP (XLA cost analysis: "
-          f"{(xla_flops or 0) / 1e9:.1f} GFLOP)")
+          f"{(xla_flops or 0) / 1e9:.1f} GFLOP); host malloc {machine()['host_malloc']}")
     print(table(rows, cols))
     write_json(args.out, {"machine": machine(), "config": cfg.to_dict(), "tokens": tokens, "batch": b,
                           "fwd_flops": flops, "xla_fwd_flops": xla_flops, "rows": rows, "args": vars(args)})

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, table, timeit, write_json  # noqa: E402
+from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
 
 _TRANSFORMS = re.compile(r"(jvp|transpose|remat|checkpoint|vmap|pjit|jit|closed_call)\(([^()]*)\)")
 
@@ -104,7 +104,9 @@ def main(argv=None):
                     help="sum the ops by where in the code they come from (HLO metadata, DEPTH module-path parts, "
                          "forward and backward apart) instead of by op name")
     ap.add_argument("--json", default=None)
+    host_malloc_arg(ap)
     args = ap.parse_args(argv)
+    set_host_malloc(args.host_malloc)  # before JAX starts its backend
 
     import jax
 
@@ -142,25 +144,30 @@ def main(argv=None):
         with tr.mesh_context():
             hlo = tr.step_fn.lower(held["state"], tr.global_batch(batch), rng, tr.context).compile().as_text()
         scopes = op_scopes(hlo, args.scopes)
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d, create_perfetto_trace=True):
-            for _ in range(args.trace):
-                step()
-        sums, n = op_times(Path(d), scopes)
+    sums, n = {}, 0
+    if args.trace:  # --trace 0: the timing alone
+        with tempfile.TemporaryDirectory() as d:
+            with jax.profiler.trace(d, create_perfetto_trace=True):
+                for _ in range(args.trace):
+                    step()
+            sums, n = op_times(Path(d), scopes)
     total = sum(v[0] for v in sums.values())
     cols = ["scope" if args.scopes else "op", "ms/step", "% of op time", "count/step"]
     rows = [dict(zip(cols, [name, f"{us / 1e3 / args.trace:.1f}", f"{100 * us / total:.1f}", f"{cnt / args.trace:.0f}"]))
             for name, (us, cnt) in sorted(sums.items(), key=lambda kv: -kv[1][0])[: args.top]]
     loader = f"; loader alone {loader_ms:.1f} ms/batch" if loader_ms is not None else ""
+    traced = (f"; traced ops {total / 1e3 / args.trace:.1f} ms/step summed over threads ({n // args.trace} events/step)"
+              if args.trace else "")
     print(f"{args.config} {' '.join(args.set)}: step median {median_ms:.1f} ms (min {1e3 * timed['min_s']:.1f}) over "
-          f"{args.iters} on {timed['cores']:.2f} cores, first step (compile) {compile_s:.1f} s; traced ops "
-          f"{total / 1e3 / args.trace:.1f} ms/step summed over threads ({n // max(args.trace, 1)} events/step){loader}")
-    print(table(rows, cols))
+          f"{args.iters} on {timed['cores']:.2f} cores, first step (compile) {compile_s:.1f} s{traced}{loader}; "
+          f"host malloc {machine()['host_malloc']}")
+    if rows:
+        print(table(rows, cols))
     if args.json:
         write_json(args.json, {"machine": machine(), "config": args.config, "overrides": args.set,
                                "median_ms": median_ms, "cores": timed["cores"], "compile_s": compile_s,
                                "loader_ms": loader_ms,
-                               "op_ms_per_step": {k: v[0] / 1e3 / args.trace for k, v in sums.items()}})
+                               "op_ms_per_step": {k: v[0] / 1e3 / max(args.trace, 1) for k, v in sums.items()}})
 
 
 if __name__ == "__main__":

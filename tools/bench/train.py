@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import interleave, machine, paired_ratio, table, timeit, write_json  # noqa: E402
+from common import host_malloc_arg, interleave, machine, paired_ratio, set_host_malloc, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -61,7 +61,9 @@ def main(argv=None):
                     help="time each implementation's iterations in one block (the default on GPU, where torch and "
                          "jax would share the memory) instead of in interleaved rounds (the default on CPU)")
     ap.add_argument("--out", default="bench_out/train.json")
+    host_malloc_arg(ap)
     args = ap.parse_args(argv)
+    set_host_malloc(args.host_malloc)  # before JAX starts its backend
 
     import functools
 
@@ -205,7 +207,8 @@ def main(argv=None):
     print(f"\n{'interleaved' if interleaved else 'sequential'} timing, {args.iters} rounds; x torch: torch's time / "
           "this row's" + (", median (quartiles) over the rounds" if interleaved else ", of the medians"))
     print(f"train step: DiT dim {cfg.dim}, {cfg.num_layers} layers, batch {b} x {tokens} tokens (target + source), "
-          f"text {s}, {args.dtype}, remat {args.remat}; {flops / 1e9:.1f} GFLOP/step (fwd+bwd)")
+          f"text {s}, {args.dtype}, remat {args.remat}; {flops / 1e9:.1f} GFLOP/step (fwd+bwd); "
+          f"host malloc {machine()['host_malloc']}")
     print(table(rows, cols))
     write_json(args.out, {"machine": machine(), "config": cfg.to_dict(), "tokens": tokens, "batch": b,
                           "step_flops": flops, "rows": rows, "args": vars(args)})
