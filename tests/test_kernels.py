@@ -77,6 +77,33 @@ def test_other_platforms_keep_the_plain_einsum():
         assert "optimization_barrier" not in jaxpr()
 
 
+@pytest.mark.parametrize("n", [1024, 96, 195])
+def test_softmax_row_statistics(n):
+    from stp_jax.parallel import mesh as mesh_lib
+
+    (s,) = _rand((64, n))
+    s = s.at[4].set(-jnp.inf).at[6, n - 1].set(1e3)
+    np.testing.assert_array_equal(np.asarray(jax.jit(kernels.row_max)(s)), np.asarray(s).max(-1, keepdims=True))
+    if n == 1024:  # the halving path propagates a NaN (XLA:CPU's own row max can drop one: n=195 here)
+        assert np.isnan(np.asarray(jax.jit(kernels.row_max)(s.at[3, 5].set(jnp.nan)))[3, 0])
+    p = jnp.abs(s[7:])
+    np.testing.assert_allclose(np.asarray(jax.jit(kernels.row_sum)(p)), np.asarray(p, np.float64).sum(-1, keepdims=True),
+                               rtol=1e-6)
+    if n != 1024:
+        return
+
+    def reduce_windows(fn, x):  # the compiled program's reduce-windows: XLA:CPU's slow form of a long row reduction
+        return jax.jit(fn).lower(x).compile(compiler_options=mesh_lib.platform_compiler_options("cpu")).as_text().count(
+            " reduce-window(")
+
+    assert reduce_windows(lambda x: x.max(-1, keepdims=True), s), "premise: the plain row max is a reduce-window"
+    assert reduce_windows(lambda x: x.sum(-1, keepdims=True), p), "premise: the plain row sum is a reduce-window"
+    assert not reduce_windows(kernels.row_max, s) and not reduce_windows(kernels.row_sum, p)
+    with kernels.compile_for("gpu"):  # the plain reductions elsewhere (new lambdas: jit's cache holds the CPU traces)
+        assert "dot_general" not in str(jax.make_jaxpr(lambda x: kernels.row_sum(x))(p))
+        assert str(jax.make_jaxpr(lambda x: kernels.row_max(x))(s)).count("max") == 1
+
+
 def test_cpu_compiler_options_keep_reductions_out_of_ynnpack(monkeypatch):
     from stp_jax.models.layers import layer_norm
     from stp_jax.parallel import mesh as mesh_lib

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import PartitionSpec as P
 
-from stp_jax.models.kernels import target_platform, transposed
+from stp_jax.models.kernels import row_max, row_sum, target_platform, transposed
 from stp_jax.parallel import mesh as mesh_lib
 
 BACKENDS = ("auto", "xla", "cudnn", "splash", "blockwise")
@@ -114,9 +114,9 @@ def _splash(q, k, v, *, block: int = 512, interpret: bool | None = None):
 def _blockwise_fwd_head(qb, k, v):
     def blk(qq):  # [bq, K] (pre-scaled); scores and statistics in float32
         s = jnp.matmul(qq, k.T, preferred_element_type=jnp.float32)  # [bq, Lk]
-        m = s.max(-1, keepdims=True)
+        m = row_max(s)  # [bq, 1]
         p = jnp.exp(s - m)
-        l = p.sum(-1, keepdims=True)
+        l = row_sum(p)
         o = jnp.matmul(p.astype(v.dtype), v, preferred_element_type=jnp.float32) / l
         return o.astype(qq.dtype), (m + jnp.log(l))[:, 0]
 

@@ -4,6 +4,7 @@
     target_platform()        "cpu" | "gpu" | "tpu": that platform, else this process's devices'
     matmul_tn(a, b)          a^T b over the leading (row) axis: a [R, I], b [R, O] -> [I, O]
     dense(x, kernel, n_in)   x [..., *in] @ kernel [*in, *out] -> [..., *out], the Dense layers' product
+    row_max(s), row_sum(p)   [..., N] -> [..., 1]: a softmax's statistics
 
 XLA:CPU hands a dot to its fast GEMM (a YNNPACK fusion) only when the left operand is contracted
 over its last axis. A product over the rows of two row-major arrays -- a weight gradient x^T dy,
@@ -14,6 +15,12 @@ runs fast").
 folding it back into the dot) so that the product takes the fast path; on CPU ``dense`` computes
 its weight gradient with it. The forward products, and every product on GPU and TPU (where a
 transposed operand costs nothing), are plain einsums.
+
+XLA:CPU also rewrites a long row reduction into a ``reduce-window`` of 32 and a short reduce, which
+runs at a fraction of its memory bandwidth; a softmax's row max and row sum over 1024 keys cost more
+than the exponentials between them. On CPU ``row_max`` halves the row with elementwise maxima (a
+vectorised loop) down to 32 before reducing, and ``row_sum`` is a product with a column of ones (the
+fast GEMM); elsewhere both are the plain reductions.
 """
 from __future__ import annotations
 
@@ -95,3 +102,20 @@ def dense(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     if target_platform() == "cpu":
         return _dense_cpu(x, kernel, n_in)
     return _einsum_dense(x, kernel, n_in)
+
+
+def row_max(s: jax.Array) -> jax.Array:
+    """s.max(-1, keepdims=True) [..., N] -> [..., 1]. The halving propagates a NaN (XLA:CPU's own row max
+    can drop one)."""
+    if target_platform() == "cpu":
+        while s.shape[-1] > 32 and s.shape[-1] % 2 == 0:
+            half = s.shape[-1] // 2
+            s = jnp.maximum(s[..., :half], s[..., half:])
+    return s.max(-1, keepdims=True)
+
+
+def row_sum(p: jax.Array) -> jax.Array:
+    """p.sum(-1, keepdims=True) [..., N] -> [..., 1] in float32 (summed in another order on CPU)."""
+    if target_platform() == "cpu":
+        return jnp.matmul(p, jnp.ones((p.shape[-1], 1), p.dtype), preferred_element_type=jnp.float32)
+    return p.sum(-1, keepdims=True, dtype=jnp.float32)
