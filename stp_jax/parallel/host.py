@@ -10,7 +10,7 @@ of freed memory, and has JAX run CPU programs on the calling thread (``jax_cpu_e
 off: the block then comes from the main heap, not from a worker thread's arena, which can only
 ``mmap`` it), so the block is faulted in once and reused by every later run. Setting one arena for
 all threads (``M_ARENA_MAX=1``) does the same without giving up async dispatch, but its lock slowed
-compiles by a third and some runs' steps by half (LLVM allocates from many threads).
+compiles by a third (LLVM allocates from many threads).
 
 The costs: the process keeps its peak host memory (and up to 2 GiB free) instead of returning it
 between runs, as a training process does anyway; single-device CPU programs are dispatched
