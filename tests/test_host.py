@@ -67,10 +67,10 @@ def test_reuse_host_memory_says_when_it_cannot(monkeypatch):
 
     for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD", "GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(host, "_state", {})  # this process's answer is not cached from another test
+    host.reuse_host_memory.cache_clear()  # this process's answer is not cached from another test
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own setting wins, before anything else is asked
     assert host.reuse_host_memory() == "left to $MALLOC_ARENA_MAX"
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    monkeypatch.setattr(host, "_state", {})
+    host.reuse_host_memory.cache_clear()
     jnp.zeros(1).block_until_ready()  # the backend's threads have their arenas: nothing is changed
     assert host.reuse_host_memory().startswith("too late")

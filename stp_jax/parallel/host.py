@@ -26,6 +26,7 @@ opt out.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -33,8 +34,6 @@ import sys
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 KEEP_FREE = 2 ** 31 - 1  # M_TRIM_THRESHOLD is an int: the most freed memory glibc can be told to keep
-
-_state: dict[str, str] = {}
 
 
 def _user_chose() -> str:
@@ -47,12 +46,10 @@ def _user_chose() -> str:
     return ""
 
 
+@functools.cache  # once per process: a second call returns the first one's answer
 def reuse_host_memory() -> str:
     """Keep XLA:CPU's per-run temporaries mapped between runs (module docstring). Returns what
-    happened, one of ``"set"`` (now or by an earlier call), ``"not glibc"``, ``"too late: ..."`` or
-    ``"left to $NAME"``; idempotent."""
-    if "result" in _state:
-        return _state["result"]
+    happened, one of ``"set"``, ``"not glibc"``, ``"too late: ..."`` or ``"left to $NAME"``."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         result = "not glibc"
     elif chose := _user_chose():
@@ -67,7 +64,6 @@ def reuse_host_memory() -> str:
 
             jax.config.update("jax_cpu_enable_async_dispatch", False)
         result = "set" if ok else "not glibc"  # mallopt returns 1 on success
-    _state["result"] = result
     return result
 
 
