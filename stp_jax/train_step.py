@@ -23,7 +23,7 @@ from flax import struct
 
 from stp_jax.controls.timing import latent_times
 from stp_jax.diffusion import flow
-from stp_jax.models import layered
+from stp_jax.models import kernels, layered
 from stp_jax.models.dit import COMPUTE_DTYPE_PARAMS, COND_KEYS, composite_pixels, copy_unit_places, copy_units
 
 # Trainable subsets, as regexes over "/"-joined param paths.
@@ -121,10 +121,24 @@ def lr_schedule(optim: OptimConfig, total_steps: int):
                                               optim.lr * 0.01)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm with the norm from ``kernels.global_norm`` (on CPU one dot per leaf instead of
+    the squares written out and reduced: docs/BENCHMARKS.md, "The optimizer's norms"). Same rule: updates
+    whose global norm is below ``max_norm`` pass unchanged, others are scaled to ``max_norm``."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = kernels.global_norm(updates)
+        keep = norm < max_norm
+        return jax.tree.map(lambda t: jax.lax.select(keep, t, (t / norm.astype(t.dtype)) * max_norm), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def make_optimizer(params, optim: OptimConfig = OptimConfig(), total_steps: int = 10_000) -> Optimizer:
     """AdamW (``optim``) on the trainable subset; frozen leaves get zero updates and keep no
     Adam moments (nor accumulators)."""
-    train = optax.chain(optax.clip_by_global_norm(optim.clip),
+    train = optax.chain(clip_by_global_norm(optim.clip),
                         optax.adamw(lr_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2,
                                     weight_decay=optim.weight_decay))
     if optim.accumulate > 1:
@@ -266,5 +280,5 @@ def train_step(model, optimizer, state: TrainState, batch: dict, rng, *,
     ema = state.ema
     if ema is not None and ema_decay > 0:
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates), **aux}
+    metrics = {"loss": loss, "grad_norm": kernels.global_norm(grads), "update_norm": kernels.global_norm(updates), **aux}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics

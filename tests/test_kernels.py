@@ -104,6 +104,30 @@ def test_softmax_row_statistics(n):
         assert str(jax.make_jaxpr(lambda x: kernels.row_max(x))(s)).count("max") == 1
 
 
+def test_global_norm_matches_optax_and_reads_each_leaf_once():
+    import optax
+
+    from stp_jax.parallel import mesh as mesh_lib
+
+    a, b, c = _rand((8, 256, 512), (512,), (3, 5), seed=1)
+    tree = {"a": a, "b": {"c": c * 1e3, "s": jnp.float32(-2.0)}, "bias": b, "h": b.astype(jnp.bfloat16)}
+    want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+    np.testing.assert_allclose(float(jax.jit(kernels.global_norm)(tree)), want, rtol=1e-6)
+    np.testing.assert_allclose(float(optax.tree.norm(tree)), want, rtol=1e-5)  # the same quantity as optax's
+    with kernels.compile_for("gpu"):
+        np.testing.assert_allclose(float(jax.jit(lambda t: kernels.global_norm(t))(tree)), want, rtol=1e-6)
+
+    def largest_reduce_window(fn):  # XLA:CPU's slow form of a large reduction: the most elements one reads
+        text = jax.jit(fn).lower(a).compile(compiler_options=mesh_lib.platform_compiler_options("cpu")).as_text()
+        out = []
+        for shape, window in re.findall(r"= f32\[([\d,]*)\]\S* reduce-window\(.*?window=\{size=([\dx]+)", text):
+            out.append(int(np.prod([int(d) for d in shape.split(",") if d])) * int(np.prod([int(w) for w in window.split("x")])))
+        return max(out, default=0)
+
+    assert largest_reduce_window(optax.tree.norm) == a.size, "premise: optax's norm reduce-windows the whole leaf"
+    assert largest_reduce_window(kernels.global_norm) <= 256
+
+
 def test_cpu_compiler_options_keep_reductions_out_of_ynnpack(monkeypatch):
     from stp_jax.models.layers import layer_norm
     from stp_jax.parallel import mesh as mesh_lib

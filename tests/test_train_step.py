@@ -111,6 +111,21 @@ def test_frozen_leaves_get_no_weight_gradient(setup):
     assert flops["subset"] < 0.9 * flops["all"], flops  # the FFN / cross-attention weight matmuls are gone
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])  # below, near and above the threshold
+def test_clip_by_global_norm_matches_optax(scale):
+    import optax
+
+    g = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(g.standard_normal((64, 32)) * scale, jnp.float32),
+             "b": jnp.asarray(g.standard_normal((32,)) * scale, jnp.float32)}
+    ours, _ = jax.jit(lambda t: ts.clip_by_global_norm(0.5).update(t, ()))(grads)
+    want, _ = optax.clip_by_global_norm(0.5).update(grads, ())
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=0)
+    if scale > 1:
+        np.testing.assert_allclose(float(optax.tree.norm(ours)), 0.5, rtol=1e-5)
+
+
 def test_gradient_accumulation_updates_every_k_steps(setup):
     _, model, params, batch = setup
     opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, trainable="recammaster", accumulate=2), 100)

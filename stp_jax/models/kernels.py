@@ -5,6 +5,7 @@
     matmul_tn(a, b)          a^T b over the leading (row) axis: a [R, I], b [R, O] -> [I, O]
     dense(x, kernel, n_in)   x [..., *in] @ kernel [*in, *out] -> [..., *out], the Dense layers' product
     row_max(s), row_sum(p)   [..., N] -> [..., 1]: a softmax's statistics
+    sum_of_squares(x)        sum(x**2) over every element (float32); global_norm(tree): over a pytree
 
 XLA:CPU hands a dot to its fast GEMM (a YNNPACK fusion) only when the left operand is contracted
 over its last axis. A product over the rows of two row-major arrays -- a weight gradient x^T dy,
@@ -20,7 +21,9 @@ XLA:CPU also rewrites a long row reduction into a ``reduce-window`` of 32 and a 
 runs at a fraction of its memory bandwidth; a softmax's row max and row sum over 1024 keys cost more
 than the exponentials between them. On CPU ``row_max`` halves the row with elementwise maxima (a
 vectorised loop) down to 32 before reducing, and ``row_sum`` is a product with a column of ones (the
-fast GEMM); elsewhere both are the plain reductions.
+fast GEMM); elsewhere both are the plain reductions. The same rewrite makes a whole-array sum of squares
+(optax's ``tree.norm``: the squares written out, then a ``reduce-window``) two passes at a fraction of the
+bandwidth; on CPU ``sum_of_squares`` halves the squares down to 256 before reducing (``global_norm`` over a pytree).
 """
 from __future__ import annotations
 
@@ -119,3 +122,26 @@ def row_sum(p: jax.Array) -> jax.Array:
     if target_platform() == "cpu":
         return jnp.matmul(p, jnp.ones((p.shape[-1], 1), p.dtype), preferred_element_type=jnp.float32)
     return p.sum(-1, keepdims=True, dtype=jnp.float32)
+
+
+def sum_of_squares(x: jax.Array) -> jax.Array:
+    """sum(x**2) over every element, float32. On CPU a large array's squares are halved (pairwise sums of its
+    halves, rows then columns of a [-1, 1024] view) down to [8, 32] before one small reduction: each halving
+    is a vectorised loop, where XLA:CPU's own reduction of the whole array is a chain of reduce-windows."""
+    sq = jnp.square(x.reshape(-1).astype(jnp.float32))
+    if target_platform() != "cpu" or sq.size < 1 << 15 or sq.size % 1024:
+        return jnp.sum(sq)
+    m = sq.reshape(-1, 1024)
+    while m.shape[0] > 8 and m.shape[0] % 2 == 0:
+        half = m.shape[0] // 2
+        m = m[:half] + m[half:]
+    while m.shape[1] > 32:
+        half = m.shape[1] // 2
+        m = m[:, :half] + m[:, half:]
+    return jnp.sum(m)
+
+
+def global_norm(tree) -> jax.Array:
+    """sqrt of the sum of squares of every element of every leaf (``sum_of_squares``), float32: the value of
+    optax.tree.norm, for the gradient clip and the train metrics."""
+    return jnp.sqrt(sum((sum_of_squares(x) for x in jax.tree.leaves(tree)), jnp.zeros((), jnp.float32)))
