@@ -42,6 +42,25 @@ def test_backend_gradients(backend):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5)
 
 
+def test_blockwise_query_blocks():
+    from stp_jax.models import attention as attn
+
+    # the rule: the most rows (a power of two, >= 128) whose [rows, Lk] scores fit 2^20 elements
+    assert [attn.query_block(lk) for lk in (24, 512, 1024, 2048, 4096, 32760)] == [32768, 2048, 1024, 512, 256, 128]
+    # several blocks, the last one padded (300 = 128 + 128 + 44): values and gradients as one block
+    q, k, v = _qkv(lq=300, lk=260, seed=4)
+
+    def loss(block):
+        return lambda q, k, v: jnp.sum(jnp.sin(attn._blockwise(q, k, v, block=block)))
+
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda *a: attn._blockwise(*a, block=128))(q, k, v)), _ref(q, k, v),
+                               atol=2e-5)
+    got = jax.jit(jax.grad(loss(128), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, backend="xla"))), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5)
+
+
 def test_blockwise_bf16_close_to_fp32():
     q, k, v = _qkv(lq=512, lk=512)
     out = attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), backend="blockwise")

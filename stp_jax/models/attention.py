@@ -11,6 +11,8 @@ Backends (per-device kernels):
   blockwise  exact flash-style attention in plain JAX: query blocks against all keys as
           2-D matmuls, a custom VJP that recomputes scores from the saved log-sum-exp.
           Memory O(L * block) instead of O(L^2); the fast choice on CPU for long sequences.
+          A query block holds as many rows (a power of two, 128 at least) as keep its [rows, Lk]
+          float32 scores within 2^20 elements (4 MiB): 1024 rows at 1024 keys, 256 at 4096.
   auto    splash on TPU, cudnn on GPU for 16-bit inputs, blockwise on CPU from 1024
           query tokens, xla otherwise.
 
@@ -161,10 +163,24 @@ def _blockwise_core_bwd(res, do):
 _blockwise_core.defvjp(_blockwise_core_fwd, _blockwise_core_bwd)
 
 
-def _blockwise(q, k, v, *, block: int = 256):
+BLOCKWISE_SCORES = 1 << 20  # elements of one query block's [rows, Lk] scores (4 MiB in float32)
+
+
+def query_block(lk: int) -> int:
+    """Rows per blockwise query block against ``lk`` keys: the most, a power of two and at least 128, whose
+    scores fit BLOCKWISE_SCORES. On this repo's 2-core CPU (docs/BENCHMARKS.md, "Query blocks") fewer,
+    larger blocks win until the block leaves the cache: at 1024 keys one block of 1024 beats four of 256 by
+    6 %, at 2048 keys 256-1024 are even and 2048 is 6 % slower, at 4096 keys 256-512 lead."""
+    rows = 128
+    while 2 * rows * lk <= BLOCKWISE_SCORES:
+        rows *= 2
+    return rows
+
+
+def _blockwise(q, k, v, *, block: int | None = None):
     b, lq, n, kd = q.shape
     lk = k.shape[1]
-    bq = min(block, lq)
+    bq = min(block or query_block(lk), lq)
     nb = -(-lq // bq)
     # [B, L, N, K] -> [B*N, nb, bq, K]; padded query rows are computed and dropped
     qt = jnp.pad((q * (1.0 / math.sqrt(kd))).transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, nb * bq - lq), (0, 0)))

@@ -28,7 +28,8 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--blocks", default="256,512,1024", help="blockwise query block sizes")
+    ap.add_argument("--blocks", default="auto,256,512,1024",
+                    help="blockwise query block sizes (auto: attention.query_block's, the default)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--out", default="bench_out/attention.json")
@@ -49,8 +50,10 @@ def main(argv=None):
     jq, jk, jv, jdo = map(jnp.asarray, (q, k, v, do))
 
     kernels = {"xla": attn._xla}
-    for b in (int(x) for x in args.blocks.split(",") if x):
-        kernels[f"blockwise {b}"] = functools.partial(attn._blockwise, block=b)
+    for b in (x for x in args.blocks.split(",") if x):
+        block = attn.query_block(args.tokens) if b == "auto" else int(b)
+        kernels[f"blockwise {block}" + (" (auto)" if b == "auto" else "")] = functools.partial(attn._blockwise,
+                                                                                              block=block)
 
     rows, ref = [], None
     for name, fn in kernels.items():
