@@ -178,3 +178,32 @@ def test_gelu_tanh_matches_autodiff_and_keeps_one_residual():
 
     assert residuals(lambda x: jax.nn.gelu(x, approximate=True)) > 1, "premise: autodiff keeps several"
     assert residuals(gelu_tanh) == 1
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])  # kernels.dense's CPU VJP, and the plain einsum elsewhere
+def test_gelu_tanh_dense_matches_autodiff_and_keeps_only_its_input(platform):
+    from stp_jax.models.layers import gelu_tanh_dense
+
+    h, kernel, dy = _rand((2, 48, 64), (64, 40), (2, 48, 40), seed=5)
+    h = h * 3.0
+
+    def plain(h, kernel):  # the unfused reference: autodiff of the formula and the einsum
+        return jnp.einsum("bli,io->blo", jax.nn.gelu(h, approximate=True), kernel)
+
+    with kernels.compile_for(platform):
+        y, vjp = jax.vjp(gelu_tanh_dense, h, kernel)
+        got = jax.jit(lambda h, k: jax.vjp(gelu_tanh_dense, h, k)[1](dy))(h, kernel)
+    yp, vjp_plain = jax.vjp(plain, h, kernel)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(yp), rtol=1e-5, atol=1e-5)
+    for g, w in zip(got, vjp_plain(dy)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+    hb, kb = h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    with kernels.compile_for(platform):
+        gb = jax.vjp(gelu_tanh_dense, hb, kb)[1](dy.astype(jnp.bfloat16))
+    assert [g.dtype for g in gb] == [jnp.bfloat16, jnp.bfloat16]
+
+    def kept(vjp):  # arrays of h's size the forward keeps for the backward
+        return sum(1 for leaf in jax.tree.leaves(vjp) if getattr(leaf, "shape", None) == h.shape)
+
+    assert kept(vjp_plain) > 1, "premise: autodiff keeps gelu(h) beside h"
+    assert kept(vjp) == 1

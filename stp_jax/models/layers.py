@@ -217,17 +217,46 @@ def _gelu_tanh_fwd(x):
     return jax.nn.gelu(x, approximate=True), x
 
 
-def _gelu_tanh_bwd(x, g):
+def _gelu_tanh_and_slope(x):
+    """gelu_tanh(x) and its derivative, in float32, from one tanh."""
     xf = x.astype(jnp.float32)
     t = jnp.tanh(_GELU_C * (xf + _GELU_A * xf * xf * xf))
     d = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * xf * xf)  # d gelu / dx
-    return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+    return 0.5 * xf * (1.0 + t), d
+
+
+def _gelu_tanh_bwd(x, g):
+    return ((g.astype(jnp.float32) * _gelu_tanh_and_slope(x)[1]).astype(x.dtype),)
 
 
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
 # ---------------------------------------------------------------- dense layers
+
+
+@jax.custom_vjp
+def gelu_tanh_dense(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """kernels.dense(gelu_tanh(h), kernel, 1): h [..., I], kernel [I, O] -> [..., O]; the FFN's second product.
+
+    The same forward; the backward keeps only h (not also gelu(h), the product's input) and recomputes
+    gelu(h) and its slope from one tanh: one [layers, B, L, ffn] residual fewer in the layer scan."""
+    return kernels.dense(gelu_tanh(h), kernel, 1)
+
+
+def _gelu_tanh_dense_fwd(h, kernel):
+    return gelu_tanh_dense(h, kernel), (h, kernel)
+
+
+def _gelu_tanh_dense_bwd(res, dy):
+    h, kernel = res
+    a, slope = _gelu_tanh_and_slope(h)
+    da, dk = jax.vjp(lambda a_, k_: kernels.dense(a_, k_, 1), a.astype(h.dtype), kernel)[1](dy)
+    return (da.astype(jnp.float32) * slope).astype(h.dtype), dk
+
+
+gelu_tanh_dense.defvjp(_gelu_tanh_dense_fwd, _gelu_tanh_dense_bwd)
+
 
 
 class Dense(nn.Module):
@@ -244,6 +273,7 @@ class Dense(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     bias_init: Initializer = nn.initializers.zeros
+    input_act: str | None = None  # "gelu_tanh": y = gelu_tanh(x) @ kernel + bias (gelu_tanh_dense)
 
     @nn.compact
     def __call__(self, x):
@@ -259,7 +289,12 @@ class Dense(nn.Module):
             return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
 
         kernel = self.param("kernel", nn.with_logical_partitioning(kinit, tuple(self.axes)), kshape, self.param_dtype)
-        y = kernels.dense(x.astype(self.dtype), kernel.astype(self.dtype), self.n_in)
+        if self.input_act == "gelu_tanh" and self.n_in == 1:
+            y = gelu_tanh_dense(x.astype(self.dtype), kernel.astype(self.dtype))
+        elif self.input_act is None:
+            y = kernels.dense(x.astype(self.dtype), kernel.astype(self.dtype), self.n_in)
+        else:
+            raise ValueError(f"{self.name}: input_act {self.input_act!r} (with n_in {self.n_in}) is not supported")
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, tuple(self.axes[self.n_in:])),
                               out_shape, self.param_dtype)
@@ -282,11 +317,13 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = Dense((self.hidden,), self.axes_in, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-        h = gelu_tanh(h) if self.act == "gelu_tanh" else jax.nn.silu(h)
-        if self.hidden_constraint is not None:
+        fused = self.act == "gelu_tanh"  # fc2 applies the GELU itself (gelu_tanh_dense: one residual fewer)
+        if not fused:
+            h = jax.nn.silu(h)
+        if self.hidden_constraint is not None:  # the same sharding before or after the activation
             h = nn.with_logical_constraint(h, self.hidden_constraint)
         return Dense((self.out,), self.axes_out, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=self.out_init, name="fc2")(h)
+                     kernel_init=self.out_init, input_act="gelu_tanh" if fused else None, name="fc2")(h)
 
 
 def modulate(x_norm: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
