@@ -79,9 +79,11 @@ def store_frozen(params, labels, dtype):
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (labels is a dict)
 class Optimizer:
     """An optax transformation plus the 'train'/'freeze' label of every parameter leaf, so
-    the train step differentiates the trainable leaves only."""
+    the train step differentiates the trainable leaves only; ``update_norm``: the step also
+    reports the norm of each update (OptimConfig.update_norm)."""
     tx: Any
     labels: Any
+    update_norm: bool = False
 
     def init(self, params):
         return self.tx.init(params)
@@ -102,6 +104,9 @@ class OptimConfig:
     b2: float = 0.999
     accumulate: int = 1  # micro-steps per update (optax.MultiSteps)
     trainable: str = "all"  # all | recammaster | spacetimepilot | a regex over param paths
+    # report update_norm, the norm of each update, beside grad_norm: off by default because on XLA:CPU it
+    # costs 3-4 % of a step (the update is written out and the donated params copied; docs/BENCHMARKS.md)
+    update_norm: bool = False
 
     def __post_init__(self):
         problems = [f"optim.{k} must be > 0, got {getattr(self, k)}" for k in ("lr", "clip", "accumulate")
@@ -144,7 +149,8 @@ def make_optimizer(params, optim: OptimConfig = OptimConfig(), total_steps: int 
     if optim.accumulate > 1:
         train = optax.MultiSteps(train, optim.accumulate).gradient_transformation()
     labels = trainable_labels(params, optim.trainable)
-    return Optimizer(optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels), labels)
+    return Optimizer(optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels), labels,
+                     optim.update_norm)
 
 
 def _value_and_trainable_grad(f, params, labels):
@@ -271,7 +277,8 @@ def copy_supervision(cfg, intermediates, batch, flow_cfg: flow.FlowConfig):
 
 def train_step(model, optimizer, state: TrainState, batch: dict, rng, *,
                flow_cfg: flow.FlowConfig = flow.FlowConfig(), ema_decay: float = 0.0):
-    """One update. Returns (new state, metrics: loss, grad_norm (of the trainable leaves), update norm...)."""
+    """One update. Returns (new state, metrics: loss, grad_norm (of the trainable leaves), update_norm when the
+    optimizer asks for it (OptimConfig.update_norm), the loss's terms...)."""
     rng = jax.random.fold_in(rng, state.step)
     (loss, aux), grads = _value_and_trainable_grad(lambda p: loss_fn(model, p, batch, rng, flow_cfg),
                                                    state.params, getattr(optimizer, "labels", None))
@@ -280,5 +287,7 @@ def train_step(model, optimizer, state: TrainState, batch: dict, rng, *,
     ema = state.ema
     if ema is not None and ema_decay > 0:
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-    metrics = {"loss": loss, "grad_norm": kernels.global_norm(grads), "update_norm": kernels.global_norm(updates), **aux}
+    metrics = {"loss": loss, "grad_norm": kernels.global_norm(grads), **aux}
+    if getattr(optimizer, "update_norm", False):
+        metrics["update_norm"] = kernels.global_norm(updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics

@@ -21,9 +21,10 @@ def log(msg: str):
 
 
 # Means over the steps of one logging window of what the train step reports: always these, and the
-# loss's terms when it has more than one (flow.FlowConfig.copy_loss).
-TRAIN_METRICS = ("loss", "grad_norm", "update_norm", "sigma_mean")
-LOSS_TERMS = ("flow_loss", "copy_ce", "depth_mse", "depth_mae", "moving_ce", "gate_ce")
+# others when the step reports them (update_norm: OptimConfig.update_norm; the loss's terms when it has
+# more than one, flow.FlowConfig.copy_loss).
+TRAIN_METRICS = ("loss", "grad_norm", "sigma_mean")
+OPTIONAL_METRICS = ("update_norm", "flow_loss", "copy_ce", "depth_mse", "depth_mae", "moving_ce", "gate_ce")
 
 
 @functools.cache
@@ -35,7 +36,7 @@ def window_metrics(step_metrics: list[dict]) -> dict[str, float]:
     """Average a window of per-step metric dicts (device arrays) with clu's Average."""
     acc = None
     for m in step_metrics:
-        metrics = _collection(TRAIN_METRICS + tuple(k for k in LOSS_TERMS if k in m))
+        metrics = _collection(TRAIN_METRICS + tuple(k for k in OPTIONAL_METRICS if k in m))
         one = metrics.single_from_model_output(**{k: v for k, v in m.items() if k != "finite"})
         acc = one if acc is None else acc.merge(one)
     return {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}

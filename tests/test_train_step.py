@@ -126,6 +126,22 @@ def test_clip_by_global_norm_matches_optax(scale):
         np.testing.assert_allclose(float(optax.tree.norm(ours)), 0.5, rtol=1e-5)
 
 
+def test_update_norm_is_reported_on_request_and_is_the_step_taken(setup):
+    import optax
+
+    _, model, params, batch = setup
+    out = {}
+    for flag in (False, True):
+        opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, update_norm=flag), 100)
+        state = ts.init_state(params, opt)
+        out[flag] = jax.jit(functools.partial(ts.train_step, model, opt))(state, batch, jax.random.PRNGKey(1))
+    assert "update_norm" not in out[False][1]
+    step = jax.tree.map(lambda a, b: a - b, out[True][0].params, params)
+    np.testing.assert_allclose(float(out[True][1]["update_norm"]), float(optax.tree.norm(step)), rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(out[True][0].params), jax.tree.leaves(out[False][0].params)):  # same update
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_gradient_accumulation_updates_every_k_steps(setup):
     _, model, params, batch = setup
     opt = ts.make_optimizer(params, ts.OptimConfig(lr=1e-3, warmup=1, trainable="recammaster", accumulate=2), 100)
@@ -250,9 +266,10 @@ def test_training_log_averages_the_loss_terms_when_there_are_several():
     the window beside the fixed metrics, and absent without them."""
     from stp_jax.writers import window_metrics
 
-    base = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(2.0), "update_norm": jnp.float32(0.0),
-            "sigma_mean": jnp.float32(0.5), "finite": jnp.bool_(True)}
-    assert set(window_metrics([base])) == {"loss", "grad_norm", "update_norm", "sigma_mean"}
+    base = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(2.0), "sigma_mean": jnp.float32(0.5),
+            "finite": jnp.bool_(True)}
+    assert set(window_metrics([base])) == {"loss", "grad_norm", "sigma_mean"}
+    assert window_metrics([dict(base, update_norm=jnp.float32(3.0))])["update_norm"] == 3.0  # when reported
     terms = [dict(base, flow_loss=jnp.float32(f), copy_ce=jnp.float32(c)) for f, c in ((0.1, 4.0), (0.3, 2.0))]
     out = window_metrics(terms)
     assert out["flow_loss"] == pytest.approx(0.2) and out["copy_ce"] == pytest.approx(3.0) and out["loss"] == 1.0
