@@ -127,8 +127,8 @@ def lr_schedule(optim: OptimConfig, total_steps: int):
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """optax.clip_by_global_norm with the norm from ``kernels.global_norm`` (on CPU one dot per leaf instead of
-    the squares written out and reduced: docs/BENCHMARKS.md, "The optimizer's norms"). Same rule: updates
+    """optax.clip_by_global_norm with the norm from ``kernels.global_norm`` (on CPU halving sums instead of the
+    squares written out and reduce-windowed: docs/BENCHMARKS.md, "The optimizer's norms"). Same rule: updates
     whose global norm is below ``max_norm`` pass unchanged, others are scaled to ``max_norm``."""
 
     def update(updates, state, params=None):

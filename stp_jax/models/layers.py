@@ -258,7 +258,6 @@ def _gelu_tanh_dense_bwd(res, dy):
 gelu_tanh_dense.defvjp(_gelu_tanh_dense_fwd, _gelu_tanh_dense_bwd)
 
 
-
 class Dense(nn.Module):
     """y = x @ kernel + bias with a kernel of any shape ``in_shape + out_shape``.
 
