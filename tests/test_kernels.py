@@ -109,8 +109,8 @@ def test_global_norm_matches_optax_and_reads_each_leaf_once():
 
     from stp_jax.parallel import mesh as mesh_lib
 
-    a, b, c = _rand((8, 256, 512), (512,), (3, 5), seed=1)
-    tree = {"a": a, "b": {"c": c * 1e3, "s": jnp.float32(-2.0)}, "bias": b, "h": b.astype(jnp.bfloat16)}
+    a, b, c, d = _rand((8, 256, 512), (512,), (3, 5), (48, 1024), seed=1)  # d: its halving stops at 3 rows
+    tree = {"a": a, "b": {"c": c * 1e3, "s": jnp.float32(-2.0)}, "bias": b, "h": b.astype(jnp.bfloat16), "d": d}
     want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
     np.testing.assert_allclose(float(jax.jit(kernels.global_norm)(tree)), want, rtol=1e-6)
     np.testing.assert_allclose(float(optax.tree.norm(tree)), want, rtol=1e-5)  # the same quantity as optax's

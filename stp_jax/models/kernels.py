@@ -107,13 +107,20 @@ def dense(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     return _einsum_dense(x, kernel, n_in)
 
 
+def _halve(x: jax.Array, op, axis: int, stop: int) -> jax.Array:
+    """Fold ``axis`` in halves with the elementwise ``op`` (x[:n/2] op x[n/2:]) while it is even and longer
+    than ``stop``: the CPU form of a long reduction, one vectorised loop per halving."""
+    while x.shape[axis] > stop and x.shape[axis] % 2 == 0:
+        lo, hi = jnp.split(x, 2, axis=axis)
+        x = op(lo, hi)
+    return x
+
+
 def row_max(s: jax.Array) -> jax.Array:
     """s.max(-1, keepdims=True) [..., N] -> [..., 1]. The halving propagates a NaN (XLA:CPU's own row max
     can drop one)."""
     if target_platform() == "cpu":
-        while s.shape[-1] > 32 and s.shape[-1] % 2 == 0:
-            half = s.shape[-1] // 2
-            s = jnp.maximum(s[..., :half], s[..., half:])
+        s = _halve(s, jnp.maximum, -1, 32)
     return s.max(-1, keepdims=True)
 
 
@@ -131,14 +138,7 @@ def sum_of_squares(x: jax.Array) -> jax.Array:
     sq = jnp.square(x.reshape(-1).astype(jnp.float32))
     if target_platform() != "cpu" or sq.size < 1 << 15 or sq.size % 1024:
         return jnp.sum(sq)
-    m = sq.reshape(-1, 1024)
-    while m.shape[0] > 8 and m.shape[0] % 2 == 0:
-        half = m.shape[0] // 2
-        m = m[:half] + m[half:]
-    while m.shape[1] > 32:
-        half = m.shape[1] // 2
-        m = m[:, :half] + m[:, half:]
-    return jnp.sum(m)
+    return jnp.sum(_halve(_halve(sq.reshape(-1, 1024), jnp.add, 0, 8), jnp.add, 1, 32))
 
 
 def global_norm(tree) -> jax.Array:

@@ -49,7 +49,7 @@ def _user_chose() -> str:
 @functools.cache  # once per process: a second call returns the first one's answer
 def reuse_host_memory() -> str:
     """Keep XLA:CPU's per-run temporaries mapped between runs (module docstring). Returns what
-    happened, one of ``"set"``, ``"not glibc"``, ``"too late: ..."`` or ``"left to $NAME"``."""
+    happened, one of ``"set"``, ``"not glibc"``, ``"too late: ..."``, ``"left to $NAME"`` or ``"mallopt refused"``."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         result = "not glibc"
     elif chose := _user_chose():
@@ -63,7 +63,7 @@ def reuse_host_memory() -> str:
             import jax
 
             jax.config.update("jax_cpu_enable_async_dispatch", False)
-        result = "set" if ok else "not glibc"  # mallopt returns 1 on success
+        result = "set" if ok else "mallopt refused"  # mallopt returns 1 on success
     return result
 
 

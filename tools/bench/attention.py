@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
+from common import machine, parse_args, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -33,9 +33,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--out", default="bench_out/attention.json")
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
 
     import functools
 

@@ -58,23 +58,22 @@ def paired_ratio(ref: list[float], other: list[float]) -> dict:
 _HOST_MALLOC = {"result": "not asked"}
 
 
-def host_malloc_arg(ap):
-    """--host-malloc: reuse (stp_jax.parallel.host.reuse_host_memory, what the console scripts do) or
-    default (glibc's own settings: XLA:CPU's per-run buffers are mapped afresh on every run)."""
+def parse_args(ap, argv=None):
+    """``ap.parse_args(argv)`` with the benchmarks' shared ``--host-malloc`` option, applied before JAX starts its
+    backend (call this first): reuse (stp_jax.parallel.host.reuse_host_memory, what the console scripts do) or
+    default (glibc's own settings: XLA:CPU's per-run buffers are mapped afresh on every run). Recorded in
+    machine()."""
     ap.add_argument("--host-malloc", choices=("reuse", "default"), default="reuse",
                     help="reuse: keep XLA:CPU's per-run buffers mapped between runs, as stp-train does "
                          "(stp_jax/parallel/host.py); default: glibc's own malloc settings (the 'before')")
-
-
-def set_host_malloc(choice: str) -> str:
-    """Apply --host-malloc; call it before JAX starts its backend. Recorded in machine()."""
-    if choice == "reuse":
+    args = ap.parse_args(argv)
+    if args.host_malloc == "reuse":
         from stp_jax.parallel.host import reuse_host_memory
 
         _HOST_MALLOC["result"] = f"reuse: {reuse_host_memory()}"
     else:
         _HOST_MALLOC["result"] = "default"
-    return _HOST_MALLOC["result"]
+    return args
 
 
 def machine() -> dict:

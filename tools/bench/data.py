@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host_malloc_arg, machine, set_host_malloc, table, write_json  # noqa: E402
+from common import machine, parse_args, table, write_json  # noqa: E402
 
 
 def clips_per_s(cfg, batches: int) -> float:
@@ -73,9 +73,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--out", default="bench_out/data.json")
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
 
     from stp_jax.data import pipeline as pl
     from stp_jax.data.tfds_builders.camxtime_procedural import build

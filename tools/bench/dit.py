@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
+from common import machine, parse_args, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -43,9 +43,7 @@ def main(argv=None):
     ap.add_argument("--fast-math", action="store_true",
                     help="XLA:CPU fast math (vectorised approximate exp/tanh); parity tests still pass with it")
     ap.add_argument("--out", default="bench_out/dit.json")
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
     if args.fast_math:  # must be set before JAX initialises its CPU backend
         import os
 

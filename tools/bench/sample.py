@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
+from common import machine, parse_args, table, timeit, write_json  # noqa: E402
 
 TINY = dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, freq_dim=32)  # tests/torch_ref.TINY
 
@@ -154,9 +154,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--no-lpips", action="store_true")
     ap.add_argument("--out", default="bench_out/sample.json")
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
 
     from stp_jax import inference
     from stp_jax.diffusion.sampler import CACHES

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host_malloc_arg, machine, set_host_malloc, table, timeit, write_json  # noqa: E402
+from common import machine, parse_args, table, timeit, write_json  # noqa: E402
 
 _TRANSFORMS = re.compile(r"(jvp|transpose|remat|checkpoint|vmap|pjit|jit|closed_call)\(([^()]*)\)")
 
@@ -104,9 +104,7 @@ def main(argv=None):
                     help="sum the ops by where in the code they come from (HLO metadata, DEPTH module-path parts, "
                          "forward and backward apart) instead of by op name")
     ap.add_argument("--json", default=None)
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
 
     import jax
 

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import host_malloc_arg, interleave, machine, paired_ratio, set_host_malloc, table, timeit, write_json  # noqa: E402
+from common import interleave, machine, paired_ratio, parse_args, table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -61,9 +61,7 @@ def main(argv=None):
                     help="time each implementation's iterations in one block (the default on GPU, where torch and "
                          "jax would share the memory) instead of in interleaved rounds (the default on CPU)")
     ap.add_argument("--out", default="bench_out/train.json")
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
 
     import functools
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import host_malloc_arg, machine, set_host_malloc, table, write_json  # noqa: E402
+from common import machine, parse_args, table, write_json  # noqa: E402
 
 
 def _make_ref(base_dim: int, path: str):
@@ -96,9 +96,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_out/vae.json")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "T"), help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
-    host_malloc_arg(ap)
-    args = ap.parse_args(argv)
-    set_host_malloc(args.host_malloc)  # before JAX starts its backend
+    args = parse_args(ap, argv)  # first: --host-malloc acts before JAX starts its backend
     h, w = (int(v) for v in args.size.split("x"))
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), h, w, args.ckpt, args.iters)))
